@@ -1,0 +1,112 @@
+"""Job request and job object of the jobs API (CONTRACT.md, Jobs API)."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from schemas.common import Timestamp
+
+METADATA_MAX_BYTES = 16 * 1024
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
+
+Provider = Literal["krea", "fal", "scenario"]
+PROVIDERS: tuple[Provider, ...] = ("krea", "fal", "scenario")
+
+
+class JobStatus(StrEnum):
+    """The one status vocabulary for all providers. The transition rules live in the database
+    (sql/migrations/0001_event_store.sql, job_transition_allowed), not here."""
+
+    ACCEPTED = "accepted"
+    SUBMITTED = "submitted"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+def _check_webhook_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http or https URL")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials")
+    return value
+
+
+def _check_metadata_size(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and len(orjson.dumps(value)) > METADATA_MAX_BYTES:
+        raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as JSON")
+    return value
+
+
+WebhookUrl = Annotated[str, Field(max_length=2048), AfterValidator(_check_webhook_url)]
+Metadata = Annotated[dict[str, Any] | None, AfterValidator(_check_metadata_size)]
+
+
+class JobCreate(BaseModel):
+    """The envelope of `POST /v1/jobs`. `input` is checked against the model's own schema
+    afterwards; here it only has to be an object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Provider
+    model: str = Field(min_length=1, max_length=200)
+    input: dict[str, Any]
+    webhook_url: WebhookUrl | None = None
+    metadata: Metadata = None
+
+
+class JobOutput(BaseModel):
+    """One generated file, normalised across providers."""
+
+    url: str
+    content_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class JobError(BaseModel):
+    """Why a job failed: our code and message, and the provider's own detail when it gave one."""
+
+    code: str
+    message: str
+    provider_detail: Any = None
+
+
+class Job(BaseModel):
+    """The job object returned by every jobs endpoint."""
+
+    id: str
+    provider: Provider
+    model: str
+    status: JobStatus
+    provider_job_id: str | None
+    input: dict[str, Any]
+    metadata: dict[str, Any] | None
+    webhook_url: str | None
+    outputs: list[JobOutput]
+    error: JobError | None
+    cancel_requested: bool
+    created_at: Timestamp
+    updated_at: Timestamp
+    completed_at: Timestamp | None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+    next_cursor: str | None

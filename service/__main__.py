@@ -1,0 +1,59 @@
+"""Command line: `python -m service serve | migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from aiohttp import web
+
+from service.config import ConfigError, Settings
+from service.db.embedded import EmbeddedPostgres
+from service.logs import configure_logging, get_logger
+from service.web.app import build_app, prepare_database
+
+
+def resolve_dsn(settings: Settings) -> str:
+    """DATABASE_URL when set, otherwise the embedded PostgreSQL under SERVICE_DATA_DIR."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    get_logger("service").info("embedded_postgres_starting", data_dir=str(settings.data_dir))
+    return EmbeddedPostgres(settings.data_dir).start()
+
+
+def serve(settings: Settings) -> None:
+    dsn = resolve_dsn(settings)
+    log = get_logger("service")
+    log.info("service_starting", url=settings.base_url, auth_required=settings.auth_required)
+    web.run_app(
+        build_app(settings, dsn=dsn),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=10,
+    )
+
+
+def migrate(settings: Settings) -> None:
+    asyncio.run(prepare_database(resolve_dsn(settings)))
+    get_logger("service").info("migrations_done")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service")
+    parser.add_argument("command", choices=["serve", "migrate"])
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    {"serve": serve, "migrate": migrate}[args.command](settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Settings: the one place where the environment is read.
+
+Every other module receives a `Settings` (or the part of it it needs); nothing else calls
+`os.environ`. The variable names are fixed by CONTRACT.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+DEFAULT_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+
+
+class ConfigError(Exception):
+    """The environment does not describe a service that may start."""
+
+
+class Settings(BaseModel):
+    """Validated configuration of one service instance."""
+
+    model_config = ConfigDict(frozen=True)
+
+    database_url: SecretStr | None = None
+    data_dir: Path = Path(".data")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_base_url: str | None = None
+    api_tokens: tuple[SecretStr, ...] = ()
+
+    krea_api_url: str = "https://api.krea.ai"
+    krea_api_token: SecretStr | None = None
+    fal_queue_url: str = "https://queue.fal.run"
+    fal_key: SecretStr | None = None
+    fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    scenario_api_url: str = "https://api.cloud.scenario.com/v1"
+    scenario_api_key: SecretStr | None = None
+    scenario_api_secret: SecretStr | None = None
+
+    client_webhook_secret: SecretStr | None = None
+    client_webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    client_webhook_allow_private: bool = False
+
+    log_level: str = "info"
+    log_format: str | None = None  # "json" or "console"; None = json unless stdout is a terminal
+    db_pool_min: int = Field(default=2, ge=0)
+    db_pool_max: int = Field(default=10, ge=1)
+
+    @field_validator("public_base_url", "krea_api_url", "fal_queue_url", "scenario_api_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @property
+    def base_url(self) -> str:
+        """How providers reach this service (callback URLs are built from it)."""
+        return self.public_base_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.api_tokens)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Builds settings from environment variables, raising ConfigError with every problem."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        raw: dict[str, object] = {
+            "database_url": get("DATABASE_URL"),
+            "data_dir": get("SERVICE_DATA_DIR"),
+            "host": get("HOST"),
+            "port": get("PORT"),
+            "public_base_url": get("PUBLIC_BASE_URL"),
+            "api_tokens": _split_list(get("API_TOKENS")),
+            "krea_api_url": get("KREA_API_URL"),
+            "krea_api_token": get("KREA_API_TOKEN"),
+            "fal_queue_url": get("FAL_QUEUE_URL"),
+            "fal_key": get("FAL_KEY"),
+            "fal_jwks_url": get("FAL_JWKS_URL"),
+            "scenario_api_url": get("SCENARIO_API_URL"),
+            "scenario_api_key": get("SCENARIO_SDK_API_KEY"),
+            "scenario_api_secret": get("SCENARIO_SDK_API_SECRET"),
+            "client_webhook_secret": get("CLIENT_WEBHOOK_SECRET"),
+            "client_webhook_retry_schedule": _split_list(get("CLIENT_WEBHOOK_RETRY_SCHEDULE")),
+            "client_webhook_allow_private": get("CLIENT_WEBHOOK_ALLOW_PRIVATE"),
+            "log_level": get("LOG_LEVEL"),
+            "log_format": get("LOG_FORMAT"),
+            "db_pool_min": get("DB_POOL_MIN"),
+            "db_pool_max": get("DB_POOL_MAX"),
+        }
+        try:
+            settings = cls.model_validate({k: v for k, v in raw.items() if v is not None})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"invalid configuration: {problems}") from exc
+        settings.check_startable()
+        return settings
+
+    def check_startable(self) -> None:
+        """Refuses an open API on a non-loopback address (CONTRACT.md, API_TOKENS)."""
+        if not self.api_tokens and not is_loopback_host(self.host):
+            raise ConfigError(
+                f"API_TOKENS is unset and HOST={self.host} is not a loopback address: "
+                "set API_TOKENS, or listen on 127.0.0.1"
+            )
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]

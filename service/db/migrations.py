@@ -1,0 +1,98 @@
+"""Forward-only migrations from sql/migrations, applied at start under an advisory lock.
+
+Several instances may start at once: the session-level advisory lock makes them take turns, and
+the one that comes second finds nothing left to apply. Each migration runs in its own
+transaction with its version row, and a migration file that changed after it was applied stops
+the start (the schema would no longer be what the files say).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from service.db.queries import SQL_DIR
+
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+MIGRATION_LOCK_KEY = 7428061942
+_FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+
+class MigrationError(Exception):
+    """The database's applied migrations do not match the files."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migration files in version order; versions must be 1, 2, 3, ... with no gap."""
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"migration file name {path.name!r} is not NNNN_name.sql")
+        migrations.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+    for expected, migration in enumerate(migrations, start=1):
+        if migration.version != expected:
+            raise MigrationError(f"migration {expected:04d} is missing")
+    return migrations
+
+
+async def apply_migrations(
+    conn: asyncpg.Connection, migrations: list[Migration] | None = None
+) -> list[Migration]:
+    """Applies what is not yet applied; returns the migrations applied by this call."""
+    migrations = load_migrations() if migrations is None else migrations
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version    integer     PRIMARY KEY,
+                   name       text        NOT NULL,
+                   checksum   text        NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+        applied = {row["version"]: row for row in rows}
+        known = {m.version for m in migrations}
+        unknown = sorted(set(applied) - known)
+        if unknown:
+            raise MigrationError(
+                f"the database has migrations {unknown} that this code does not know: "
+                "it is newer than this release"
+            )
+        done = []
+        for migration in migrations:
+            row = applied.get(migration.version)
+            if row is not None:
+                if row["checksum"] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{migration.name} changed after it "
+                        "was applied; migrations are forward-only, add a new one instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            done.append(migration)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)

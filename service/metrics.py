@@ -1,0 +1,22 @@
+"""Prometheus metrics of the service (served at GET /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+JOBS_CREATED = Counter(
+    "jobs_created_total", "Jobs accepted through the API.", ["provider"], registry=REGISTRY
+)
+OBSERVATIONS = Counter(
+    "job_observations_total",
+    "Observations of job statuses, by source and whether they changed the job.",
+    ["provider", "source", "applied"],
+    registry=REGISTRY,
+)
+
+
+def render() -> bytes:
+    """The registry in the Prometheus text exposition format."""
+    return generate_latest(REGISTRY)

@@ -1,0 +1,178 @@
+"""The event store: every state change of a job is one statement, one transaction.
+
+The SQL functions in sql/ do the work (job row, event with its per-job seq, NOTIFY) so that each
+change is atomic and the forward-only rule is decided inside the commit; this module turns their
+rows into the boundary models in `schemas`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from schemas.events import Event, EventSource
+from schemas.jobs import Job, JobCreate, JobError, JobOutput, JobStatus
+from service.db.database import Database
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_job_id() -> str:
+    """`job_` + a ULID: 48 bits of milliseconds then 80 random bits, so ids sort by creation."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "job_" + "".join(reversed(chars))
+
+
+def request_hash(request: JobCreate) -> str:
+    """Fingerprint of a create request, to tell a retry from a reuse of an idempotency key."""
+    canonical = orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def job_from_row(row: asyncpg.Record) -> Job:
+    """The API's job object from a `jobs` row (or a row that expands one)."""
+    outputs = row["outputs"] or []
+    error = row["error"]
+    return Job(
+        id=row["id"],
+        provider=row["provider"],
+        model=row["model"],
+        status=JobStatus(row["status"]),
+        provider_job_id=row["provider_job_id"],
+        input=row["input"],
+        metadata=row["metadata"],
+        webhook_url=row["webhook_url"],
+        outputs=[JobOutput.model_validate(o) for o in outputs],
+        error=JobError.model_validate(error) if error else None,
+        cancel_requested=row["cancel_requested_at"] is not None,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        completed_at=row["completed_at"],
+    )
+
+
+def event_from_row(row: asyncpg.Record) -> Event:
+    return Event(
+        id=row["id"],
+        job_id=row["job_id"],
+        seq=row["seq"],
+        type=row["type"],
+        from_status=row["from_status"],
+        to_status=row["to_status"],
+        source=row["source"],
+        data=row["data"],
+        created_at=row["created_at"],
+    )
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    job: Job
+    created: bool
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """Outcome of one observation: whether it moved the job, and the event it added (if any)."""
+
+    applied: bool
+    event_id: int | None
+    job: Job | None
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    outcome: str  # not_found | finished | already_requested | requested | canceled
+    job: Job | None
+
+
+class JobStore:
+    """Reads and state changes of jobs and their history."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create_job(
+        self, request: JobCreate, *, idempotency_key: str | None, job_id: str | None = None
+    ) -> CreateResult:
+        """Creates the job and its first event, or returns the job holding the same key."""
+        fingerprint = request_hash(request)
+        row = await self.db.fetchrow(
+            "create_job",
+            job_id or new_job_id(),
+            request.provider,
+            request.model,
+            request.input,
+            request.metadata,
+            request.webhook_url,
+            idempotency_key,
+            fingerprint,
+            {},
+        )
+        assert row is not None
+        return CreateResult(job=job_from_row(row), created=row["created"], request_hash=row["request_hash"])
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self.db.fetchrow("get_job", job_id)
+        return job_from_row(row) if row else None
+
+    async def list_jobs(
+        self, *, provider: str | None, status: str | None, limit: int, before_id: str | None
+    ) -> tuple[list[Job], str | None]:
+        """A page of jobs, newest first, and the cursor of the next page (None at the end)."""
+        rows = await self.db.fetch("list_jobs", provider, status, before_id, limit + 1)
+        jobs = [job_from_row(row) for row in rows[:limit]]
+        next_cursor = jobs[-1].id if len(rows) > limit else None
+        return jobs, next_cursor
+
+    async def list_events(self, job_id: str) -> list[Event]:
+        rows = await self.db.fetch("list_events", job_id)
+        return [event_from_row(row) for row in rows]
+
+    async def job_exists(self, job_id: str) -> bool:
+        return bool(await self.db.fetchval("job_exists", job_id))
+
+    async def apply_observation(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        source: EventSource,
+        data: dict[str, Any] | None = None,
+        provider_job_id: str | None = None,
+        outputs: list[JobOutput] | None = None,
+        error: JobError | None = None,
+        record_ignored: bool = False,
+    ) -> ApplyResult:
+        """Records what a webhook, a poll, the API or the system saw of a job's status."""
+        row = await self.db.fetchrow(
+            "apply_observation",
+            job_id,
+            status.value,
+            source,
+            data or {},
+            provider_job_id,
+            [o.model_dump() for o in outputs] if outputs is not None else None,
+            error.model_dump(mode="json") if error is not None else None,
+            record_ignored,
+        )
+        assert row is not None
+        job = job_from_row(row) if row["id"] is not None else None
+        return ApplyResult(applied=row["applied"], event_id=row["event_id"], job=job)
+
+    async def request_cancel(self, job_id: str) -> CancelResult:
+        row = await self.db.fetchrow("request_cancel", job_id)
+        assert row is not None
+        job = job_from_row(row) if row["id"] is not None else None
+        return CancelResult(outcome=row["outcome"], job=job)

@@ -1,0 +1,80 @@
+"""The aiohttp application: wiring of the database, the store and the HTTP handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from service.config import Settings
+from service.db.database import Database, connect
+from service.db.migrations import apply_migrations
+from service.errors import DatabaseUnavailable
+from service.logs import get_logger
+from service.store import JobStore
+from service.web.bodies import CALLBACK_BODY_LIMIT
+from service.web.jobs_api import JobsApi
+from service.web.middleware import error_middleware, request_context_middleware, token_middleware
+from service.web.ops_api import OpsApi
+
+DATABASE_KEY = web.AppKey("database", Database)
+STORE_KEY = web.AppKey("store", JobStore)
+SETTINGS_KEY = web.AppKey("settings", Settings)
+
+
+async def prepare_database(dsn: str, *, wait_seconds: float = 30.0) -> None:
+    """Waits (bounded) for PostgreSQL to accept connections, then applies pending migrations."""
+    log = get_logger("service.db")
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.1
+    while True:
+        try:
+            conn = await connect(dsn)
+            break
+        except DatabaseUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("database_waiting", retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    try:
+        applied = await apply_migrations(conn)
+        if applied:
+            log.info("migrations_applied", versions=[m.version for m in applied])
+    finally:
+        await conn.close()
+
+
+def create_app(settings: Settings, *, database: Database) -> web.Application:
+    """The application over an open database; the database is closed with the app."""
+    app = web.Application(
+        middlewares=[
+            request_context_middleware,
+            error_middleware,
+            token_middleware(tuple(t.get_secret_value() for t in settings.api_tokens)),
+        ],
+        # Bodies are read through service.web.bodies with per-route limits; this is the ceiling.
+        client_max_size=CALLBACK_BODY_LIMIT,
+    )
+    store = JobStore(database)
+    app[SETTINGS_KEY] = settings
+    app[DATABASE_KEY] = database
+    app[STORE_KEY] = store
+    app.add_routes(JobsApi(store).routes())
+    app.add_routes(OpsApi(database).routes())
+
+    async def close_database(_app: web.Application) -> None:
+        await database.close()
+
+    app.on_cleanup.append(close_database)
+    return app
+
+
+async def build_app(settings: Settings, *, dsn: str) -> web.Application:
+    """Migrates the database, opens the pool and returns the ready application."""
+    await prepare_database(dsn)
+    database = await Database.open(
+        dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+    )
+    return create_app(settings, database=database)

@@ -1,0 +1,69 @@
+"""Reading request bodies with a hard size limit, whatever the client claims."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from service.errors import BadRequest, PayloadTooLarge, ValidationFailed
+
+M = TypeVar("M", bound=BaseModel)
+
+API_BODY_LIMIT = 1024 * 1024
+CALLBACK_BODY_LIMIT = 5 * 1024 * 1024
+
+
+async def read_body(request: web.Request, *, limit: int) -> bytes:
+    """The raw body, refusing more than `limit` bytes (declared or streamed) with 413."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body over the limit of {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or 400."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(value, dict):
+        raise BadRequest("body must be a JSON object", code="invalid_json")
+    return value
+
+
+async def read_json_object(request: web.Request, *, limit: int = API_BODY_LIMIT) -> dict[str, Any]:
+    return parse_json_object(await read_body(request, limit=limit))
+
+
+def validation_details(
+    exc: ValidationError, *, prefix: tuple[str | int, ...] = ()
+) -> list[dict[str, Any]]:
+    """pydantic's errors as the contract's `details`: `{"loc": [...], "msg": "...", "type"}`."""
+    return [
+        {"loc": [*prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def validate_model(
+    model: type[M], value: Any, *, prefix: tuple[str | int, ...] = ("body",)
+) -> M:
+    """Validates `value` as `model`, or raises 422 with per-field details."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise ValidationFailed(
+            "request validation failed", details=validation_details(exc, prefix=prefix)
+        ) from exc

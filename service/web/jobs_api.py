@@ -1,0 +1,157 @@
+"""The jobs API (CONTRACT.md, Jobs API): create, read, list, history, cancel."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from schemas.events import EventList
+from schemas.jobs import IDEMPOTENCY_KEY_PATTERN, PROVIDERS, Job, JobCreate, JobList, JobStatus
+from service.errors import Conflict, NotFound, ValidationFailed
+from service.logs import get_logger
+from service.metrics import JOBS_CREATED
+from service.store import JobStore, request_hash
+from service.web.bodies import read_json_object, validate_model
+from service.web.middleware import json_response
+
+JOB_ID_PATTERN = re.compile(r"^job_[0-9A-HJKMNP-TV-Z]{26}$")
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+
+def _job_body(job: Job) -> dict[str, Any]:
+    return job.model_dump(mode="json")
+
+
+def _query_error(name: str, msg: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"invalid query parameter {name!r}", details=[{"loc": ["query", name], "msg": msg}]
+    )
+
+
+def encode_cursor(job_id: str) -> str:
+    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        job_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise _query_error("cursor", "not a cursor returned by this API") from exc
+    if not JOB_ID_PATTERN.match(job_id):
+        raise _query_error("cursor", "not a cursor returned by this API")
+    return job_id
+
+
+class JobsApi:
+    """Handlers of /v1/jobs; each validates its input fully before touching the store."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._log = get_logger("service.jobs")
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/jobs", self.create_job),
+            web.get("/v1/jobs", self.list_jobs),
+            web.get("/v1/jobs/{job_id}", self.get_job),
+            web.get("/v1/jobs/{job_id}/events", self.list_events),
+            web.post("/v1/jobs/{job_id}/cancel", self.cancel_job),
+        ]
+
+    async def create_job(self, request: web.Request) -> web.Response:
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not IDEMPOTENCY_KEY_PATTERN.match(key):
+            raise ValidationFailed(
+                "invalid Idempotency-Key header",
+                details=[
+                    {
+                        "loc": ["header", "Idempotency-Key"],
+                        "msg": "must be 1 to 255 printable ASCII characters",
+                    }
+                ],
+            )
+        body = await read_json_object(request)
+        create = validate_model(JobCreate, body)
+        result = await self.store.create_job(create, idempotency_key=key)
+        job = result.job
+        structlog.contextvars.bind_contextvars(job_id=job.id, provider=job.provider)
+        headers = {"Location": f"/v1/jobs/{job.id}"}
+        if result.created:
+            JOBS_CREATED.labels(provider=job.provider).inc()
+            self._log.info("job_created", model=job.model, idempotent=key is not None)
+            return json_response(_job_body(job), status=202, headers=headers)
+        if request_hash(create) != result.request_hash:
+            raise ValidationFailed(
+                "this Idempotency-Key was used with a different request",
+                code="idempotency_key_reused",
+                details=[{"loc": ["header", "Idempotency-Key"], "msg": "already used with another body"}],
+            )
+        self._log.info("job_create_replayed")
+        return json_response(_job_body(job), status=200, headers=headers)
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        job = await self._find(request)
+        return json_response(_job_body(job))
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        params = request.query
+        provider = params.get("provider") or None
+        if provider is not None and provider not in PROVIDERS:
+            raise _query_error("provider", f"must be one of {', '.join(PROVIDERS)}")
+        status = params.get("status") or None
+        if status is not None and status not in JobStatus.__members__.values():
+            raise _query_error("status", f"must be one of {', '.join(s.value for s in JobStatus)}")
+        limit = DEFAULT_PAGE_SIZE
+        if params.get("limit"):
+            try:
+                limit = int(params["limit"])
+            except ValueError as exc:
+                raise _query_error("limit", "must be an integer") from exc
+            if not 1 <= limit <= MAX_PAGE_SIZE:
+                raise _query_error("limit", f"must be between 1 and {MAX_PAGE_SIZE}")
+        before = decode_cursor(params["cursor"]) if params.get("cursor") else None
+        jobs, last_id = await self.store.list_jobs(
+            provider=provider, status=status, limit=limit, before_id=before
+        )
+        page = JobList(jobs=jobs, next_cursor=encode_cursor(last_id) if last_id else None)
+        return json_response(page.model_dump(mode="json"))
+
+    async def list_events(self, request: web.Request) -> web.Response:
+        job_id = self._job_id(request)
+        events = await self.store.list_events(job_id)
+        if not events and not await self.store.job_exists(job_id):
+            raise NotFound(f"no job {job_id}")
+        return json_response(EventList(events=events).model_dump(mode="json"))
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        job_id = self._job_id(request)
+        result = await self.store.request_cancel(job_id)
+        if result.outcome == "not_found" or result.job is None:
+            raise NotFound(f"no job {job_id}")
+        structlog.contextvars.bind_contextvars(job_id=job_id, provider=result.job.provider)
+        if result.outcome == "finished":
+            raise Conflict(
+                f"job {job_id} is already {result.job.status.value}", code="job_finished"
+            )
+        self._log.info("job_cancel_requested", outcome=result.outcome)
+        return json_response(_job_body(result.job), status=202)
+
+    def _job_id(self, request: web.Request) -> str:
+        job_id = request.match_info["job_id"]
+        if not JOB_ID_PATTERN.match(job_id):
+            raise NotFound(f"no job {job_id}")
+        return job_id
+
+    async def _find(self, request: web.Request) -> Job:
+        job_id = self._job_id(request)
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        structlog.contextvars.bind_contextvars(job_id=job_id, provider=job.provider)
+        return job

@@ -1,0 +1,117 @@
+"""Edges of every request: request id and log context, the JSON error format, API tokens."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from service.errors import ServiceError, Unauthorized
+from service.logs import get_logger
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    503: "service_unavailable",
+}
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response serialised with orjson (pydantic models must be dumped first)."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def error_response(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> web.Response:
+    return json_response(
+        {"error": {"code": code, "message": message, "details": details or []}}, status=status
+    )
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Binds request_id (the caller's X-Request-Id when sane) to every log line of the request."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(8)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    response = await handler(request)
+    response.headers["X-Request-Id"] = request_id
+    get_logger("service.http").debug(
+        "request_handled",
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as `{"error": {"code", "message", "details"}}` with its status."""
+    log = get_logger("service.http")
+    try:
+        return await handler(request)
+    except ServiceError as exc:
+        if exc.status >= 500:
+            log.warning("request_failed", code=exc.code, status=exc.status, path=request.path)
+        else:
+            log.info("request_rejected", code=exc.code, status=exc.status, path=request.path)
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = "no such route" if exc.status == 404 else exc.reason
+        response = error_response(exc.status, code, message)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("request_crashed", path=request.path)
+        return error_response(500, "internal_error", "internal error")
+
+
+def token_middleware(tokens: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Requires `Authorization: Bearer <token>` on /v1/* when API tokens are configured.
+
+    Every configured token is compared, each in constant time, so neither the answer's timing
+    nor which token matched tells anything about the tokens.
+    """
+    encoded = [t.encode() for t in tokens]
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if encoded and request.path.startswith("/v1/"):
+            header = request.headers.get("Authorization", "")
+            scheme, _, presented = header.partition(" ")
+            candidate = presented.strip().encode() if scheme.lower() == "bearer" else b""
+            matched = False
+            for token in encoded:
+                matched |= hmac.compare_digest(candidate, token)
+            if not candidate or not matched:
+                raise Unauthorized("missing or invalid API token")
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,31 @@
+-- Named queries, loaded once at start by service.db.queries. "-- name: x" starts query x.
+
+-- name: create_job
+SELECT created, (job).*
+FROM create_job($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
+-- name: apply_observation
+SELECT applied, event_id, (job).*
+FROM apply_observation($1, $2, $3, $4, $5, $6, $7, $8);
+
+-- name: request_cancel
+SELECT outcome, (job).*
+FROM request_cancel($1);
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = $1;
+
+-- name: list_jobs
+-- Newest first; job ids sort by creation time, so the cursor is the last id returned.
+SELECT * FROM jobs
+WHERE ($1::text IS NULL OR provider = $1)
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR id < $3)
+ORDER BY id DESC
+LIMIT $4;
+
+-- name: list_events
+SELECT * FROM job_events WHERE job_id = $1 ORDER BY seq;
+
+-- name: job_exists
+SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1);

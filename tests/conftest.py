@@ -1,0 +1,142 @@
+"""Shared fixtures: a real PostgreSQL, a template database migrated once per session, a fresh
+database cloned from it for each test, and the whole app served over real HTTP.
+
+PostgreSQL is the embedded one (under .data/test-postgres, fsync off for speed) unless
+DATABASE_URL is set, in which case that server hosts the template and the per-test databases.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from service.config import Settings
+from service.db.database import Database
+from service.db.embedded import EmbeddedPostgres
+from service.db.migrations import apply_migrations
+from service.logs import configure_logging
+from service.store import JobStore
+from service.web.app import create_app
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dsn_with_database(dsn: str, database: str) -> str:
+    """The same server, another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logging() -> None:
+    configure_logging(level="warning", fmt="console")
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn() -> Iterator[str]:
+    """DSN of a maintenance database on the test server."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(REPO / ".data" / "test-postgres")
+    dsn = server.start()
+    # Tests trade durability for speed; make run, make bench and production keep the defaults.
+    server.sql("ALTER SYSTEM SET fsync = off")
+    server.sql("ALTER SYSTEM SET synchronous_commit = off")
+    server.sql("ALTER SYSTEM SET full_page_writes = off")
+    server.sql("SELECT pg_reload_conf()")
+    yield dsn
+
+
+async def _admin(dsn: str) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn)
+
+
+@pytest.fixture(scope="session")
+async def template_database(pg_server_dsn: str) -> AsyncIterator[str]:
+    """Name of a database migrated once for the whole session, cloned by every test."""
+    name = f"imagejobs_template_{secrets.token_hex(4)}"
+    admin = await _admin(pg_server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        conn = await asyncpg.connect(dsn_with_database(pg_server_dsn, name))
+        try:
+            await apply_migrations(conn)
+        finally:
+            await conn.close()
+        yield name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def database_url(pg_server_dsn: str, template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database of its own for one test."""
+    name = f"imagejobs_test_{secrets.token_hex(6)}"
+    admin = await _admin(pg_server_dsn)
+    try:
+        await admin.execute(
+            f'CREATE DATABASE "{name}" TEMPLATE "{template_database}" STRATEGY FILE_COPY'
+        )
+        yield dsn_with_database(pg_server_dsn, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    db = await Database.open(database_url, min_size=1, max_size=5)
+    yield db
+    await db.close()
+
+
+@pytest.fixture
+def store(database: Database) -> JobStore:
+    return JobStore(database)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(host="127.0.0.1", port=0)
+
+
+class Service:
+    """The app on a real socket, with the base URL to reach it."""
+
+    def __init__(self, server: TestServer, app: web.Application) -> None:
+        self.server = server
+        self.app = app
+        self.url = str(server.make_url("")).rstrip("/")
+
+
+async def start_service(settings: Settings, database: Database) -> Service:
+    app = create_app(settings, database=database)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    return Service(server, app)
+
+
+@pytest.fixture
+async def service(settings: Settings, database_url: str) -> AsyncIterator[Service]:
+    db = await Database.open(database_url, min_size=1, max_size=5)
+    svc = await start_service(settings, db)
+    yield svc
+    await svc.server.close()
+
+
+@pytest.fixture
+async def http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        yield client

@@ -1,0 +1,89 @@
+"""Migrations: they give exactly the schema file, are safe to run concurrently, and refuse drift."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import subprocess
+
+import asyncpg
+import pytest
+
+from service.db.embedded import bundled_binary
+from service.db.migrations import Migration, MigrationError, apply_migrations, load_migrations
+from service.db.queries import SQL_DIR
+from tests.conftest import dsn_with_database
+
+
+def schema_dump(dsn: str) -> str:
+    """pg_dump's schema of a database, without the lines that differ between any two dumps."""
+    out = subprocess.run(  # noqa: S603
+        [str(bundled_binary("pg_dump")), "--schema-only", "--no-owner", "--no-privileges", dsn],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    lines = [
+        line
+        for line in out.splitlines()
+        if line.strip() and not line.startswith("--") and not re.match(r"\\(un)?restrict ", line)
+    ]
+    return "\n".join(lines)
+
+
+@pytest.fixture
+async def empty_database(pg_server_dsn: str):
+    name = f"imagejobs_empty_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield dsn_with_database(pg_server_dsn, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_migrations_give_the_schema_file(database_url: str, empty_database: str) -> None:
+    conn = await asyncpg.connect(empty_database)
+    try:
+        await conn.execute((SQL_DIR / "schema.sql").read_text())
+    finally:
+        await conn.close()
+    migrated = schema_dump(database_url)
+    from_file = schema_dump(empty_database)
+    assert "CREATE TABLE public.job_events" in migrated
+    assert migrated == from_file
+
+
+async def test_instances_starting_together_apply_each_migration_once(empty_database: str) -> None:
+    conns = [await asyncpg.connect(empty_database) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(apply_migrations(c) for c in conns))
+        applied_counts = sorted(len(r) for r in results)
+        assert applied_counts == [0, 0, 0, len(load_migrations())]
+        versions = await conns[0].fetchval("SELECT array_agg(version ORDER BY version) FROM schema_migrations")
+        assert versions == [m.version for m in load_migrations()]
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_a_changed_migration_stops_the_start(database_url: str) -> None:
+    first = load_migrations()[0]
+    edited = [Migration(first.version, first.name, first.sql + "\n-- edited"), *load_migrations()[1:]]
+    conn = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            await apply_migrations(conn, edited)
+    finally:
+        await conn.close()
+
+
+async def test_a_database_newer_than_the_code_stops_the_start(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(MigrationError, match="newer than this release"):
+            await apply_migrations(conn, load_migrations()[:-1])
+    finally:
+        await conn.close()
