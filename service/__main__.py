@@ -1,4 +1,4 @@
-"""Command line: `python -m service serve | migrate`."""
+"""Command line: `python -m service serve | migrate | demo`."""
 
 from __future__ import annotations
 
@@ -36,6 +36,12 @@ def serve(settings: Settings) -> None:
     )
 
 
+def demo(settings: Settings) -> None:
+    from service.demo import run_demo
+
+    asyncio.run(run_demo(settings, dsn=resolve_dsn(settings)))
+
+
 def migrate(settings: Settings) -> None:
     asyncio.run(prepare_database(resolve_dsn(settings)))
     get_logger("service").info("migrations_done")
@@ -43,7 +49,11 @@ def migrate(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service")
-    parser.add_argument("command", choices=["serve", "migrate"])
+    parser.add_argument(
+        "command",
+        choices=["serve", "migrate", "demo"],
+        help="serve: the service; migrate: apply migrations and exit; demo: what `make run` runs",
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -51,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    {"serve": serve, "migrate": migrate}[args.command](settings)
+    {"serve": serve, "migrate": migrate, "demo": demo}[args.command](settings)
     return 0
 
 

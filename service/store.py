@@ -23,9 +23,10 @@ from service.db.database import Database
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
-def new_job_id() -> str:
+def new_job_id(now_ms: int | None = None) -> str:
     """`job_` + a ULID: 48 bits of milliseconds then 80 random bits, so ids sort by creation."""
-    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    value = (ms << 80) | secrets.randbits(80)
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])
@@ -121,7 +122,9 @@ class JobStore:
             {},
         )
         assert row is not None
-        return CreateResult(job=job_from_row(row), created=row["created"], request_hash=row["request_hash"])
+        return CreateResult(
+            job=job_from_row(row), created=row["created"], request_hash=row["request_hash"]
+        )
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self.db.fetchrow("get_job", job_id)

@@ -52,10 +52,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def connect(dsn: str, *, timeout: float = 5.0) -> asyncpg.Connection:
+async def connect(dsn: str, *, connect_timeout: float = 5.0) -> asyncpg.Connection:
     """One connection outside the pool (migrations, LISTEN), with the project's codecs."""
     try:
-        conn = await asyncpg.connect(dsn, timeout=timeout)
+        conn = await asyncpg.connect(dsn, timeout=connect_timeout)
     except Exception as exc:
         if is_unavailable_error(exc):
             raise DatabaseUnavailable() from exc
@@ -108,7 +108,7 @@ class Database:
             if not is_unavailable_error(exc):
                 raise
             self._log.warning("database_unavailable", error=type(exc).__name__)
-            self.pool.expire_connections()
+            await self.pool.expire_connections()
             raise DatabaseUnavailable() from exc
 
     async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:

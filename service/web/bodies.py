@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
-from typing import TypeVar
-
 from pydantic import BaseModel, ValidationError
 
 from service.errors import BadRequest, PayloadTooLarge, ValidationFailed
@@ -57,9 +55,7 @@ def validation_details(
     ]
 
 
-def validate_model(
-    model: type[M], value: Any, *, prefix: tuple[str | int, ...] = ("body",)
-) -> M:
+def validate_model(model: type[M], value: Any, *, prefix: tuple[str | int, ...] = ("body",)) -> M:
     """Validates `value` as `model`, or raises 422 with per-field details."""
     try:
         return model.model_validate(value)

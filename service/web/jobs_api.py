@@ -90,7 +90,9 @@ class JobsApi:
             raise ValidationFailed(
                 "this Idempotency-Key was used with a different request",
                 code="idempotency_key_reused",
-                details=[{"loc": ["header", "Idempotency-Key"], "msg": "already used with another body"}],
+                details=[
+                    {"loc": ["header", "Idempotency-Key"], "msg": "already used with another body"}
+                ],
             )
         self._log.info("job_create_replayed")
         return json_response(_job_body(job), status=200, headers=headers)

@@ -32,7 +32,9 @@ _HTTP_CODES = {
 }
 
 
-def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     """A JSON response serialised with orjson (pydantic models must be dumped first)."""
     return web.Response(
         body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"

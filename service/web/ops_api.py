@@ -39,7 +39,8 @@ class OpsApi:
 
     async def metrics(self, _request: web.Request) -> web.Response:
         return web.Response(
-            body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+            body=metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
     async def openapi(self, _request: web.Request) -> web.Response:
@@ -64,11 +65,16 @@ def openapi_document() -> dict[str, Any]:
     )
     error = _json(_ref("ErrorBody"), "error")
     errors = {
-        "400": error, "401": error, "404": error, "409": error,
-        "413": error, "422": error, "503": error,
+        "400": error,
+        "401": error,
+        "404": error,
+        "409": error,
+        "413": error,
+        "422": error,
+        "503": error,
     }
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "Image jobs service", "version": "1"},
@@ -81,34 +87,59 @@ def openapi_document() -> dict[str, Any]:
             "/v1/jobs": {
                 "post": {
                     "summary": "Create a job",
-                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                    "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobCreate")}}},
-                    "responses": {"202": _json(_ref("Job"), "accepted"),
-                                  "200": _json(_ref("Job"), "idempotent replay"), **errors},
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("JobCreate")}},
+                    },
+                    "responses": {
+                        "202": _json(_ref("Job"), "accepted"),
+                        "200": _json(_ref("Job"), "idempotent replay"),
+                        **errors,
+                    },
                 },
                 "get": {
                     "summary": "List jobs, newest first",
                     "parameters": [
                         {"name": "provider", "in": "query", "schema": {"type": "string"}},
                         {"name": "status", "in": "query", "schema": {"type": "string"}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                        },
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                     ],
                     "responses": {"200": _json(_ref("JobList"), "a page of jobs"), **errors},
                 },
             },
             "/v1/jobs/{job_id}": {
-                "get": {"summary": "Get a job", "parameters": [job_id],
-                        "responses": {"200": _json(_ref("Job"), "the job"), **errors}},
+                "get": {
+                    "summary": "Get a job",
+                    "parameters": [job_id],
+                    "responses": {"200": _json(_ref("Job"), "the job"), **errors},
+                },
             },
             "/v1/jobs/{job_id}/events": {
-                "get": {"summary": "A job's audit trail", "parameters": [job_id],
-                        "responses": {"200": _json(_ref("EventList"), "events in order"), **errors}},
+                "get": {
+                    "summary": "A job's audit trail",
+                    "parameters": [job_id],
+                    "responses": {"200": _json(_ref("EventList"), "events in order"), **errors},
+                },
             },
             "/v1/jobs/{job_id}/cancel": {
-                "post": {"summary": "Cancel a job", "parameters": [job_id],
-                         "responses": {"202": _json(_ref("Job"), "cancellation recorded"), **errors}},
+                "post": {
+                    "summary": "Cancel a job",
+                    "parameters": [job_id],
+                    "responses": {"202": _json(_ref("Job"), "cancellation recorded"), **errors},
+                },
             },
         },
     }

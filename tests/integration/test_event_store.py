@@ -53,7 +53,10 @@ async def test_the_database_rule_matches_the_contract_for_every_pair(database: D
             allowed = await conn.fetchval(
                 "SELECT job_transition_allowed($1, $2)", from_status.value, to_status.value
             )
-            assert allowed == ((from_status, to_status) in EXPECTED_ALLOWED), (from_status, to_status)
+            assert allowed == ((from_status, to_status) in EXPECTED_ALLOWED), (
+                from_status,
+                to_status,
+            )
 
 
 @pytest.mark.parametrize(("from_status", "to_status"), ALL_PAIRS)
@@ -71,7 +74,11 @@ async def test_apply_observation_for_every_pair(
     if (from_status, to_status) in EXPECTED_ALLOWED:
         assert result.applied
         assert job.status == to_status
-        assert (new.type, new.from_status, new.to_status) == ("status_changed", from_status, to_status)
+        assert (new.type, new.from_status, new.to_status) == (
+            "status_changed",
+            from_status,
+            to_status,
+        )
         assert (job.completed_at is not None) == (to_status in TERMINAL)
     else:
         assert not result.applied
@@ -82,7 +89,9 @@ async def test_apply_observation_for_every_pair(
         assert new.data["reason"] == ("duplicate" if from_status == to_status else "stale")
 
 
-async def test_the_trigger_refuses_a_backward_update_made_by_hand(store: JobStore, database: Database) -> None:
+async def test_the_trigger_refuses_a_backward_update_made_by_hand(
+    store: JobStore, database: Database
+) -> None:
     job_id = await job_in(store, S.RUNNING)
     async with database.connection() as conn:
         with pytest.raises(asyncpg.CheckViolationError, match="refused"):
@@ -95,7 +104,9 @@ async def test_the_trigger_refuses_a_backward_update_made_by_hand(store: JobStor
     "statement",
     ["UPDATE job_events SET type = 'x'", "DELETE FROM job_events", "TRUNCATE job_events CASCADE"],
 )
-async def test_the_history_is_append_only(store: JobStore, database: Database, statement: str) -> None:
+async def test_the_history_is_append_only(
+    store: JobStore, database: Database, statement: str
+) -> None:
     await job_in(store, S.QUEUED)
     async with database.connection() as conn:
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
@@ -129,8 +140,12 @@ async def test_concurrent_identical_observations_change_the_status_once(store: J
 async def test_terminal_observation_keeps_error_and_provider_job_id(store: JobStore) -> None:
     created = await store.create_job(request(), idempotency_key=None)
     error = JobError(code="provider_failed", message="boom", provider_detail={"detail": "x"})
-    await store.apply_observation(created.job.id, S.SUBMITTED, source="system", provider_job_id="req-1")
-    await store.apply_observation(created.job.id, S.FAILED, source="webhook", error=error, provider_job_id="req-2")
+    await store.apply_observation(
+        created.job.id, S.SUBMITTED, source="system", provider_job_id="req-1"
+    )
+    await store.apply_observation(
+        created.job.id, S.FAILED, source="webhook", error=error, provider_job_id="req-2"
+    )
     job = await store.get_job(created.job.id)
     assert job is not None
     assert job.error == error
@@ -141,7 +156,11 @@ async def test_event_ids_are_drawn_in_commit_order(store: JobStore, database: Da
     """While one transaction that appended an event is open, another appender waits: so no reader
     can ever see a larger id committed before a smaller one (the stream's resume point)."""
     first_job, second_job = await job_in(store, S.SUBMITTED), await job_in(store, S.SUBMITTED)
-    async with database.connection() as holder, database.connection() as other, database.connection() as reader:
+    async with (
+        database.connection() as holder,
+        database.connection() as other,
+        database.connection() as reader,
+    ):
         other_pid = await other.fetchval("SELECT pg_backend_pid()")
         tx = holder.transaction()
         await tx.start()
@@ -155,7 +174,8 @@ async def test_event_ids_are_drawn_in_commit_order(store: JobStore, database: Da
         ))  # fmt: skip
 
         async def second_waits_for_the_lock() -> None:
-            while not await reader.fetchval(
+            # The condition lives in PostgreSQL: there is no event to await, so it is polled.
+            while not await reader.fetchval(  # noqa: ASYNC110
                 "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", other_pid
             ):
                 await asyncio.sleep(0.005)
@@ -169,8 +189,12 @@ async def test_event_ids_are_drawn_in_commit_order(store: JobStore, database: Da
     assert second_id > first_id
 
 
-async def test_idempotency_key_is_decided_by_the_unique_index_under_concurrency(store: JobStore) -> None:
-    results = await asyncio.gather(*(store.create_job(request(), idempotency_key="k-1") for _ in range(8)))
+async def test_idempotency_key_is_decided_by_the_unique_index_under_concurrency(
+    store: JobStore,
+) -> None:
+    results = await asyncio.gather(
+        *(store.create_job(request(), idempotency_key="k-1") for _ in range(8))
+    )
     assert sum(r.created for r in results) == 1
     assert len({r.job.id for r in results}) == 1
 

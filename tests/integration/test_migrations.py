@@ -62,7 +62,9 @@ async def test_instances_starting_together_apply_each_migration_once(empty_datab
         results = await asyncio.gather(*(apply_migrations(c) for c in conns))
         applied_counts = sorted(len(r) for r in results)
         assert applied_counts == [0, 0, 0, len(load_migrations())]
-        versions = await conns[0].fetchval("SELECT array_agg(version ORDER BY version) FROM schema_migrations")
+        versions = await conns[0].fetchval(
+            "SELECT array_agg(version ORDER BY version) FROM schema_migrations"
+        )
         assert versions == [m.version for m in load_migrations()]
     finally:
         for c in conns:
@@ -71,7 +73,10 @@ async def test_instances_starting_together_apply_each_migration_once(empty_datab
 
 async def test_a_changed_migration_stops_the_start(database_url: str) -> None:
     first = load_migrations()[0]
-    edited = [Migration(first.version, first.name, first.sql + "\n-- edited"), *load_migrations()[1:]]
+    edited = [
+        Migration(first.version, first.name, first.sql + "\n-- edited"),
+        *load_migrations()[1:],
+    ]
     conn = await asyncpg.connect(database_url)
     try:
         with pytest.raises(MigrationError, match="changed after it was applied"):

@@ -1,0 +1,57 @@
+"""With PostgreSQL stopped the service answers 503 and records nothing; once PostgreSQL is back
+it serves again without a restart of its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from service.config import Settings
+from service.db.database import Database
+from service.db.embedded import EmbeddedPostgres
+from service.web.app import prepare_database
+from tests.conftest import start_service
+
+JOB = {"provider": "krea", "model": "bfl/flux-1-dev", "input": {"prompt": "a fox"}}
+
+
+async def test_outage_gives_503_and_the_service_recovers_by_itself(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "outage", stop_at_exit=True)
+    dsn = server.start()
+    try:
+        await prepare_database(dsn)
+        db = await Database.open(dsn, min_size=2, max_size=4)
+        svc = await start_service(Settings(host="127.0.0.1", port=0), db)
+        async with httpx.AsyncClient(base_url=svc.url) as http:
+            assert (await http.post("/v1/jobs", json=JOB)).status_code == 202
+
+            server.stop()
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["error"]["code"] == "database_unavailable"
+            for _ in range(3):  # every pooled connection is dead; each attempt must say 503
+                refused = await http.post(
+                    "/v1/jobs", json=JOB, headers={"Idempotency-Key": "during"}
+                )
+                assert refused.status_code == 503
+                assert refused.json()["error"]["code"] == "database_unavailable"
+            assert (await http.get("/v1/jobs")).status_code == 503
+
+            server.start()
+            assert (await http.get("/readyz")).status_code == 200
+            assert (await http.post("/v1/jobs", json=JOB)).status_code == 202
+            jobs = (await http.get("/v1/jobs")).json()["jobs"]
+            assert len(jobs) == 2  # nothing was recorded during the outage
+        await svc.server.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert (
+                await conn.fetchval("SELECT count(*) FROM jobs WHERE idempotency_key = 'during'")
+                == 0
+            )
+        finally:
+            await conn.close()
+    finally:
+        server.close()
