@@ -63,7 +63,7 @@ async def run_demo(settings: Settings, *, dsn: str) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
-    print(banner(settings, token), flush=True)  # noqa: T201 - the demo's whole point is to print this
+    print(banner(settings, token), flush=True)
     get_logger("service").info("service_started", url=settings.base_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
