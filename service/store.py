@@ -11,6 +11,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,7 @@ import orjson
 from schemas.events import Event, EventSource
 from schemas.jobs import Job, JobCreate, JobError, JobOutput, JobStatus
 from service.db.database import Database
+from service.providers.base import JobRecord
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -59,6 +61,26 @@ def job_from_row(row: asyncpg.Record) -> Job:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         completed_at=row["completed_at"],
+    )
+
+
+def record_from_row(row: asyncpg.Record) -> JobRecord:
+    """The internal view of a job that workers and adapters use."""
+    return JobRecord(
+        id=row["id"],
+        provider=row["provider"],
+        model=row["model"],
+        status=JobStatus(row["status"]),
+        provider_job_id=row["provider_job_id"],
+        input=row["input"],
+        provider_state=row["provider_state"],
+        cancel_requested=row["cancel_requested_at"] is not None,
+        submit_started_at=row["submit_started_at"],
+        submitted_at=row["submitted_at"],
+        attempts=row["checks"],
+        created_at=row["created_at"],
+        cancel_sent=row["cancel_sent_at"] is not None,
+        callback_token_hash=row["callback_token_hash"],
     )
 
 
@@ -157,8 +179,15 @@ class JobStore:
         outputs: list[JobOutput] | None = None,
         error: JobError | None = None,
         record_ignored: bool = False,
+        provider_state: dict[str, Any] | None = None,
+        next_action_at: datetime | None = None,
+        lease_owner: str | None = None,
     ) -> ApplyResult:
-        """Records what a webhook, a poll, the API or the system saw of a job's status."""
+        """Records what a webhook, a poll, the API or the system saw of a job's status.
+
+        Workers pass their `lease_owner` (released) and the job's next action; webhooks leave
+        the schedule alone.
+        """
         row = await self.db.fetchrow(
             "apply_observation",
             job_id,
@@ -169,6 +198,9 @@ class JobStore:
             [o.model_dump() for o in outputs] if outputs is not None else None,
             error.model_dump(mode="json") if error is not None else None,
             record_ignored,
+            provider_state,
+            next_action_at,
+            lease_owner,
         )
         assert row is not None
         job = job_from_row(row) if row["id"] is not None else None
@@ -179,3 +211,50 @@ class JobStore:
         assert row is not None
         job = job_from_row(row) if row["id"] is not None else None
         return CancelResult(outcome=row["outcome"], job=job)
+
+    # --- what the workers and callback receivers need ---------------------------------------
+
+    async def get_record(self, job_id: str) -> JobRecord | None:
+        row = await self.db.fetchrow("get_job", job_id)
+        return record_from_row(row) if row else None
+
+    async def claim_due(self, *, owner: str, limit: int, lease_seconds: float) -> list[JobRecord]:
+        rows = await self.db.fetch("claim_due_jobs", owner, limit, lease_seconds)
+        return [record_from_row(row) for row in rows]
+
+    async def next_due_at(self) -> datetime | None:
+        value: datetime | None = await self.db.fetchval("next_due_at")
+        return value
+
+    async def begin_submission(self, job_id: str, *, owner: str, token_hash: str) -> str:
+        row = await self.db.fetchrow("begin_submission", job_id, owner, token_hash)
+        assert row is not None
+        outcome: str = row["outcome"]
+        return outcome
+
+    async def reschedule(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        at: datetime,
+        clear_submission: bool = False,
+        event_type: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> bool:
+        return bool(
+            await self.db.fetchval(
+                "reschedule_job", job_id, owner, at, clear_submission, event_type, "system", data or {}
+            )
+        )
+
+    async def record_cancel_sent(
+        self, job_id: str, *, owner: str, provider_state: dict[str, Any], next_action_at: datetime, data: dict[str, Any]
+    ) -> bool:
+        return bool(
+            await self.db.fetchval("record_cancel_sent", job_id, owner, provider_state, next_action_at, data)
+        )
+
+    async def record_event(self, job_id: str, *, type: str, source: EventSource, data: dict[str, Any]) -> int | None:
+        value: int | None = await self.db.fetchval("record_job_event", job_id, type, source, data)
+        return value

@@ -52,6 +52,15 @@ CREATE TABLE jobs (
     created_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
     completed_at        timestamptz,
+    provider_state      jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    callback_token_hash text,
+    next_action_at      timestamptz,
+    lease_owner         text,
+    checks              integer     NOT NULL DEFAULT 0,
+    submit_attempts     integer     NOT NULL DEFAULT 0,
+    submit_started_at   timestamptz,
+    submitted_at        timestamptz,
+    cancel_sent_at      timestamptz,
     CHECK (provider IN ('krea', 'fal', 'scenario'))
 );
 
@@ -61,6 +70,8 @@ CREATE INDEX jobs_provider_job_id_idx ON jobs (provider, provider_job_id)
     WHERE provider_job_id IS NOT NULL;
 CREATE INDEX jobs_provider_id_idx ON jobs (provider, id);
 CREATE INDEX jobs_status_id_idx ON jobs (status, id);
+-- Only unclaimed work is due: claiming pushes next_action_at ahead by the lease.
+CREATE INDEX jobs_next_action_at_idx ON jobs (next_action_at) WHERE next_action_at IS NOT NULL;
 
 CREATE TABLE job_events (
     id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -139,8 +150,9 @@ BEGIN
 END
 $$;
 
--- Creates a job with its first event, or returns the job that already holds the idempotency key.
--- The unique index decides (insert first, never check-then-insert); created tells which.
+-- Creates a job with its first event (due at once, to be submitted), or returns the job that
+-- already holds the idempotency key. The unique index decides: insert first, never
+-- check-then-insert.
 CREATE FUNCTION create_job(
     p_id text, p_provider text, p_model text, p_input jsonb, p_metadata jsonb,
     p_webhook_url text, p_idempotency_key text, p_request_hash text, p_event_data jsonb,
@@ -149,9 +161,9 @@ CREATE FUNCTION create_job(
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_url,
-                      idempotency_key, request_hash, last_seq)
+                      idempotency_key, request_hash, last_seq, next_action_at)
     VALUES (p_id, p_provider, p_model, 'accepted', p_input, p_metadata, p_webhook_url,
-            p_idempotency_key, p_request_hash, 1)
+            p_idempotency_key, p_request_hash, 1, clock_timestamp())
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING * INTO job;
     IF FOUND THEN
@@ -159,26 +171,25 @@ BEGIN
         PERFORM append_job_event(p_id, 1, 'status_changed', NULL, 'accepted', 'api', p_event_data);
         RETURN;
     END IF;
-    -- The conflicting transaction has committed (ON CONFLICT waited for it); this statement
-    -- runs with a fresh snapshot and sees it.
     created := false;
     SELECT * INTO job FROM jobs WHERE idempotency_key = p_idempotency_key;
 END
 $$;
 
--- Applies one observation of a job's status (from the API, a webhook, a poll or the system).
--- Forward moves change the job and add one status_changed event, all in this one statement.
--- A duplicate or stale observation never changes the status; it is recorded as an
--- observation_ignored event when p_record_ignored is set (webhooks), so the audit trail shows
--- every delivery without repeating a step.
+-- As in 0001, plus: provider_state is merged, the schedule is set (p_next_action_at; NULL keeps
+-- it; terminal clears it), and the caller's lease is released when p_lease_owner holds it.
+-- A provider job id is bound even by an observation that does not move the status (a submit
+-- answer that arrives after an early callback already finished the job).
 CREATE FUNCTION apply_observation(
     p_job_id text, p_status text, p_source text, p_data jsonb,
     p_provider_job_id text, p_outputs jsonb, p_error jsonb, p_record_ignored boolean,
+    p_provider_state jsonb, p_next_action_at timestamptz, p_lease_owner text,
     OUT applied boolean, OUT event_id bigint, OUT job jobs
 )
 LANGUAGE plpgsql AS $$
 DECLARE
     v_from text;
+    v_release boolean;
     ev job_events;
 BEGIN
     SELECT * INTO job FROM jobs WHERE id = p_job_id FOR UPDATE;
@@ -187,27 +198,33 @@ BEGIN
         RETURN;
     END IF;
     v_from := job.status;
-    IF job_transition_allowed(v_from, p_status) THEN
-        UPDATE jobs SET
-            status          = p_status,
-            last_seq        = last_seq + 1,
-            provider_job_id = coalesce(jobs.provider_job_id, p_provider_job_id),
-            outputs         = coalesce(p_outputs, jobs.outputs),
-            error           = coalesce(p_error, jobs.error),
-            updated_at      = clock_timestamp(),
-            completed_at    = CASE WHEN job_status_is_terminal(p_status)
-                                   THEN clock_timestamp() END
-        WHERE id = p_job_id
-        RETURNING * INTO job;
+    v_release := p_lease_owner IS NOT NULL AND job.lease_owner = p_lease_owner;
+    applied := job_transition_allowed(v_from, p_status);
+    UPDATE jobs SET
+        status          = CASE WHEN applied THEN p_status ELSE jobs.status END,
+        last_seq        = last_seq + CASE WHEN applied OR p_record_ignored THEN 1 ELSE 0 END,
+        provider_job_id = coalesce(jobs.provider_job_id, p_provider_job_id),
+        provider_state  = jobs.provider_state || coalesce(p_provider_state, '{}'::jsonb),
+        submitted_at    = CASE WHEN p_provider_job_id IS NOT NULL
+                               THEN coalesce(jobs.submitted_at, clock_timestamp())
+                               ELSE jobs.submitted_at END,
+        outputs         = CASE WHEN applied THEN coalesce(p_outputs, jobs.outputs) ELSE jobs.outputs END,
+        error           = CASE WHEN applied THEN coalesce(p_error, jobs.error) ELSE jobs.error END,
+        updated_at      = CASE WHEN applied THEN clock_timestamp() ELSE jobs.updated_at END,
+        completed_at    = CASE WHEN applied AND job_status_is_terminal(p_status)
+                               THEN clock_timestamp() ELSE jobs.completed_at END,
+        next_action_at  = CASE
+                              WHEN job_status_is_terminal(CASE WHEN applied THEN p_status ELSE jobs.status END)
+                                  THEN NULL
+                              ELSE coalesce(p_next_action_at, jobs.next_action_at) END,
+        lease_owner     = CASE WHEN v_release THEN NULL ELSE jobs.lease_owner END
+    WHERE id = p_job_id
+    RETURNING * INTO job;
+    IF applied THEN
         ev := append_job_event(p_job_id, job.last_seq, 'status_changed', v_from, p_status,
                                p_source, p_data);
-        applied := true;
         event_id := ev.id;
-        RETURN;
-    END IF;
-    applied := false;
-    IF p_record_ignored THEN
-        UPDATE jobs SET last_seq = last_seq + 1 WHERE id = p_job_id RETURNING * INTO job;
+    ELSIF p_record_ignored THEN
         ev := append_job_event(
             p_job_id, job.last_seq, 'observation_ignored', NULL, NULL, p_source,
             coalesce(p_data, '{}'::jsonb) || jsonb_build_object(
@@ -218,9 +235,25 @@ BEGIN
 END
 $$;
 
--- Records a client's cancel request. A job not yet sent to its provider is canceled at once;
--- a job at the provider keeps its status until the provider confirms. outcome is one of
--- 'not_found', 'finished', 'already_requested', 'requested', 'canceled'.
+-- Appends an event that records a fact without changing the status (a submission attempt, a
+-- cancel sent, a retry scheduled).
+CREATE FUNCTION record_job_event(
+    p_job_id text, p_type text, p_source text, p_data jsonb
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq integer;
+BEGIN
+    UPDATE jobs SET last_seq = last_seq + 1 WHERE id = p_job_id RETURNING last_seq INTO v_seq;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN (append_job_event(p_job_id, v_seq, p_type, NULL, NULL, p_source, p_data)).id;
+END
+$$;
+
+-- A job is canceled at once only while no submission to the provider has started; otherwise
+-- the cancel is sent to the provider by a worker, which is woken by making the job due now.
 CREATE FUNCTION request_cancel(p_job_id text, OUT outcome text, OUT job jobs)
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -237,17 +270,121 @@ BEGIN
         outcome := 'already_requested';
         RETURN;
     END IF;
-    UPDATE jobs SET cancel_requested_at = clock_timestamp(), last_seq = last_seq + 1
+    UPDATE jobs SET cancel_requested_at = clock_timestamp(), last_seq = last_seq + 1,
+                    next_action_at = clock_timestamp()
     WHERE id = p_job_id RETURNING * INTO job;
     PERFORM append_job_event(p_job_id, job.last_seq, 'cancel_requested', NULL, NULL, 'api', '{}');
     outcome := 'requested';
-    IF job.status = 'accepted' THEN
-        UPDATE jobs SET status = 'canceled', last_seq = last_seq + 1,
+    IF job.status = 'accepted' AND job.submit_started_at IS NULL THEN
+        UPDATE jobs SET status = 'canceled', last_seq = last_seq + 1, next_action_at = NULL,
                         updated_at = clock_timestamp(), completed_at = clock_timestamp()
         WHERE id = p_job_id RETURNING * INTO job;
         PERFORM append_job_event(p_job_id, job.last_seq, 'status_changed', 'accepted', 'canceled',
                                  'api', '{"reason": "canceled before submission"}');
         outcome := 'canceled';
     END IF;
+END
+$$;
+
+-- Claims up to p_limit due jobs for p_owner: their next action moves p_lease ahead, so no other
+-- instance takes them unless this one dies and the lease runs out. SKIP LOCKED lets instances
+-- claim side by side without waiting for each other.
+CREATE FUNCTION claim_due_jobs(p_owner text, p_limit integer, p_lease interval)
+RETURNS SETOF jobs
+LANGUAGE sql AS $$
+    UPDATE jobs
+    SET lease_owner = p_owner, next_action_at = clock_timestamp() + p_lease, checks = checks + 1
+    WHERE id IN (
+        SELECT id FROM jobs
+        WHERE next_action_at <= clock_timestamp()
+        ORDER BY next_action_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED)
+    RETURNING *
+$$;
+
+-- Marks a submission as started before anything is sent, storing the hash of the callback
+-- token the request will carry. After this commit a crash leaves a job whose submission
+-- outcome is unknown, never one that is silently sent twice. outcome: 'go', 'canceled'
+-- (a cancel came first), or 'skip' (not this owner's, or no longer to be submitted).
+CREATE FUNCTION begin_submission(
+    p_job_id text, p_owner text, p_token_hash text, OUT outcome text, OUT job jobs
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT * INTO job FROM jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND OR job.status <> 'accepted' OR job.submit_started_at IS NOT NULL
+       OR job.lease_owner IS DISTINCT FROM p_owner THEN
+        outcome := 'skip';
+        RETURN;
+    END IF;
+    IF job.cancel_requested_at IS NOT NULL THEN
+        UPDATE jobs SET status = 'canceled', last_seq = last_seq + 1, next_action_at = NULL,
+                        lease_owner = NULL, updated_at = clock_timestamp(),
+                        completed_at = clock_timestamp()
+        WHERE id = p_job_id RETURNING * INTO job;
+        PERFORM append_job_event(p_job_id, job.last_seq, 'status_changed', 'accepted', 'canceled',
+                                 'system', '{"reason": "canceled before submission"}');
+        outcome := 'canceled';
+        RETURN;
+    END IF;
+    UPDATE jobs SET submit_started_at = clock_timestamp(), callback_token_hash = p_token_hash,
+                    submit_attempts = submit_attempts + 1, last_seq = last_seq + 1
+    WHERE id = p_job_id RETURNING * INTO job;
+    PERFORM append_job_event(p_job_id, job.last_seq, 'submission_started', NULL, NULL, 'system',
+                             jsonb_build_object('attempt', job.submit_attempts));
+    outcome := 'go';
+END
+$$;
+
+-- Gives the job back to the schedule: next action at p_next_action_at, lease released (when
+-- p_owner holds it), the started submission cleared when the request was certainly not sent,
+-- and an event recording why when p_event_type is given.
+CREATE FUNCTION reschedule_job(
+    p_job_id text, p_owner text, p_next_action_at timestamptz, p_clear_submission boolean,
+    p_event_type text, p_source text, p_data jsonb
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    job jobs;
+BEGIN
+    SELECT * INTO job FROM jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND OR job.lease_owner IS DISTINCT FROM p_owner OR job_status_is_terminal(job.status) THEN
+        RETURN false;
+    END IF;
+    UPDATE jobs SET
+        next_action_at    = p_next_action_at,
+        lease_owner       = NULL,
+        submit_started_at = CASE WHEN p_clear_submission THEN NULL ELSE submit_started_at END,
+        last_seq          = last_seq + CASE WHEN p_event_type IS NULL THEN 0 ELSE 1 END
+    WHERE id = p_job_id RETURNING * INTO job;
+    IF p_event_type IS NOT NULL THEN
+        PERFORM append_job_event(p_job_id, job.last_seq, p_event_type, NULL, NULL, p_source, p_data);
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- Records the provider's answer to a cancel, and when to look at the job next.
+CREATE FUNCTION record_cancel_sent(
+    p_job_id text, p_owner text, p_provider_state jsonb, p_next_action_at timestamptz, p_data jsonb
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    job jobs;
+BEGIN
+    SELECT * INTO job FROM jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND OR job_status_is_terminal(job.status) THEN
+        RETURN false;
+    END IF;
+    UPDATE jobs SET
+        cancel_sent_at = clock_timestamp(),
+        provider_state = provider_state || p_provider_state,
+        next_action_at = p_next_action_at,
+        lease_owner    = CASE WHEN lease_owner = p_owner THEN NULL ELSE lease_owner END,
+        last_seq       = last_seq + 1
+    WHERE id = p_job_id RETURNING * INTO job;
+    PERFORM append_job_event(p_job_id, job.last_seq, 'cancel_sent', NULL, NULL, 'system', p_data);
+    RETURN true;
 END
 $$;

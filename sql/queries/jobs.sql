@@ -6,7 +6,7 @@ FROM create_job($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
 -- name: apply_observation
 SELECT applied, event_id, (job).*
-FROM apply_observation($1, $2, $3, $4, $5, $6, $7, $8);
+FROM apply_observation($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11);
 
 -- name: request_cancel
 SELECT outcome, (job).*
@@ -29,3 +29,21 @@ SELECT * FROM job_events WHERE job_id = $1 ORDER BY seq;
 
 -- name: job_exists
 SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1);
+
+-- name: claim_due_jobs
+SELECT * FROM claim_due_jobs($1, $2, make_interval(secs => $3));
+
+-- name: next_due_at
+SELECT min(next_action_at) FROM jobs WHERE next_action_at IS NOT NULL;
+
+-- name: begin_submission
+SELECT outcome, (job).* FROM begin_submission($1, $2, $3);
+
+-- name: reschedule_job
+SELECT reschedule_job($1, $2, $3, $4, $5, $6, $7);
+
+-- name: record_cancel_sent
+SELECT record_cancel_sent($1, $2, $3, $4, $5);
+
+-- name: record_job_event
+SELECT record_job_event($1, $2, $3, $4);

@@ -165,11 +165,11 @@ async def test_event_ids_are_drawn_in_commit_order(store: JobStore, database: Da
         tx = holder.transaction()
         await tx.start()
         first_id = await holder.fetchval(
-            "SELECT event_id FROM apply_observation($1, 'queued', 'webhook', '{}', NULL, NULL, NULL, false)",
+            "SELECT event_id FROM apply_observation($1, 'queued', 'webhook', '{}', NULL, NULL, NULL, false, NULL, NULL, NULL)",
             first_job,
         )
         second = asyncio.create_task(other.fetchval(
-            "SELECT event_id FROM apply_observation($1, 'queued', 'webhook', '{}', NULL, NULL, NULL, false)",
+            "SELECT event_id FROM apply_observation($1, 'queued', 'webhook', '{}', NULL, NULL, NULL, false, NULL, NULL, NULL)",
             second_job,
         ))  # fmt: skip
 

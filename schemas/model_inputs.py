@@ -1,0 +1,172 @@
+"""Each supported model's input schema, from the providers' own model pages (../shared/seeds).
+
+Types, required fields, ranges, enums and multiples are checked before anything is sent.
+Adding a model is one declaration: a pydantic model decorated with `@model_input(provider, id)`.
+Unknown fields are refused (a typo must not silently become a default), types are strict
+(`"5"` is not a number), and the request sent to the provider is the validated model dumped with
+its documented defaults filled in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
+
+from schemas.jobs import Provider
+
+Number = float  # strict: ints are accepted as numbers, strings and booleans are not
+
+
+class ModelInput(BaseModel):
+    """Base of every model's input: strict types, no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    def provider_request(self) -> dict[str, Any]:
+        """The body sent to the provider: what the client gave plus documented defaults."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    provider: Provider
+    model: str
+    input_model: type[ModelInput]
+
+
+MODELS: dict[tuple[str, str], ModelSpec] = {}
+M = TypeVar("M", bound=type[ModelInput])
+
+
+def model_input(provider: Provider, model: str) -> Callable[[M], M]:
+    """Registers an input schema for one provider model."""
+
+    def register(cls: M) -> M:
+        MODELS[(provider, model)] = ModelSpec(provider, model, cls)
+        return cls
+
+    return register
+
+
+def models_of(provider: str) -> list[str]:
+    return sorted(model for (p, model) in MODELS if p == provider)
+
+
+def _multiple_of_16(value: int | None) -> int | None:
+    if value is not None and value % 16:
+        raise ValueError("must be a multiple of 16")
+    return value
+
+
+# --- Krea (seed 003: POST /generate/image/bfl/flux-1-dev) -------------------------------------
+# The seed (Krea's own page) spells the image fields imageUrl/styleImages/imageStyleRefs; the
+# older reference text says image_url/style_images. The seed's spelling is taken.
+
+
+class KreaStyle(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    id: str = Field(min_length=1)
+    strength: Number | None = None
+
+
+class KreaImageRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    url: HttpUrl
+    strength: Number | None = None
+
+
+@model_input("krea", "bfl/flux-1-dev")
+class KreaFlux1Dev(ModelInput):
+    prompt: str = Field(min_length=1, max_length=1800)
+    width: Annotated[int, Field(ge=512, le=2368)] = 1024
+    height: Annotated[int, Field(ge=512, le=2368)] = 1024
+    steps: Annotated[int, Field(ge=1, le=100)] = 25
+    guidance_scale_flux: Annotated[Number, Field(ge=0, le=24)] = 3
+    seed: int | None = None
+    strength: Number | None = None
+    imageUrl: HttpUrl | None = None  # noqa: N815 - the provider's field name
+    styleImages: list[KreaImageRef] | None = None  # noqa: N815
+    imageStyleRefs: list[KreaImageRef] | None = None  # noqa: N815
+    styles: list[KreaStyle] | None = None
+    relaxedModeAccess: bool | None = None  # noqa: N815
+
+
+# --- fal (seed 004: fal-ai/flux/krea) ---------------------------------------------------------
+
+
+class FalImageSize(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    width: Annotated[int, Field(ge=1, le=14142)]
+    height: Annotated[int, Field(ge=1, le=14142)]
+
+
+FalImageSizeName = Literal[
+    "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"
+]
+
+
+@model_input("fal", "fal-ai/flux/krea")
+class FalFluxKrea(ModelInput):
+    prompt: str = Field(min_length=1)
+    image_size: FalImageSizeName | FalImageSize = "landscape_4_3"
+    num_inference_steps: Annotated[int, Field(ge=1, le=50)] = 28
+    seed: int | None = None
+    guidance_scale: Annotated[Number, Field(ge=1, le=20)] = 4.5
+    sync_mode: bool = False
+    num_images: Annotated[int, Field(ge=1, le=4)] = 1
+    enable_safety_checker: bool = True
+    output_format: Literal["jpeg", "png"] = "jpeg"
+    acceleration: Literal["none", "regular", "high"] = "none"
+
+
+# --- Scenario (seeds 000, 001, 002) -----------------------------------------------------------
+# The pages give types and defaults but few ranges; where they state none, only the type and
+# sign are checked (Scenario validates the rest and its 4xx answer is kept as the job's error).
+
+AspectRatio = Annotated[str, Field(pattern=r"^(\d{1,2}:\d{1,2}|auto)$")]
+AssetId = Annotated[str, Field(min_length=1, max_length=200)]
+Count = Annotated[int, Field(ge=1, le=16)]
+
+
+@model_input("scenario", "model_flux-krea-dev")
+class ScenarioFluxKreaDev(ModelInput):
+    prompt: str | None = Field(default=None, min_length=1)
+    aspectRatio: AspectRatio = "4:3"  # noqa: N815
+    image: AssetId | None = None
+    promptStrength: Annotated[Number, Field(ge=0, le=1)] = 0.8  # noqa: N815
+    numOutputs: Count = 1  # noqa: N815
+    steps: Annotated[int, Field(ge=1)] = 28
+    guidance: Annotated[Number, Field(ge=0)] = 3
+    megapixels: str = "1"
+    seed: int | None = None
+
+
+@model_input("scenario", "model_flux-kontext-editing")
+class ScenarioFluxKontextEditing(ModelInput):
+    loras: list[str] | None = None
+    lorasScale: list[Number] | None = None  # noqa: N815
+    referenceImages: list[AssetId] = Field(min_length=1)  # noqa: N815
+    prompt: str = Field(min_length=1)
+    numOutputs: Count = 1  # noqa: N815
+    aspectRatio: AspectRatio = "auto"  # noqa: N815
+    quality: str = "high"
+    guidanceScale: Annotated[Number, Field(ge=1, le=10)] = 3.5  # noqa: N815
+    seed: int | None = None
+
+
+@model_input("scenario", "model_bfl-flux-2-klein-4b-base")
+class ScenarioFlux2Klein4bBase(ModelInput):
+    modelId: str | None = None  # noqa: N815
+    loras: list[str] | None = None
+    lorasScale: list[Number] | None = None  # noqa: N815
+    prompt: str = Field(min_length=1)
+    referenceImages: list[AssetId] | None = None  # noqa: N815
+    numOutputs: Count = 1  # noqa: N815
+    numInferenceSteps: Annotated[int, Field(ge=1)] = 28  # noqa: N815
+    width: Annotated[int | None, Field(ge=16), AfterValidator(_multiple_of_16)] = None
+    height: Annotated[int | None, Field(ge=16), AfterValidator(_multiple_of_16)] = None
+    guidance: Annotated[Number, Field(ge=0)] = 4
+    seed: int | None = None

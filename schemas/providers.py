@@ -1,0 +1,117 @@
+"""What the providers send us (REFERENCE.md), as validated models.
+
+Provider payloads are parsed tolerantly: unknown fields are ignored (providers add fields), but
+the fields we act on must have the documented types, or the payload is refused as malformed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ProviderPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- Krea -------------------------------------------------------------------------------------
+
+
+class KreaResult(ProviderPayload):
+    urls: list[str] = []
+    error: Any = None
+
+
+class KreaJob(ProviderPayload):
+    """The job object: submit answer, GET /jobs/{id}, and the webhook body."""
+
+    job_id: str = Field(min_length=1)
+    status: str
+    created_at: str | None = None
+    completed_at: str | None = None
+    result: KreaResult | None = None
+
+
+# --- fal --------------------------------------------------------------------------------------
+
+
+class FalSubmitted(ProviderPayload):
+    request_id: str = Field(min_length=1)
+    status: str | None = None
+    response_url: str
+    status_url: str
+    cancel_url: str
+
+
+class FalStatus(ProviderPayload):
+    status: str
+    queue_position: int | None = None
+    error: Any = None
+    error_type: str | None = None
+
+
+class FalImage(ProviderPayload):
+    url: str
+    content_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class FalImagesResult(ProviderPayload):
+    images: list[FalImage] = []
+
+
+class FalWebhook(ProviderPayload):
+    request_id: str = Field(min_length=1)
+    gateway_request_id: str | None = None
+    status: str
+    payload: Any = None
+    error: str | None = None
+    payload_error: str | None = None
+
+
+class FalCancelAnswer(ProviderPayload):
+    status: str
+
+
+class Jwk(ProviderPayload):
+    kty: str
+    crv: str | None = None
+    x: str | None = None
+    kid: str | None = None
+
+
+class Jwks(ProviderPayload):
+    keys: list[Jwk]
+
+
+# --- Scenario ---------------------------------------------------------------------------------
+
+
+class ScenarioJobMetadata(ProviderPayload):
+    assetIds: list[str] = []  # noqa: N815 - the provider's field name
+    error: Any = None
+
+
+class ScenarioJob(ProviderPayload):
+    jobId: str = Field(min_length=1)  # noqa: N815
+    status: str
+    progress: float | None = None
+    metadata: ScenarioJobMetadata = ScenarioJobMetadata()
+
+
+class ScenarioJobEnvelope(ProviderPayload):
+    job: ScenarioJob
+
+
+class ScenarioAsset(ProviderPayload):
+    id: str
+    url: str | None = None
+    mimeType: str | None = None  # noqa: N815
+    status: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class ScenarioAssetEnvelope(ProviderPayload):
+    asset: ScenarioAsset

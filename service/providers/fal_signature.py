@@ -1,0 +1,121 @@
+"""Verification of fal's webhook signatures (REFERENCE.md section 1, "Signature").
+
+Ed25519 over `"{request_id}\\n{user_id}\\n{timestamp}\\n{sha256_hex(body)}"`, timestamp within
+300 s of now, keys from the JWKS at FAL_JWKS_URL. Keys are cached (up to 24 h); when a signature
+fails against the cached keys, the JWKS is fetched again (fal may have rotated its key), at most
+once a minute so that forged callbacks cannot make us hammer fal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+
+import httpx
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from schemas.providers import Jwks
+from service.logs import get_logger
+from service.providers.base import InvalidCallback, ProviderError
+from service.providers.http import check_status, parse, send
+
+TIMESTAMP_TOLERANCE_S = 300
+KEYS_TTL_S = 24 * 3600
+REFETCH_INTERVAL_S = 60
+
+
+def _b64url(value: str) -> bytes:
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def signed_message(*, request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
+    return f"{request_id}\n{user_id}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode()
+
+
+class FalWebhookVerifier:
+    """Checks fal webhook signatures against fal's published keys."""
+
+    def __init__(
+        self, *, jwks_url: str, client: httpx.AsyncClient, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.jwks_url = jwks_url
+        self.client = client
+        self.clock = clock
+        self._keys: list[Ed25519PublicKey] = []
+        self._fetched_at: float | None = None  # monotonic
+        self._lock = asyncio.Lock()
+        self._log = get_logger("service.fal")
+
+    async def verify(self, headers: Mapping[str, str], body: bytes) -> str:
+        """Returns the signed request id, or raises InvalidCallback."""
+        try:
+            request_id = headers["X-Fal-Webhook-Request-Id"]
+            user_id = headers["X-Fal-Webhook-User-Id"]
+            timestamp = headers["X-Fal-Webhook-Timestamp"]
+            signature = bytes.fromhex(headers["X-Fal-Webhook-Signature"])
+        except KeyError as exc:
+            raise InvalidCallback(f"missing header {exc.args[0]}") from exc
+        except ValueError as exc:
+            raise InvalidCallback("signature is not hex") from exc
+        try:
+            skew = abs(self.clock() - int(timestamp))
+        except ValueError as exc:
+            raise InvalidCallback("timestamp is not an integer") from exc
+        if skew > TIMESTAMP_TOLERANCE_S:
+            raise InvalidCallback(f"timestamp is {int(skew)} s away from now")
+        message = signed_message(request_id=request_id, user_id=user_id, timestamp=timestamp, body=body)
+        if self._matches(await self._current_keys(), signature, message):
+            return request_id
+        if await self._refetch_if_allowed() and self._matches(self._keys, signature, message):
+            return request_id
+        raise InvalidCallback("signature does not verify under any of fal's keys")
+
+    @staticmethod
+    def _matches(keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
+        for key in keys:
+            try:
+                key.verify(signature, message)
+                return True
+            except InvalidSignature:
+                continue
+        return False
+
+    async def _current_keys(self) -> list[Ed25519PublicKey]:
+        if self._fetched_at is None or time.monotonic() - self._fetched_at > KEYS_TTL_S:
+            async with self._lock:
+                if self._fetched_at is None or time.monotonic() - self._fetched_at > KEYS_TTL_S:
+                    await self._fetch()
+        return self._keys
+
+    async def _refetch_if_allowed(self) -> bool:
+        async with self._lock:
+            if self._fetched_at is not None and time.monotonic() - self._fetched_at < REFETCH_INTERVAL_S:
+                return False
+            await self._fetch()
+            return True
+
+    async def _fetch(self) -> None:
+        # Stamped before the attempt, so a failing JWKS endpoint is also asked at most once a minute.
+        self._fetched_at = time.monotonic()
+        try:
+            response = await send(self.client, "GET", self.jwks_url)
+            check_status(response, what="fal jwks")
+            jwks = parse(Jwks, response, what="fal jwks")
+        except ProviderError as exc:
+            self._log.warning("fal_jwks_fetch_failed", error=str(exc))
+            return
+        keys = []
+        for jwk in jwks.keys:
+            if jwk.kty != "OKP" or jwk.crv != "Ed25519" or not jwk.x:
+                continue
+            try:
+                keys.append(Ed25519PublicKey.from_public_bytes(_b64url(jwk.x)))
+            except (ValueError, binascii.Error):
+                self._log.warning("fal_jwks_key_invalid", kid=jwk.kid)
+        self._keys = keys
+        self._log.info("fal_jwks_fetched", keys=len(keys))

@@ -1,0 +1,132 @@
+"""Outbound HTTP to providers: one pooled client each, explicit timeouts, and the boundary
+where httpx/aiohttp exceptions and HTTP statuses become `ProviderError`s.
+
+httpx's API runs over the `httpx-aiohttp` transport (several times the throughput of httpx's own
+transport on this machine). That transport maps aiohttp's ServerDisconnectedError to
+httpx.ConnectTimeout, so whether a request was sent is decided here from the aiohttp exception
+it chains, never from the httpx class alone: only a failure to open the connection proves the
+provider never saw the request.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any, TypeVar
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+from pydantic import BaseModel, ValidationError
+
+from service.providers.base import (
+    OutcomeUnknown,
+    ProviderProtocolError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderServerError,
+    ProviderUnreachable,
+)
+
+P = TypeVar("P", bound=BaseModel)
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=10.0, pool=10.0)
+MAX_RETRY_AFTER = 3600.0
+
+
+def make_client(
+    *,
+    base_url: str = "",
+    headers: dict[str, str] | None = None,
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    max_connections: int = 100,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """A pooled client for one provider (tests pass an httpx.MockTransport)."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers=headers,
+        timeout=timeout,
+        transport=transport
+        or AiohttpTransport(limits=httpx.Limits(max_connections=max_connections)),
+    )
+
+
+def _certainly_not_sent(exc: httpx.HTTPError) -> bool:
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError | TimeoutError):
+        return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+async def send(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    json: Any = None,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> httpx.Response:
+    """Sends one request; transport failures become ProviderUnreachable or OutcomeUnknown."""
+    try:
+        return await client.request(method, url, json=json, headers=headers, params=params)
+    except httpx.HTTPError as exc:
+        kind = type(exc.__cause__ or exc).__name__
+        if _certainly_not_sent(exc):
+            raise ProviderUnreachable(f"{method} {_safe(url)}: could not connect ({kind})") from exc
+        raise OutcomeUnknown(f"{method} {_safe(url)}: no answer ({kind})") from exc
+
+
+def _safe(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Retry-After as seconds to wait (delta-seconds or an HTTP date), capped at an hour."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _detail(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:2000] or None
+
+
+def check_status(response: httpx.Response, *, what: str) -> None:
+    """Raises the ProviderError matching a non-2xx answer, keeping the provider's body."""
+    status = response.status_code
+    if status < 300:
+        return
+    detail = _detail(response)
+    if status == 429:
+        raise ProviderRateLimited(
+            f"{what}: rate limited",
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            detail=detail,
+        )
+    if status >= 500:
+        raise ProviderServerError(f"{what}: provider error {status}", status=status, detail=detail)
+    raise ProviderRejected(f"{what}: refused with {status}", status=status, detail=detail)
+
+
+def parse(model: type[P], response: httpx.Response, *, what: str) -> P:
+    """The answer's body as `model`, or ProviderProtocolError."""
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise ProviderProtocolError(
+            f"{what}: unexpected answer shape", status=response.status_code, detail=_detail(response)
+        ) from exc

@@ -1,0 +1,102 @@
+"""Krea (REFERENCE.md section 2): `POST /generate/image/{model}` with `X-Webhook-URL`,
+`GET /jobs/{id}`, `DELETE /jobs/{id}`. Callbacks are unsigned and come on terminal states only;
+the callback URL carries the job's token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from schemas.jobs import JobError, JobOutput, JobStatus
+from schemas.providers import KreaJob
+from service.providers.base import CancelOutcome, JobRecord, Observation, ProviderRejected, Submission
+from service.providers.http import check_status, make_client, parse, send
+from service.providers.outputs import content_type_from_url
+
+STATUS_MAP = {
+    "backlogged": JobStatus.QUEUED,
+    "queued": JobStatus.QUEUED,
+    "scheduled": JobStatus.QUEUED,
+    "processing": JobStatus.RUNNING,
+    "sampling": JobStatus.RUNNING,
+    "intermediate-complete": JobStatus.RUNNING,
+    "completed": JobStatus.SUCCEEDED,
+    "failed": JobStatus.FAILED,
+    "cancelled": JobStatus.CANCELED,
+}
+
+
+def observe_krea_job(job: KreaJob, *, request: dict[str, Any] | None = None) -> Observation:
+    """A Krea job object (poll answer or webhook body) as an observation."""
+    status = STATUS_MAP.get(job.status)
+    outputs = None
+    error = None
+    if status is JobStatus.SUCCEEDED and job.result is not None:
+        # Krea gives bare URLs; the size is the one requested (sent with its defaults).
+        width = request.get("width") if request else None
+        height = request.get("height") if request else None
+        outputs = [
+            JobOutput(url=url, content_type=content_type_from_url(url), width=width, height=height)
+            for url in job.result.urls
+        ]
+    if status is JobStatus.FAILED:
+        detail = job.result.error if job.result is not None else None
+        error = JobError(code="provider_failed", message="Krea reported the job failed", provider_detail=detail)
+    return Observation(
+        status=status,
+        provider_status=job.status,
+        provider_job_id=job.job_id,
+        outputs=outputs,
+        error=error,
+        data={"provider_status": job.status},
+    )
+
+
+class KreaAdapter:
+    """Krea's API."""
+
+    name = "krea"
+    callback_binds_unknown_submission = True
+
+    def __init__(self, *, base_url: str, token: str, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.client = make_client(
+            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, transport=transport
+        )
+
+    async def submit(self, job: JobRecord, *, request: dict[str, Any], callback_url: str) -> Submission:
+        response = await send(
+            self.client, "POST", f"/generate/image/{job.model}", json=request,
+            headers={"X-Webhook-URL": callback_url},
+        )  # fmt: skip
+        check_status(response, what="krea submit")
+        answer = parse(KreaJob, response, what="krea submit")
+        size = {"width": request.get("width"), "height": request.get("height")}
+        return Submission(
+            provider_job_id=answer.job_id, provider_status=answer.status, provider_state={"request": size}
+        )
+
+    async def fetch_status(self, job: JobRecord) -> Observation:
+        assert job.provider_job_id is not None
+        response = await send(self.client, "GET", f"/jobs/{job.provider_job_id}")
+        check_status(response, what="krea status")
+        return observe_krea_job(parse(KreaJob, response, what="krea status"), request=job.provider_state.get("request"))
+
+    async def cancel(self, job: JobRecord) -> CancelOutcome:
+        assert job.provider_job_id is not None
+        response = await send(self.client, "DELETE", f"/jobs/{job.provider_job_id}")
+        try:
+            check_status(response, what="krea cancel")
+        except ProviderRejected as exc:
+            # Krea cancels only while queued or processing; a refusal means it is too late and
+            # the job's own terminal state will arrive by webhook or poll.
+            return CancelOutcome(accepted=False, provider_answer=f"refused {exc.status}: {exc.detail}")
+        return CancelOutcome(accepted=True, provider_answer=f"{response.status_code}")
+
+    def server_error_is_retryable(self, status: int) -> bool:
+        # Krea documents no 5xx semantics: the job may exist. Never resubmit; the callback that
+        # carries this job's token binds it if it does.
+        return False
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,97 @@
+"""Scenario (REFERENCE.md section 3): `POST /generate/custom/{modelId}`, `GET /jobs/{jobId}`,
+`GET /assets/{id}` for output URLs, `POST /jobs/{jobId}/action` to cancel. Scenario's webhook
+signature scheme is undocumented, so its jobs are polled."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import httpx
+
+from schemas.jobs import JobError, JobOutput, JobStatus
+from schemas.providers import ScenarioAsset, ScenarioAssetEnvelope, ScenarioJobEnvelope
+from service.providers.base import CancelOutcome, JobRecord, Observation, ProviderRejected, Submission
+from service.providers.http import check_status, make_client, parse, send
+
+STATUS_MAP = {
+    "pending": JobStatus.QUEUED,
+    "queued": JobStatus.QUEUED,
+    "warming-up": JobStatus.QUEUED,
+    "in-progress": JobStatus.RUNNING,
+    "finalizing": JobStatus.RUNNING,
+    "success": JobStatus.SUCCEEDED,
+    "failure": JobStatus.FAILED,
+    "canceled": JobStatus.CANCELED,
+}
+
+
+def _dimension(asset: ScenarioAsset, name: str) -> int | None:
+    value = (asset.metadata or {}).get(name)
+    return value if isinstance(value, int) else None
+
+
+class ScenarioAdapter:
+    """Scenario's API, polled."""
+
+    name = "scenario"
+    callback_binds_unknown_submission = False
+
+    def __init__(
+        self, *, base_url: str, api_key: str, api_secret: str, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        basic = base64.b64encode(f"{api_key}:{api_secret}".encode()).decode()
+        self.client = make_client(
+            base_url=base_url.rstrip("/") + "/", headers={"Authorization": f"Basic {basic}"}, transport=transport
+        )
+
+    async def submit(self, job: JobRecord, *, request: dict[str, Any], callback_url: str) -> Submission:
+        del callback_url  # Scenario is polled
+        response = await send(self.client, "POST", f"generate/custom/{job.model}", json=request)
+        check_status(response, what="scenario submit")
+        answer = parse(ScenarioJobEnvelope, response, what="scenario submit")
+        return Submission(provider_job_id=answer.job.jobId, provider_status=answer.job.status)
+
+    async def fetch_status(self, job: JobRecord) -> Observation:
+        assert job.provider_job_id is not None
+        response = await send(self.client, "GET", f"jobs/{job.provider_job_id}")
+        check_status(response, what="scenario status")
+        found = parse(ScenarioJobEnvelope, response, what="scenario status").job
+        status = STATUS_MAP.get(found.status)
+        data: dict[str, Any] = {"provider_status": found.status}
+        if found.progress is not None:
+            data["progress"] = found.progress
+        if status is JobStatus.SUCCEEDED:
+            assets = await asyncio.gather(*(self._asset(a) for a in found.metadata.assetIds))
+            outputs = [
+                JobOutput(url=a.url, content_type=a.mimeType, width=_dimension(a, "width"), height=_dimension(a, "height"))
+                for a in assets
+                if a.url
+            ]
+            return Observation(status=status, provider_status=found.status, outputs=outputs, data=data)
+        if status is JobStatus.FAILED:
+            error = JobError(code="provider_failed", message="Scenario reported the job failed", provider_detail=found.metadata.error)
+            return Observation(status=status, provider_status=found.status, error=error, data=data)
+        return Observation(status=status, provider_status=found.status, data=data)
+
+    async def _asset(self, asset_id: str) -> ScenarioAsset:
+        response = await send(self.client, "GET", f"assets/{asset_id}")
+        check_status(response, what="scenario asset")
+        return parse(ScenarioAssetEnvelope, response, what="scenario asset").asset
+
+    async def cancel(self, job: JobRecord) -> CancelOutcome:
+        assert job.provider_job_id is not None
+        response = await send(self.client, "POST", f"jobs/{job.provider_job_id}/action", json={"action": "cancel"})
+        try:
+            check_status(response, what="scenario cancel")
+        except ProviderRejected as exc:
+            return CancelOutcome(accepted=False, provider_answer=f"refused {exc.status}: {exc.detail}")
+        return CancelOutcome(accepted=True, provider_answer=str(response.status_code))
+
+    def server_error_is_retryable(self, status: int) -> bool:
+        # Scenario's official SDK retries 5xx on generate: Scenario treats it as not created.
+        return True
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
