@@ -87,11 +87,11 @@ class KreaFlux1Dev(ModelInput):
     guidance_scale_flux: Annotated[Number, Field(ge=0, le=24)] = 3
     seed: int | None = None
     strength: Number | None = None
-    imageUrl: HttpUrl | None = None  # noqa: N815 - the provider's field name
-    styleImages: list[KreaImageRef] | None = None  # noqa: N815
-    imageStyleRefs: list[KreaImageRef] | None = None  # noqa: N815
+    imageUrl: HttpUrl | None = None
+    styleImages: list[KreaImageRef] | None = None
+    imageStyleRefs: list[KreaImageRef] | None = None
     styles: list[KreaStyle] | None = None
-    relaxedModeAccess: bool | None = None  # noqa: N815
+    relaxedModeAccess: bool | None = None
 
 
 # --- fal (seed 004: fal-ai/flux/krea) ---------------------------------------------------------
@@ -134,10 +134,10 @@ Count = Annotated[int, Field(ge=1, le=16)]
 @model_input("scenario", "model_flux-krea-dev")
 class ScenarioFluxKreaDev(ModelInput):
     prompt: str | None = Field(default=None, min_length=1)
-    aspectRatio: AspectRatio = "4:3"  # noqa: N815
+    aspectRatio: AspectRatio = "4:3"
     image: AssetId | None = None
-    promptStrength: Annotated[Number, Field(ge=0, le=1)] = 0.8  # noqa: N815
-    numOutputs: Count = 1  # noqa: N815
+    promptStrength: Annotated[Number, Field(ge=0, le=1)] = 0.8
+    numOutputs: Count = 1
     steps: Annotated[int, Field(ge=1)] = 28
     guidance: Annotated[Number, Field(ge=0)] = 3
     megapixels: str = "1"
@@ -147,25 +147,25 @@ class ScenarioFluxKreaDev(ModelInput):
 @model_input("scenario", "model_flux-kontext-editing")
 class ScenarioFluxKontextEditing(ModelInput):
     loras: list[str] | None = None
-    lorasScale: list[Number] | None = None  # noqa: N815
-    referenceImages: list[AssetId] = Field(min_length=1)  # noqa: N815
+    lorasScale: list[Number] | None = None
+    referenceImages: list[AssetId] = Field(min_length=1)
     prompt: str = Field(min_length=1)
-    numOutputs: Count = 1  # noqa: N815
-    aspectRatio: AspectRatio = "auto"  # noqa: N815
+    numOutputs: Count = 1
+    aspectRatio: AspectRatio = "auto"
     quality: str = "high"
-    guidanceScale: Annotated[Number, Field(ge=1, le=10)] = 3.5  # noqa: N815
+    guidanceScale: Annotated[Number, Field(ge=1, le=10)] = 3.5
     seed: int | None = None
 
 
 @model_input("scenario", "model_bfl-flux-2-klein-4b-base")
 class ScenarioFlux2Klein4bBase(ModelInput):
-    modelId: str | None = None  # noqa: N815
+    modelId: str | None = None
     loras: list[str] | None = None
-    lorasScale: list[Number] | None = None  # noqa: N815
+    lorasScale: list[Number] | None = None
     prompt: str = Field(min_length=1)
-    referenceImages: list[AssetId] | None = None  # noqa: N815
-    numOutputs: Count = 1  # noqa: N815
-    numInferenceSteps: Annotated[int, Field(ge=1)] = 28  # noqa: N815
+    referenceImages: list[AssetId] | None = None
+    numOutputs: Count = 1
+    numInferenceSteps: Annotated[int, Field(ge=1)] = 28
     width: Annotated[int | None, Field(ge=16), AfterValidator(_multiple_of_16)] = None
     height: Annotated[int | None, Field(ge=16), AfterValidator(_multiple_of_16)] = None
     guidance: Annotated[Number, Field(ge=0)] = 4

@@ -90,12 +90,12 @@ class Jwks(ProviderPayload):
 
 
 class ScenarioJobMetadata(ProviderPayload):
-    assetIds: list[str] = []  # noqa: N815 - the provider's field name
+    assetIds: list[str] = []
     error: Any = None
 
 
 class ScenarioJob(ProviderPayload):
-    jobId: str = Field(min_length=1)  # noqa: N815
+    jobId: str = Field(min_length=1)
     status: str
     progress: float | None = None
     metadata: ScenarioJobMetadata = ScenarioJobMetadata()
@@ -108,7 +108,7 @@ class ScenarioJobEnvelope(ProviderPayload):
 class ScenarioAsset(ProviderPayload):
     id: str
     url: str | None = None
-    mimeType: str | None = None  # noqa: N815
+    mimeType: str | None = None
     status: str | None = None
     metadata: dict[str, Any] | None = None
 

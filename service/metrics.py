@@ -16,6 +16,19 @@ OBSERVATIONS = Counter(
     registry=REGISTRY,
 )
 
+PROVIDER_REQUESTS = Counter(
+    "provider_requests_total",
+    "Requests sent to providers, by operation (submit, status, cancel).",
+    ["provider", "operation"],
+    registry=REGISTRY,
+)
+CALLBACKS = Counter(
+    "provider_callbacks_total",
+    "Provider callbacks received, by outcome (applied, ignored, rejected).",
+    ["provider", "outcome"],
+    registry=REGISTRY,
+)
+
 
 def render() -> bytes:
     """The registry in the Prometheus text exposition format."""

@@ -79,6 +79,7 @@ def record_from_row(row: asyncpg.Record) -> JobRecord:
         submitted_at=row["submitted_at"],
         attempts=row["checks"],
         created_at=row["created_at"],
+        submit_attempts=row["submit_attempts"],
         cancel_sent=row["cancel_sent_at"] is not None,
         callback_token_hash=row["callback_token_hash"],
     )
@@ -244,17 +245,34 @@ class JobStore:
     ) -> bool:
         return bool(
             await self.db.fetchval(
-                "reschedule_job", job_id, owner, at, clear_submission, event_type, "system", data or {}
+                "reschedule_job",
+                job_id,
+                owner,
+                at,
+                clear_submission,
+                event_type,
+                "system",
+                data or {},
             )
         )
 
     async def record_cancel_sent(
-        self, job_id: str, *, owner: str, provider_state: dict[str, Any], next_action_at: datetime, data: dict[str, Any]
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        provider_state: dict[str, Any],
+        next_action_at: datetime,
+        data: dict[str, Any],
     ) -> bool:
         return bool(
-            await self.db.fetchval("record_cancel_sent", job_id, owner, provider_state, next_action_at, data)
+            await self.db.fetchval(
+                "record_cancel_sent", job_id, owner, provider_state, next_action_at, data
+            )
         )
 
-    async def record_event(self, job_id: str, *, type: str, source: EventSource, data: dict[str, Any]) -> int | None:
+    async def record_event(
+        self, job_id: str, *, type: str, source: EventSource, data: dict[str, Any]
+    ) -> int | None:
         value: int | None = await self.db.fetchval("record_job_event", job_id, type, source, data)
         return value

@@ -11,6 +11,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -107,9 +108,19 @@ def store(database: Database) -> JobStore:
     return JobStore(database)
 
 
+# Every provider enabled, pointing at a port where nothing listens: API tests never reach them
+# (their runner is off); provider tests use the simulators instead.
+NOWHERE = "http://127.0.0.1:9"
+PROVIDERS_OFFLINE = {
+    "krea_api_url": NOWHERE, "krea_api_token": "t", "fal_queue_url": NOWHERE, "fal_key": "k",
+    "fal_jwks_url": NOWHERE, "scenario_api_url": NOWHERE, "scenario_api_key": "k",
+    "scenario_api_secret": "s",
+}  # fmt: skip
+
+
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(host="127.0.0.1", port=0)
+    return Settings.model_validate({"host": "127.0.0.1", "port": 0, **PROVIDERS_OFFLINE})
 
 
 class Service:
@@ -121,8 +132,10 @@ class Service:
         self.url = str(server.make_url("")).rstrip("/")
 
 
-async def start_service(settings: Settings, database: Database) -> Service:
-    app = create_app(settings, database=database)
+async def start_service(
+    settings: Settings, database: Database, *, run_workers: bool = False, **options: Any
+) -> Service:
+    app = create_app(settings, database=database, run_workers=run_workers, **options)
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
     return Service(server, app)

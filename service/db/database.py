@@ -37,6 +37,7 @@ def is_unavailable_error(exc: BaseException) -> bool:
         OSError
         | asyncio.TimeoutError
         | asyncpg.InterfaceError
+        | asyncpg.exceptions.InternalClientError
         | asyncpg.exceptions.ConnectionDoesNotExistError,
     )
 

@@ -77,6 +77,7 @@ class JobRecord:
     submitted_at: datetime | None
     attempts: int
     created_at: datetime
+    submit_attempts: int = 0
     cancel_sent: bool = False
     callback_token_hash: str | None = None
 

@@ -10,7 +10,13 @@ import httpx
 
 from schemas.jobs import JobError, JobOutput, JobStatus
 from schemas.providers import FalCancelAnswer, FalImagesResult, FalStatus, FalSubmitted, FalWebhook
-from service.providers.base import CancelOutcome, JobRecord, Observation, ProviderProtocolError, Submission
+from service.providers.base import (
+    CancelOutcome,
+    JobRecord,
+    Observation,
+    ProviderProtocolError,
+    Submission,
+)
 from service.providers.http import check_status, make_client, parse, send
 
 QUEUE_STATUS_MAP = {"IN_QUEUE": JobStatus.QUEUED, "IN_PROGRESS": JobStatus.RUNNING}
@@ -20,14 +26,23 @@ INGRESS_RETRYABLE = frozenset({502, 503, 504})
 
 def _outputs(payload: Any) -> list[JobOutput]:
     result = FalImagesResult.model_validate(payload if isinstance(payload, dict) else {})
-    return [JobOutput(url=i.url, content_type=i.content_type, width=i.width, height=i.height) for i in result.images]
+    return [
+        JobOutput(url=i.url, content_type=i.content_type, width=i.width, height=i.height)
+        for i in result.images
+    ]
 
 
-def _ended_with_error(job: JobRecord, *, provider_status: str, detail: Any, message: str) -> Observation:
+def _ended_with_error(
+    job: JobRecord, *, provider_status: str, detail: Any, message: str
+) -> Observation:
     # fal has no CANCELLED status: a canceled request completes with an error. Once fal accepted
     # our cancel (CANCELLATION_REQUESTED), that error means the cancel took effect.
     if job.provider_state.get("cancel_accepted"):
-        return Observation(status=JobStatus.CANCELED, provider_status=provider_status, data={"provider_status": provider_status})
+        return Observation(
+            status=JobStatus.CANCELED,
+            provider_status=provider_status,
+            data={"provider_status": provider_status},
+        )
     return Observation(
         status=JobStatus.FAILED,
         provider_status=provider_status,
@@ -46,8 +61,17 @@ def observe_fal_webhook(job: JobRecord, webhook: FalWebhook) -> Observation:
             outputs=_outputs(webhook.payload),
             data={"provider_status": "OK"},
         )
-    detail = {"error": webhook.error, "payload": webhook.payload, "payload_error": webhook.payload_error}
-    observation = _ended_with_error(job, provider_status=webhook.status, detail=detail, message=webhook.error or "fal reported an error")
+    detail = {
+        "error": webhook.error,
+        "payload": webhook.payload,
+        "payload_error": webhook.payload_error,
+    }
+    observation = _ended_with_error(
+        job,
+        provider_status=webhook.status,
+        detail=detail,
+        message=webhook.error or "fal reported an error",
+    )
     return Observation(
         status=observation.status, provider_status=observation.provider_status, provider_job_id=webhook.request_id,
         error=observation.error, data=observation.data,
@@ -60,11 +84,15 @@ class FalAdapter:
     name = "fal"
     callback_binds_unknown_submission = True
 
-    def __init__(self, *, queue_url: str, key: str, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, *, queue_url: str, key: str, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.queue_url = queue_url.rstrip("/")
         self.client = make_client(headers={"Authorization": f"Key {key}"}, transport=transport)
 
-    async def submit(self, job: JobRecord, *, request: dict[str, Any], callback_url: str) -> Submission:
+    async def submit(
+        self, job: JobRecord, *, request: dict[str, Any], callback_url: str
+    ) -> Submission:
         response = await send(
             self.client, "POST", f"{self.queue_url}/{job.model}", json=request,
             params={"fal_webhook": callback_url},
@@ -93,12 +121,20 @@ class FalAdapter:
         status = parse(FalStatus, response, what="fal status")
         mapped = QUEUE_STATUS_MAP.get(status.status)
         if mapped is not None:
-            return Observation(status=mapped, provider_status=status.status, data={"provider_status": status.status})
+            return Observation(
+                status=mapped,
+                provider_status=status.status,
+                data={"provider_status": status.status},
+            )
         if status.status != "COMPLETED":
-            return Observation(status=None, provider_status=status.status, data={"provider_status": status.status})
+            return Observation(
+                status=None, provider_status=status.status, data={"provider_status": status.status}
+            )
         if status.error is not None:
             detail = {"error": status.error, "error_type": status.error_type}
-            return _ended_with_error(job, provider_status="COMPLETED", detail=detail, message=str(status.error))
+            return _ended_with_error(
+                job, provider_status="COMPLETED", detail=detail, message=str(status.error)
+            )
         result = await send(self.client, "GET", self._url(job, "response_url"))
         check_status(result, what="fal result")
         try:

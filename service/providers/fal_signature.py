@@ -41,11 +41,17 @@ class FalWebhookVerifier:
     """Checks fal webhook signatures against fal's published keys."""
 
     def __init__(
-        self, *, jwks_url: str, client: httpx.AsyncClient, clock: Callable[[], float] = time.time
+        self,
+        *,
+        jwks_url: str,
+        client: httpx.AsyncClient,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.jwks_url = jwks_url
         self.client = client
         self.clock = clock
+        self.monotonic = monotonic
         self._keys: list[Ed25519PublicKey] = []
         self._fetched_at: float | None = None  # monotonic
         self._lock = asyncio.Lock()
@@ -68,7 +74,9 @@ class FalWebhookVerifier:
             raise InvalidCallback("timestamp is not an integer") from exc
         if skew > TIMESTAMP_TOLERANCE_S:
             raise InvalidCallback(f"timestamp is {int(skew)} s away from now")
-        message = signed_message(request_id=request_id, user_id=user_id, timestamp=timestamp, body=body)
+        message = signed_message(
+            request_id=request_id, user_id=user_id, timestamp=timestamp, body=body
+        )
         if self._matches(await self._current_keys(), signature, message):
             return request_id
         if await self._refetch_if_allowed() and self._matches(self._keys, signature, message):
@@ -86,22 +94,25 @@ class FalWebhookVerifier:
         return False
 
     async def _current_keys(self) -> list[Ed25519PublicKey]:
-        if self._fetched_at is None or time.monotonic() - self._fetched_at > KEYS_TTL_S:
+        if self._fetched_at is None or self.monotonic() - self._fetched_at > KEYS_TTL_S:
             async with self._lock:
-                if self._fetched_at is None or time.monotonic() - self._fetched_at > KEYS_TTL_S:
+                if self._fetched_at is None or self.monotonic() - self._fetched_at > KEYS_TTL_S:
                     await self._fetch()
         return self._keys
 
     async def _refetch_if_allowed(self) -> bool:
         async with self._lock:
-            if self._fetched_at is not None and time.monotonic() - self._fetched_at < REFETCH_INTERVAL_S:
+            if (
+                self._fetched_at is not None
+                and self.monotonic() - self._fetched_at < REFETCH_INTERVAL_S
+            ):
                 return False
             await self._fetch()
             return True
 
     async def _fetch(self) -> None:
         # Stamped before the attempt, so a failing JWKS endpoint is also asked at most once a minute.
-        self._fetched_at = time.monotonic()
+        self._fetched_at = self.monotonic()
         try:
             response = await send(self.client, "GET", self.jwks_url)
             check_status(response, what="fal jwks")

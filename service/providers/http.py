@@ -128,5 +128,7 @@ def parse(model: type[P], response: httpx.Response, *, what: str) -> P:
         return model.model_validate_json(response.content)
     except ValidationError as exc:
         raise ProviderProtocolError(
-            f"{what}: unexpected answer shape", status=response.status_code, detail=_detail(response)
+            f"{what}: unexpected answer shape",
+            status=response.status_code,
+            detail=_detail(response),
         ) from exc

@@ -10,7 +10,13 @@ import httpx
 
 from schemas.jobs import JobError, JobOutput, JobStatus
 from schemas.providers import KreaJob
-from service.providers.base import CancelOutcome, JobRecord, Observation, ProviderRejected, Submission
+from service.providers.base import (
+    CancelOutcome,
+    JobRecord,
+    Observation,
+    ProviderRejected,
+    Submission,
+)
 from service.providers.http import check_status, make_client, parse, send
 from service.providers.outputs import content_type_from_url
 
@@ -42,7 +48,9 @@ def observe_krea_job(job: KreaJob, *, request: dict[str, Any] | None = None) -> 
         ]
     if status is JobStatus.FAILED:
         detail = job.result.error if job.result is not None else None
-        error = JobError(code="provider_failed", message="Krea reported the job failed", provider_detail=detail)
+        error = JobError(
+            code="provider_failed", message="Krea reported the job failed", provider_detail=detail
+        )
     return Observation(
         status=status,
         provider_status=job.status,
@@ -59,12 +67,16 @@ class KreaAdapter:
     name = "krea"
     callback_binds_unknown_submission = True
 
-    def __init__(self, *, base_url: str, token: str, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, *, base_url: str, token: str, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.client = make_client(
             base_url=base_url, headers={"Authorization": f"Bearer {token}"}, transport=transport
         )
 
-    async def submit(self, job: JobRecord, *, request: dict[str, Any], callback_url: str) -> Submission:
+    async def submit(
+        self, job: JobRecord, *, request: dict[str, Any], callback_url: str
+    ) -> Submission:
         response = await send(
             self.client, "POST", f"/generate/image/{job.model}", json=request,
             headers={"X-Webhook-URL": callback_url},
@@ -73,14 +85,18 @@ class KreaAdapter:
         answer = parse(KreaJob, response, what="krea submit")
         size = {"width": request.get("width"), "height": request.get("height")}
         return Submission(
-            provider_job_id=answer.job_id, provider_status=answer.status, provider_state={"request": size}
+            provider_job_id=answer.job_id,
+            provider_status=answer.status,
+            provider_state={"request": size},
         )
 
     async def fetch_status(self, job: JobRecord) -> Observation:
         assert job.provider_job_id is not None
         response = await send(self.client, "GET", f"/jobs/{job.provider_job_id}")
         check_status(response, what="krea status")
-        return observe_krea_job(parse(KreaJob, response, what="krea status"), request=job.provider_state.get("request"))
+        return observe_krea_job(
+            parse(KreaJob, response, what="krea status"), request=job.provider_state.get("request")
+        )
 
     async def cancel(self, job: JobRecord) -> CancelOutcome:
         assert job.provider_job_id is not None
@@ -90,7 +106,9 @@ class KreaAdapter:
         except ProviderRejected as exc:
             # Krea cancels only while queued or processing; a refusal means it is too late and
             # the job's own terminal state will arrive by webhook or poll.
-            return CancelOutcome(accepted=False, provider_answer=f"refused {exc.status}: {exc.detail}")
+            return CancelOutcome(
+                accepted=False, provider_answer=f"refused {exc.status}: {exc.detail}"
+            )
         return CancelOutcome(accepted=True, provider_answer=f"{response.status_code}")
 
     def server_error_is_retryable(self, status: int) -> bool:

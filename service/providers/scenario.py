@@ -12,7 +12,13 @@ import httpx
 
 from schemas.jobs import JobError, JobOutput, JobStatus
 from schemas.providers import ScenarioAsset, ScenarioAssetEnvelope, ScenarioJobEnvelope
-from service.providers.base import CancelOutcome, JobRecord, Observation, ProviderRejected, Submission
+from service.providers.base import (
+    CancelOutcome,
+    JobRecord,
+    Observation,
+    ProviderRejected,
+    Submission,
+)
 from service.providers.http import check_status, make_client, parse, send
 
 STATUS_MAP = {
@@ -39,14 +45,23 @@ class ScenarioAdapter:
     callback_binds_unknown_submission = False
 
     def __init__(
-        self, *, base_url: str, api_key: str, api_secret: str, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        api_secret: str,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         basic = base64.b64encode(f"{api_key}:{api_secret}".encode()).decode()
         self.client = make_client(
-            base_url=base_url.rstrip("/") + "/", headers={"Authorization": f"Basic {basic}"}, transport=transport
+            base_url=base_url.rstrip("/") + "/",
+            headers={"Authorization": f"Basic {basic}"},
+            transport=transport,
         )
 
-    async def submit(self, job: JobRecord, *, request: dict[str, Any], callback_url: str) -> Submission:
+    async def submit(
+        self, job: JobRecord, *, request: dict[str, Any], callback_url: str
+    ) -> Submission:
         del callback_url  # Scenario is polled
         response = await send(self.client, "POST", f"generate/custom/{job.model}", json=request)
         check_status(response, what="scenario submit")
@@ -65,13 +80,24 @@ class ScenarioAdapter:
         if status is JobStatus.SUCCEEDED:
             assets = await asyncio.gather(*(self._asset(a) for a in found.metadata.assetIds))
             outputs = [
-                JobOutput(url=a.url, content_type=a.mimeType, width=_dimension(a, "width"), height=_dimension(a, "height"))
+                JobOutput(
+                    url=a.url,
+                    content_type=a.mimeType,
+                    width=_dimension(a, "width"),
+                    height=_dimension(a, "height"),
+                )
                 for a in assets
                 if a.url
             ]
-            return Observation(status=status, provider_status=found.status, outputs=outputs, data=data)
+            return Observation(
+                status=status, provider_status=found.status, outputs=outputs, data=data
+            )
         if status is JobStatus.FAILED:
-            error = JobError(code="provider_failed", message="Scenario reported the job failed", provider_detail=found.metadata.error)
+            error = JobError(
+                code="provider_failed",
+                message="Scenario reported the job failed",
+                provider_detail=found.metadata.error,
+            )
             return Observation(status=status, provider_status=found.status, error=error, data=data)
         return Observation(status=status, provider_status=found.status, data=data)
 
@@ -82,11 +108,15 @@ class ScenarioAdapter:
 
     async def cancel(self, job: JobRecord) -> CancelOutcome:
         assert job.provider_job_id is not None
-        response = await send(self.client, "POST", f"jobs/{job.provider_job_id}/action", json={"action": "cancel"})
+        response = await send(
+            self.client, "POST", f"jobs/{job.provider_job_id}/action", json={"action": "cancel"}
+        )
         try:
             check_status(response, what="scenario cancel")
         except ProviderRejected as exc:
-            return CancelOutcome(accepted=False, provider_answer=f"refused {exc.status}: {exc.detail}")
+            return CancelOutcome(
+                accepted=False, provider_answer=f"refused {exc.status}: {exc.detail}"
+            )
         return CancelOutcome(accepted=True, provider_answer=str(response.status_code))
 
     def server_error_is_retryable(self, status: int) -> bool:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -12,15 +15,19 @@ from service.db.database import Database, connect
 from service.db.migrations import apply_migrations
 from service.errors import DatabaseUnavailable
 from service.logs import get_logger
+from service.providers.registry import Providers, build_providers
 from service.store import JobStore
 from service.web.bodies import CALLBACK_BODY_LIMIT
+from service.web.callbacks_api import CallbacksApi
 from service.web.jobs_api import JobsApi
 from service.web.middleware import error_middleware, request_context_middleware, token_middleware
 from service.web.ops_api import OpsApi
+from service.workers.runner import JobRunner
 
 DATABASE_KEY = web.AppKey("database", Database)
 STORE_KEY = web.AppKey("store", JobStore)
 SETTINGS_KEY = web.AppKey("settings", Settings)
+RUNNER_KEY = web.AppKey("runner", JobRunner)
 
 
 async def prepare_database(dsn: str, *, wait_seconds: float = 30.0) -> None:
@@ -46,8 +53,17 @@ async def prepare_database(dsn: str, *, wait_seconds: float = 30.0) -> None:
         await conn.close()
 
 
-def create_app(settings: Settings, *, database: Database) -> web.Application:
-    """The application over an open database; the database is closed with the app."""
+def create_app(
+    settings: Settings,
+    *,
+    database: Database,
+    providers: Providers | None = None,
+    run_workers: bool = True,
+    runner_options: dict[str, Any] | None = None,
+) -> web.Application:
+    """The application over an open database; the database and the providers' clients are
+    closed with the app. `run_workers=False` serves the API and callbacks only."""
+    providers = providers if providers is not None else build_providers(settings)
     app = web.Application(
         middlewares=[
             request_context_middleware,
@@ -58,16 +74,36 @@ def create_app(settings: Settings, *, database: Database) -> web.Application:
         client_max_size=CALLBACK_BODY_LIMIT,
     )
     store = JobStore(database)
+    runner = JobRunner(
+        store=store,
+        adapters=providers.adapters,
+        callback_base_url=settings.base_url,
+        **(runner_options or {}),
+    )
     app[SETTINGS_KEY] = settings
     app[DATABASE_KEY] = database
     app[STORE_KEY] = store
-    app.add_routes(JobsApi(store).routes())
+    app[RUNNER_KEY] = runner
+    app.add_routes(
+        JobsApi(
+            store, enabled_providers=frozenset(providers.adapters), on_work=runner.wake
+        ).routes()
+    )
+    app.add_routes(CallbacksApi(store, fal_verifier=providers.fal_verifier).routes())
     app.add_routes(OpsApi(database).routes())
 
-    async def close_database(_app: web.Application) -> None:
+    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(runner.run(), name="job-runner") if run_workers else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await runner.close()
+        await providers.aclose()
         await database.close()
 
-    app.on_cleanup.append(close_database)
+    app.cleanup_ctx.append(lifetime)
     return app
 
 

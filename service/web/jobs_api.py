@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from schemas.events import EventList
 from schemas.jobs import IDEMPOTENCY_KEY_PATTERN, PROVIDERS, Job, JobCreate, JobList, JobStatus
+from schemas.model_inputs import MODELS, models_of
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.logs import get_logger
 from service.metrics import JOBS_CREATED
@@ -51,8 +53,16 @@ def decode_cursor(cursor: str) -> str:
 class JobsApi:
     """Handlers of /v1/jobs; each validates its input fully before touching the store."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        enabled_providers: frozenset[str],
+        on_work: Callable[[], None] = lambda: None,
+    ) -> None:
         self.store = store
+        self.enabled_providers = enabled_providers
+        self.on_work = on_work  # wakes this instance's runner: a job was created or canceled
         self._log = get_logger("service.jobs")
 
     def routes(self) -> list[web.RouteDef]:
@@ -78,11 +88,13 @@ class JobsApi:
             )
         body = await read_json_object(request)
         create = validate_model(JobCreate, body)
+        self._check_provider_input(create)
         result = await self.store.create_job(create, idempotency_key=key)
         job = result.job
         structlog.contextvars.bind_contextvars(job_id=job.id, provider=job.provider)
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if result.created:
+            self.on_work()
             JOBS_CREATED.labels(provider=job.provider).inc()
             self._log.info("job_created", model=job.model, idempotent=key is not None)
             return json_response(_job_body(job), status=202, headers=headers)
@@ -142,7 +154,27 @@ class JobsApi:
                 f"job {job_id} is already {result.job.status.value}", code="job_finished"
             )
         self._log.info("job_cancel_requested", outcome=result.outcome)
+        if result.outcome == "requested":
+            self.on_work()
         return json_response(_job_body(result.job), status=202)
+
+    def _check_provider_input(self, create: JobCreate) -> None:
+        """Provider enabled, model known, input valid for that model: all before anything is
+        recorded or sent."""
+        if create.provider not in self.enabled_providers:
+            raise ValidationFailed(
+                f"provider {create.provider!r} is disabled: it has no credentials configured",
+                code="provider_disabled",
+                details=[{"loc": ["body", "provider"], "msg": "provider is disabled"}],
+            )
+        spec = MODELS.get((create.provider, create.model))
+        if spec is None:
+            known = ", ".join(models_of(create.provider))
+            raise ValidationFailed(
+                f"unknown model {create.model!r} for {create.provider}",
+                details=[{"loc": ["body", "model"], "msg": f"must be one of: {known}"}],
+            )
+        validate_model(spec.input_model, create.input, prefix=("body", "input"))
 
     def _job_id(self, request: web.Request) -> str:
         job_id = request.match_info["job_id"]

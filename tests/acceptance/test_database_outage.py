@@ -12,7 +12,7 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.embedded import EmbeddedPostgres
 from service.web.app import prepare_database
-from tests.conftest import start_service
+from tests.conftest import PROVIDERS_OFFLINE, start_service
 
 JOB = {"provider": "krea", "model": "bfl/flux-1-dev", "input": {"prompt": "a fox"}}
 
@@ -23,7 +23,9 @@ async def test_outage_gives_503_and_the_service_recovers_by_itself(tmp_path: Pat
     try:
         await prepare_database(dsn)
         db = await Database.open(dsn, min_size=2, max_size=4)
-        svc = await start_service(Settings(host="127.0.0.1", port=0), db)
+        svc = await start_service(
+            Settings.model_validate({"host": "127.0.0.1", "port": 0, **PROVIDERS_OFFLINE}), db
+        )
         async with httpx.AsyncClient(base_url=svc.url) as http:
             assert (await http.post("/v1/jobs", json=JOB)).status_code == 202
 

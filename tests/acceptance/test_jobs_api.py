@@ -163,7 +163,9 @@ async def test_wrong_method_is_405_json(http: httpx.AsyncClient) -> None:
 
 async def test_list_is_newest_first_with_a_cursor(http: httpx.AsyncClient) -> None:
     ids = [(await create(http)).json()["id"] for _ in range(5)]
-    await create(http, {**JOB, "provider": "krea", "model": "bfl/flux-1-dev"})
+    await create(
+        http, {**JOB, "provider": "krea", "model": "bfl/flux-1-dev", "input": {"prompt": "x"}}
+    )
     page1 = (await http.get("/v1/jobs", params={"provider": "fal", "limit": 2})).json()
     page2 = (
         await http.get(

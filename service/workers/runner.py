@@ -1,0 +1,368 @@
+"""The job runner: claims due jobs and does their next action on the provider.
+
+One loop per instance. It claims due jobs by lease on the job rows (`FOR UPDATE SKIP LOCKED`, so
+any number of instances share the work with PostgreSQL as the only coordinator) and, per job,
+does what its state calls for:
+
+- accepted, submission not started: submit (at most once; see `_submit`);
+- accepted, submission started but never recorded: its outcome is unknown (see `_unknown`);
+- cancel requested and not yet sent: send the cancel to the provider;
+- otherwise in flight: ask the provider (`fetch_status`) and record it as a `poll` observation.
+
+Work per provider runs under a concurrency limit. The loop sleeps until the next job is due, or
+until it is woken (a job was created or a cancel requested on this instance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from schemas.jobs import JobError, JobStatus
+from schemas.model_inputs import MODELS
+from service.errors import DatabaseUnavailable
+from service.logs import get_logger
+from service.metrics import OBSERVATIONS, PROVIDER_REQUESTS
+from service.providers.base import (
+    JobRecord,
+    OutcomeUnknown,
+    ProviderAdapter,
+    ProviderError,
+    ProviderProtocolError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderServerError,
+    ProviderUnreachable,
+)
+from service.store import JobStore
+from service.workers.schedule import DEFAULT_TIMINGS, ProviderTiming
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _later(seconds: float) -> datetime:
+    return _now() + timedelta(seconds=seconds)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class JobRunner:
+    """Claims due jobs and acts on them; several runners (instances) share one database."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        adapters: Mapping[str, ProviderAdapter],
+        callback_base_url: str,
+        owner: str | None = None,
+        timings: Mapping[str, ProviderTiming] | None = None,
+        batch_size: int = 100,
+        lease_seconds: float = 60.0,
+        concurrency_per_provider: int = 32,
+        idle_wait_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.adapters = adapters
+        self.callback_base_url = callback_base_url.rstrip("/")
+        self.owner = owner or f"runner-{secrets.token_hex(6)}"
+        self.timings = {**DEFAULT_TIMINGS, **(timings or {})}
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.idle_wait_s = idle_wait_s
+        self._limits = {name: asyncio.Semaphore(concurrency_per_provider) for name in adapters}
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._log = get_logger("service.runner")
+
+    def wake(self) -> None:
+        """Makes the loop look for due work now (called when this instance creates work)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Runs until cancelled."""
+        backoff = 0.5
+        while True:
+            try:
+                claimed = await self.run_once()
+                backoff = 0.5
+            except DatabaseUnavailable:
+                self._log.warning("runner_database_unavailable", retry_in_s=backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            except Exception:
+                # The loop is the instance's only worker: it must outlive any single failure.
+                self._log.exception("runner_loop_failed", retry_in_s=backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if claimed < self.batch_size:
+                await self._sleep(await self._idle_wait())
+
+    async def run_once(self) -> int:
+        """Claims one batch and starts its work; returns how many jobs were claimed."""
+        self._wake.clear()
+        jobs = await self.store.claim_due(
+            owner=self.owner, limit=self.batch_size, lease_seconds=self.lease_seconds
+        )
+        for job in jobs:
+            task = asyncio.create_task(self._handle_limited(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(jobs)
+
+    async def drain(self) -> None:
+        """Waits for the work in progress (tests and shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _idle_wait(self) -> float:
+        next_due = await self.store.next_due_at()
+        if next_due is None:
+            return self.idle_wait_s
+        return min(max((next_due - _now()).total_seconds(), 0.005), self.idle_wait_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    async def _handle_limited(self, job: JobRecord) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job.id, provider=job.provider)
+        adapter = self.adapters.get(job.provider)
+        if adapter is None:
+            # This instance has no credentials for the provider; another instance may.
+            self._log.warning("runner_provider_disabled")
+            await self.store.reschedule(job.id, owner=self.owner, at=_later(60))
+            return
+        try:
+            async with self._limits[job.provider]:
+                await self._handle(job, adapter)
+        except DatabaseUnavailable:
+            # The lease runs out and the job is claimed again once the database is back.
+            self._log.warning("runner_job_deferred_database_unavailable")
+        except Exception:
+            self._log.exception("runner_job_crashed")
+            with contextlib.suppress(Exception):
+                await self.store.reschedule(job.id, owner=self.owner, at=_later(30))
+
+    async def _handle(self, job: JobRecord, adapter: ProviderAdapter) -> None:
+        if job.status.is_terminal:
+            return
+        if job.status is JobStatus.ACCEPTED and job.submit_started_at is None:
+            await self._submit(job, adapter)
+        elif job.status is JobStatus.ACCEPTED:
+            await self._unknown(
+                job, adapter, reason="submission started but its outcome was never recorded"
+            )
+        elif job.cancel_requested and not job.cancel_sent:
+            await self._cancel(job, adapter)
+        else:
+            await self._poll(job, adapter)
+
+    # --- submission ---------------------------------------------------------------------------
+
+    async def _submit(self, job: JobRecord, adapter: ProviderAdapter) -> None:
+        """At most once: the start is committed (with the callback token's hash) before the
+        request leaves, and only a request that certainly was not sent is ever sent again."""
+        timing = self.timings[job.provider]
+        token = secrets.token_urlsafe(32)
+        outcome = await self.store.begin_submission(
+            job.id, owner=self.owner, token_hash=hash_token(token)
+        )
+        if outcome != "go":
+            self._log.info("submission_skipped", outcome=outcome)
+            return
+        request = (
+            MODELS[(job.provider, job.model)]
+            .input_model.model_validate(job.input)
+            .provider_request()
+        )
+        callback_url = f"{self.callback_base_url}/callbacks/{job.provider}/{job.id}/{token}"
+        try:
+            PROVIDER_REQUESTS.labels(provider=job.provider, operation="submit").inc()
+            submission = await adapter.submit(job, request=request, callback_url=callback_url)
+        except (ProviderUnreachable, ProviderRateLimited) as exc:
+            retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
+            await self._retry_submission(job, timing, exc, retry_after=retry_after)
+            return
+        except ProviderServerError as exc:
+            if adapter.server_error_is_retryable(exc.status or 500):
+                await self._retry_submission(job, timing, exc, retry_after=None)
+            else:
+                await self._unknown(job, adapter, reason=str(exc), detail=exc.detail)
+            return
+        except ProviderRejected as exc:
+            await self._fail(
+                job,
+                code="provider_rejected",
+                message=str(exc),
+                detail=exc.detail,
+                data={"request": request},
+            )
+            return
+        except (OutcomeUnknown, ProviderProtocolError) as exc:
+            await self._unknown(job, adapter, reason=str(exc), detail=exc.detail)
+            return
+        first_check = (
+            timing.webhook_grace_s if timing.webhook_grace_s is not None else timing.poll.delay(0)
+        )
+        result = await self.store.apply_observation(
+            job.id,
+            JobStatus.SUBMITTED,
+            source="system",
+            provider_job_id=submission.provider_job_id,
+            provider_state=submission.provider_state,
+            next_action_at=_later(first_check),
+            lease_owner=self.owner,
+            record_ignored=True,
+            data={
+                "request": request,
+                "provider_job_id": submission.provider_job_id,
+                "provider_status": submission.provider_status,
+            },
+        )
+        self._log.info(
+            "job_submitted", provider_job_id=submission.provider_job_id, applied=result.applied
+        )
+
+    async def _retry_submission(
+        self,
+        job: JobRecord,
+        timing: ProviderTiming,
+        exc: ProviderError,
+        *,
+        retry_after: float | None,
+    ) -> None:
+        attempts = job.submit_attempts + 1  # begin_submission counted this attempt
+        if attempts >= timing.retry.max_attempts:
+            await self._fail(job, code="provider_unavailable", message=str(exc), detail=exc.detail)
+            return
+        delay = timing.retry.delay(attempts, retry_after=retry_after)
+        self._log.info(
+            "submission_retry_scheduled", attempt=attempts, delay_s=round(delay, 3), error=str(exc)
+        )
+        await self.store.reschedule(
+            job.id,
+            owner=self.owner,
+            at=_later(delay),
+            clear_submission=True,  # certainly not sent (or refused with 429): safe to send again
+            event_type="submission_retry_scheduled",
+            data={
+                "attempt": attempts,
+                "delay_s": round(delay, 3),
+                "reason": str(exc),
+                "status": exc.status,
+            },
+        )
+
+    async def _unknown(
+        self, job: JobRecord, adapter: ProviderAdapter, *, reason: str, detail: Any = None
+    ) -> None:
+        """The provider may have created the job. Never send it again: wait for the callback that
+        carries this job's token to bind it (Krea, fal), or end it as failed."""
+        timing = self.timings[job.provider]
+        started = job.submit_started_at or _now()
+        bind_deadline = started + timedelta(seconds=timing.unknown_outcome_wait_s)
+        if adapter.callback_binds_unknown_submission and _now() < bind_deadline:
+            self._log.warning("submission_outcome_unknown_waiting", reason=reason)
+            await self.store.reschedule(
+                job.id, owner=self.owner, at=bind_deadline, event_type="submission_outcome_unknown",
+                data={"reason": reason, "detail": detail, "waiting_for_callback_until": bind_deadline.isoformat()},
+            )  # fmt: skip
+            return
+        await self._fail(
+            job,
+            code="submission_outcome_unknown",
+            message=f"the provider may or may not have accepted the job: {reason}",
+            detail=detail,
+        )
+
+    async def _fail(
+        self,
+        job: JobRecord,
+        *,
+        code: str,
+        message: str,
+        detail: Any = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self._log.warning("job_failed", code=code, message=message)
+        await self.store.apply_observation(
+            job.id,
+            JobStatus.FAILED,
+            source="system",
+            error=JobError(code=code, message=message, provider_detail=detail),
+            lease_owner=self.owner,
+            record_ignored=True,
+            data={"code": code, **(data or {})},
+        )
+
+    # --- cancel and status --------------------------------------------------------------------
+
+    async def _cancel(self, job: JobRecord, adapter: ProviderAdapter) -> None:
+        timing = self.timings[job.provider]
+        try:
+            PROVIDER_REQUESTS.labels(provider=job.provider, operation="cancel").inc()
+            outcome = await adapter.cancel(job)
+        except ProviderError as exc:
+            self._log.warning("cancel_failed", error=str(exc))
+            await self.store.reschedule(job.id, owner=self.owner, at=_later(timing.retry.delay(1)))
+            return
+        await self.store.record_cancel_sent(
+            job.id,
+            owner=self.owner,
+            provider_state={"cancel_accepted": outcome.accepted},
+            next_action_at=_later(timing.after_cancel_s),
+            data={"accepted": outcome.accepted, "provider_answer": outcome.provider_answer},
+        )
+        self._log.info("cancel_sent", accepted=outcome.accepted)
+
+    async def _poll(self, job: JobRecord, adapter: ProviderAdapter) -> None:
+        timing = self.timings[job.provider]
+        next_at = _later(timing.poll.delay(job.attempts))
+        try:
+            PROVIDER_REQUESTS.labels(provider=job.provider, operation="status").inc()
+            observation = await adapter.fetch_status(job)
+        except ProviderRateLimited as exc:
+            await self.store.reschedule(
+                job.id, owner=self.owner, at=_later(max(exc.retry_after or 0, 1.0))
+            )
+            return
+        except ProviderError as exc:
+            self._log.warning("poll_failed", error=str(exc))
+            await self.store.reschedule(job.id, owner=self.owner, at=next_at)
+            return
+        if observation.status is None:
+            await self.store.reschedule(job.id, owner=self.owner, at=next_at)
+            return
+        result = await self.store.apply_observation(
+            job.id,
+            observation.status,
+            source="poll",
+            data=observation.data,
+            outputs=observation.outputs,
+            error=observation.error,
+            provider_job_id=observation.provider_job_id,
+            next_action_at=next_at,
+            lease_owner=self.owner,
+        )
+        OBSERVATIONS.labels(
+            provider=job.provider, source="poll", applied=str(result.applied).lower()
+        ).inc()

@@ -1,0 +1,53 @@
+"""When to act on a job next: first checks, polling backoff with jitter, retry delays."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """Quick first checks, then exponential backoff with jitter, bounded."""
+
+    first_s: float = 1.0
+    factor: float = 1.25
+    max_s: float = 5.0
+    jitter: float = 0.2  # +-20 %
+
+    def delay(self, checks_done: int) -> float:
+        base = min(self.first_s * self.factor ** max(checks_done, 0), self.max_s)
+        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Submission retries after 429 or a connection that could not be opened."""
+
+    base_s: float = 1.0
+    max_s: float = 60.0
+    max_attempts: int = 6
+
+    def delay(self, attempt: int, *, retry_after: float | None = None) -> float:
+        backoff = min(self.base_s * 2 ** max(attempt - 1, 0), self.max_s) * random.uniform(0.5, 1.5)
+        return float(max(backoff, retry_after or 0.0))
+
+
+@dataclass(frozen=True)
+class ProviderTiming:
+    """Per provider: how long to wait for a webhook before checking, how to poll, retries."""
+
+    webhook_grace_s: float | None  # None: the provider is polled from the start (Scenario)
+    poll: PollPolicy
+    retry: RetryPolicy = RetryPolicy()
+    #: How long a submission whose outcome is unknown may still be bound by a callback.
+    unknown_outcome_wait_s: float = 600.0
+    #: How soon to look again after a cancel was sent.
+    after_cancel_s: float = 1.0
+
+
+DEFAULT_TIMINGS: dict[str, ProviderTiming] = {
+    "krea": ProviderTiming(webhook_grace_s=120.0, poll=PollPolicy(first_s=5.0, max_s=30.0)),
+    "fal": ProviderTiming(webhook_grace_s=120.0, poll=PollPolicy(first_s=5.0, max_s=30.0)),
+    "scenario": ProviderTiming(webhook_grace_s=None, poll=PollPolicy()),
+}

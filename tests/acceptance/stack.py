@@ -1,0 +1,148 @@
+"""The whole stack for provider tests: the three simulators, the service (API, callbacks and
+runner) configured to use them, and a way to await a job's progress without sleeping: the
+test LISTENs on the same NOTIFY channel the event store signals on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+
+from service.config import Settings
+from service.db.database import Database
+from service.simulators import RunningSimulators, SimulatorConfig, start_simulators
+from service.web.app import RUNNER_KEY
+from service.workers.schedule import DEFAULT_TIMINGS, PollPolicy, ProviderTiming
+from tests.conftest import Service, start_service
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+# Quick polling so Scenario tests take a fraction of a second; webhook providers keep a long
+# grace period so their terminal news can only come by webhook unless a test says otherwise.
+FAST_TIMINGS = {
+    "scenario": ProviderTiming(
+        webhook_grace_s=None, poll=PollPolicy(first_s=0.05, factor=1.2, max_s=0.2)
+    ),
+    "krea": DEFAULT_TIMINGS["krea"],
+    "fal": DEFAULT_TIMINGS["fal"],
+}
+
+
+class JobWatcher:
+    """Wakes whenever the event store commits an event (NOTIFY job_events)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.changed = asyncio.Condition()
+
+    async def start(self) -> None:
+        await self.conn.add_listener("job_events", self._on_notify)
+
+    def _on_notify(self, *_args: Any) -> None:
+        asyncio.get_running_loop().create_task(self._notify_all())
+
+    async def _notify_all(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+
+@dataclass
+class Stack:
+    sims: RunningSimulators
+    service: Service
+    http: httpx.AsyncClient
+    watcher: JobWatcher
+
+    async def create(
+        self, provider: str, model: str, input: dict[str, Any], **extra: Any
+    ) -> dict[str, Any]:
+        response = await self.http.post(
+            "/v1/jobs", json={"provider": provider, "model": model, "input": input, **extra}
+        )
+        assert response.status_code == 202, response.text
+        job: dict[str, Any] = response.json()
+        return job
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200
+        job: dict[str, Any] = response.json()
+        return job
+
+    async def events(self, job_id: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = (await self.http.get(f"/v1/jobs/{job_id}/events")).json()[
+            "events"
+        ]
+        return events
+
+    async def wait_for(
+        self, job_id: str, statuses: set[str] = TERMINAL, *, timeout: float = 20.0
+    ) -> dict[str, Any]:
+        """The job once its status is in `statuses`; waits on commits, not on a clock."""
+
+        async def reached() -> dict[str, Any]:
+            async with self.watcher.changed:
+                while True:
+                    job = await self.job(job_id)
+                    if job["status"] in statuses:
+                        return job
+                    await self.watcher.changed.wait()
+
+        return await asyncio.wait_for(reached(), timeout)
+
+    async def wait_for_event(
+        self, job_id: str, event_type: str, *, timeout: float = 20.0
+    ) -> dict[str, Any]:
+        async def seen() -> dict[str, Any]:
+            async with self.watcher.changed:
+                while True:
+                    for event in await self.events(job_id):
+                        if event["type"] == event_type:
+                            return event
+                    await self.watcher.changed.wait()
+
+        return await asyncio.wait_for(seen(), timeout)
+
+
+def stack_settings(sims: RunningSimulators, **overrides: Any) -> Settings:
+    return Settings.model_validate({
+        "host": "127.0.0.1", "port": 0,
+        "krea_api_url": sims.krea_url, "krea_api_token": sims.krea_token,
+        "fal_queue_url": sims.fal_url, "fal_key": sims.fal_key, "fal_jwks_url": sims.fal_jwks_url,
+        "scenario_api_url": sims.scenario_url, "scenario_api_key": sims.scenario_api_key,
+        "scenario_api_secret": sims.scenario_api_secret, **overrides,
+    })  # fmt: skip
+
+
+@asynccontextmanager
+async def running_stack(
+    database_url: str,
+    *,
+    sim_config: SimulatorConfig | None = None,
+    timings: dict[str, ProviderTiming] | None = None,
+) -> AsyncIterator[Stack]:
+    sims = await start_simulators(
+        config=sim_config or SimulatorConfig(queue_seconds=0.05, run_seconds=0.1)
+    )
+    db = await Database.open(database_url, min_size=1, max_size=10)
+    # The service's own URL is only known once it listens: bind first, then point callbacks there.
+    service = await start_service(
+        stack_settings(sims), db, run_workers=True,
+        runner_options={"timings": timings or FAST_TIMINGS},
+    )  # fmt: skip
+    service.app[RUNNER_KEY].callback_base_url = service.url
+    listen = await asyncpg.connect(database_url)
+    watcher = JobWatcher(listen)
+    await watcher.start()
+    try:
+        async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
+            yield Stack(sims=sims, service=service, http=http, watcher=watcher)
+    finally:
+        await listen.close()
+        await service.server.close()
+        await sims.close()
