@@ -93,7 +93,7 @@ class Stack:
                         return job
                     await self.watcher.changed.wait()
 
-        return await asyncio.wait_for(reached(), timeout)
+        return await asyncio.wait_for(reached(), within_s)
 
     async def wait_for_event(
         self, job_id: str, event_type: str, *, timeout: float = 20.0
@@ -106,7 +106,7 @@ class Stack:
                             return event
                     await self.watcher.changed.wait()
 
-        return await asyncio.wait_for(seen(), timeout)
+        return await asyncio.wait_for(seen(), within_s)
 
 
 def stack_settings(sims: RunningSimulators, **overrides: Any) -> Settings:
