@@ -81,7 +81,7 @@ class Stack:
         return events
 
     async def wait_for(
-        self, job_id: str, statuses: set[str] = TERMINAL, *, timeout: float = 20.0
+        self, job_id: str, statuses: set[str] = TERMINAL, *, within_s: float = 20.0
     ) -> dict[str, Any]:
         """The job once its status is in `statuses`; waits on commits, not on a clock."""
 
@@ -96,7 +96,7 @@ class Stack:
         return await asyncio.wait_for(reached(), within_s)
 
     async def wait_for_event(
-        self, job_id: str, event_type: str, *, timeout: float = 20.0
+        self, job_id: str, event_type: str, *, within_s: float = 20.0
     ) -> dict[str, Any]:
         async def seen() -> dict[str, Any]:
             async with self.watcher.changed:
