@@ -1,8 +1,9 @@
 """`make run`: the service on a fresh machine with nothing configured.
 
-Starts the embedded PostgreSQL (unless DATABASE_URL is set), applies migrations, serves the API
-with a bearer token (API_TOKENS, or one generated once and kept under SERVICE_DATA_DIR), and
-prints the URL, the token and an example curl.
+Starts the embedded PostgreSQL (unless DATABASE_URL is set), applies migrations, starts the
+built-in provider simulators for every provider that has no credentials and points the service
+at them, serves the API with a bearer token (API_TOKENS, or one generated once and kept under
+SERVICE_DATA_DIR), and prints the URL, the token and one curl per provider.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import secrets
 import signal
 from pathlib import Path
 
+import orjson
 from aiohttp import web
 from pydantic import SecretStr
 
 from service.config import Settings
 from service.logs import get_logger
+from service.simulators import RunningSimulators, SimulatorConfig, start_simulators
 from service.web.app import build_app
 
 
@@ -33,23 +36,81 @@ def demo_token(data_dir: Path) -> str:
     return token
 
 
-def banner(settings: Settings, token: str) -> str:
+EXAMPLES = {
+    "krea": ("bfl/flux-1-dev", {"prompt": "a lighthouse at dawn"}),
+    "fal": ("fal-ai/flux/krea", {"prompt": "a lighthouse at dawn"}),
+    "scenario": ("model_flux-krea-dev", {"prompt": "a lighthouse at dawn"}),
+}
+
+
+def banner(settings: Settings, token: str, *, simulated: dict[str, str]) -> str:
     url = settings.base_url
-    return f"""
-  Image jobs service is running at {url}
-  API token: {token}
+    auth = f"-H 'Authorization: Bearer {token}'"
+    lines = [
+        "",
+        f"  Image jobs service is running at {url}",
+        f"  API token: {token}",
+        "",
+    ]
+    for provider, (model, example) in EXAMPLES.items():
+        where = f"simulator at {simulated[provider]}" if provider in simulated else "the real API"
+        body = orjson.dumps({"provider": provider, "model": model, "input": example}).decode()
+        lines += [
+            f"  {provider} ({where}):",
+            f"    curl -s -X POST {url}/v1/jobs {auth} -H 'Content-Type: application/json' \\",
+            f"      -d '{body}'",
+            "",
+        ]
+    lines += [
+        f"  Follow a job:  curl -s {url}/v1/jobs/<id>/events {auth}",
+        f"  List jobs:     curl -s {url}/v1/jobs {auth}",
+        f"  Health:        curl -s {url}/readyz",
+        "",
+        "  Ctrl-C stops it.",
+        "",
+    ]
+    return "\n".join(lines)
 
-  Create a job:
-    curl -s -X POST {url}/v1/jobs \\
-      -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
-      -d '{{"provider": "fal", "model": "fal-ai/flux/krea", "input": {{"prompt": "a lighthouse at dawn"}}}}'
 
-  Follow it:   curl -s {url}/v1/jobs/<id>/events -H 'Authorization: Bearer {token}'
-  List jobs:   curl -s {url}/v1/jobs -H 'Authorization: Bearer {token}'
-  Health:      curl -s {url}/readyz
-
-  Ctrl-C stops it.
-"""
+async def start_demo_simulators(
+    settings: Settings,
+) -> tuple[Settings, RunningSimulators | None, dict[str, str]]:
+    """Simulators for the providers that have no credentials, and settings pointing at them."""
+    missing = [
+        name
+        for name, configured in (
+            ("krea", settings.krea_api_token is not None),
+            ("fal", settings.fal_key is not None),
+            (
+                "scenario",
+                settings.scenario_api_key is not None and settings.scenario_api_secret is not None,
+            ),
+        )
+        if not configured
+    ]
+    if not missing:
+        return settings, None, {}
+    sims = await start_simulators(config=SimulatorConfig(queue_seconds=1.0, run_seconds=2.0))
+    update: dict[str, object] = {}
+    urls: dict[str, str] = {}
+    if "krea" in missing:
+        update |= {"krea_api_url": sims.krea_url, "krea_api_token": SecretStr(sims.krea_token)}
+        urls["krea"] = sims.krea_url
+    if "fal" in missing:
+        update |= {
+            "fal_queue_url": sims.fal_url,
+            "fal_key": SecretStr(sims.fal_key),
+            "fal_jwks_url": sims.fal_jwks_url,
+        }
+        urls["fal"] = sims.fal_url
+    if "scenario" in missing:
+        update |= {
+            "scenario_api_url": sims.scenario_url,
+            "scenario_api_key": SecretStr(sims.scenario_api_key),
+            "scenario_api_secret": SecretStr(sims.scenario_api_secret),
+        }
+        urls["scenario"] = sims.scenario_url
+    return settings.model_copy(update=update), sims, urls
 
 
 async def run_demo(settings: Settings, *, dsn: str) -> None:
@@ -59,11 +120,12 @@ async def run_demo(settings: Settings, *, dsn: str) -> None:
         else demo_token(settings.data_dir)
     )
     settings = settings.model_copy(update={"api_tokens": (SecretStr(token),)})
+    settings, sims, simulated = await start_demo_simulators(settings)
     app = await build_app(settings, dsn=dsn)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
-    print(banner(settings, token), flush=True)
+    print(banner(settings, token, simulated=simulated), flush=True)
     get_logger("service").info("service_started", url=settings.base_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,3 +136,5 @@ async def run_demo(settings: Settings, *, dsn: str) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+        if sims is not None:
+            await sims.close()
