@@ -120,8 +120,10 @@ class ScenarioAdapter:
         return CancelOutcome(accepted=True, provider_answer=str(response.status_code))
 
     def server_error_is_retryable(self, status: int) -> bool:
-        # Scenario's official SDK retries 5xx on generate: Scenario treats it as not created.
-        return True
+        # Scenario's SDK retries every 5xx, but that is a generated client's blanket default, not
+        # a statement that generate is idempotent: a 500/502/504 can come after the job was
+        # created (and billed). Only 503, a refusal before any processing, is safe to resend.
+        return status == 503
 
     async def aclose(self) -> None:
         await self.client.aclose()
