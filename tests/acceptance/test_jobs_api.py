@@ -244,3 +244,38 @@ async def test_operations_endpoints(http: httpx.AsyncClient, service: Service) -
     }  # fmt: skip
     assert "JobCreate" in spec["components"]["schemas"]
     assert (await http.get("/healthz")).headers["X-Request-Id"]
+
+
+async def test_model_input_is_validated_before_anything_is_recorded(
+    http: httpx.AsyncClient,
+) -> None:
+    bad = {
+        "provider": "scenario",
+        "model": "model_bfl-flux-2-klein-4b-base",
+        "input": {"prompt": "p", "width": 1000},
+    }
+    error = assert_error(await create(http, bad), 422, "validation_failed")
+    assert error["details"][0]["loc"] == ["body", "input", "width"]
+    unknown = {"provider": "krea", "model": "bfl/flux-9", "input": {"prompt": "p"}}
+    error = assert_error(await create(http, unknown), 422, "validation_failed")
+    assert error["details"][0]["loc"] == ["body", "model"]
+    assert "bfl/flux-1-dev" in error["details"][0]["msg"]
+    assert (await http.get("/v1/jobs")).json()["jobs"] == []
+
+
+async def test_a_provider_without_credentials_is_disabled(database_url: str) -> None:
+    from service.config import Settings
+    from service.db.database import Database
+    from tests.conftest import start_service
+
+    settings = Settings.model_validate({"host": "127.0.0.1", "port": 0, "fal_key": "k"})
+    svc = await start_service(settings, await Database.open(database_url, min_size=1, max_size=2))
+    try:
+        async with httpx.AsyncClient(base_url=svc.url) as client:
+            body = {"provider": "krea", "model": "bfl/flux-1-dev", "input": {"prompt": "p"}}
+            error = assert_error(await client.post("/v1/jobs", json=body), 422, "provider_disabled")
+            assert error["details"][0]["loc"] == ["body", "provider"]
+            fal = {"provider": "fal", "model": "fal-ai/flux/krea", "input": {"prompt": "p"}}
+            assert (await client.post("/v1/jobs", json=fal)).status_code == 202
+    finally:
+        await svc.server.close()

@@ -1,0 +1,234 @@
+"""Each adapter's mapping of provider answers to the contract, with httpx.MockTransport; and the
+boundary's translation of transport failures (over real sockets where it matters)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from schemas.jobs import JobStatus
+from schemas.providers import FalWebhook
+from service.providers.base import (
+    JobRecord,
+    OutcomeUnknown,
+    ProviderProtocolError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderServerError,
+    ProviderUnreachable,
+)
+from service.providers.fal import FalAdapter, observe_fal_webhook
+from service.providers.http import make_client, parse_retry_after, send
+from service.providers.krea import STATUS_MAP as KREA_MAP
+from service.providers.krea import KreaAdapter
+from service.providers.scenario import STATUS_MAP as SCENARIO_MAP
+from service.providers.scenario import ScenarioAdapter
+
+S = JobStatus
+
+
+def record(provider: str, **overrides: Any) -> JobRecord:
+    values: dict[str, Any] = {
+        "id": "job_01JAAAAAAAAAAAAAAAAAAAAAAA", "provider": provider, "model": "m", "status": S.SUBMITTED,
+        "provider_job_id": "p-1", "input": {}, "provider_state": {}, "cancel_requested": False,
+        "submit_started_at": None, "submitted_at": None, "attempts": 0, "created_at": datetime.now(UTC),
+    }  # fmt: skip
+    values.update(overrides)
+    return JobRecord(**values)
+
+
+def transport(
+    answers: dict[tuple[str, str], httpx.Response], seen: list[httpx.Request] | None = None
+) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        return answers[(request.method, request.url.path)]
+
+    return httpx.MockTransport(handle)
+
+
+def test_status_vocabularies_match_the_contract_table() -> None:
+    assert KREA_MAP == {
+        "backlogged": S.QUEUED, "queued": S.QUEUED, "scheduled": S.QUEUED, "processing": S.RUNNING,
+        "sampling": S.RUNNING, "intermediate-complete": S.RUNNING, "completed": S.SUCCEEDED,
+        "failed": S.FAILED, "cancelled": S.CANCELED,
+    }  # fmt: skip
+    assert SCENARIO_MAP == {
+        "pending": S.QUEUED, "queued": S.QUEUED, "warming-up": S.QUEUED, "in-progress": S.RUNNING,
+        "finalizing": S.RUNNING, "success": S.SUCCEEDED, "failure": S.FAILED, "canceled": S.CANCELED,
+    }  # fmt: skip
+
+
+async def test_krea_submit_sends_the_webhook_header_and_maps_the_answer() -> None:
+    seen: list[httpx.Request] = []
+    answer = {
+        "job_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+        "status": "backlogged",
+        "created_at": "x",
+        "completed_at": None,
+        "result": None,
+    }
+    adapter = KreaAdapter(base_url="https://api.krea.test", token="tok", transport=transport(
+        {("POST", "/generate/image/bfl/flux-1-dev"): httpx.Response(200, json=answer)}, seen))  # fmt: skip
+    job = record("krea", model="bfl/flux-1-dev", status=S.ACCEPTED, provider_job_id=None)
+    submission = await adapter.submit(
+        job, request={"prompt": "x", "width": 1024, "height": 768}, callback_url="https://svc/cb/t"
+    )
+    assert submission.provider_job_id == answer["job_id"]
+    assert seen[0].headers["X-Webhook-URL"] == "https://svc/cb/t"
+    assert seen[0].headers["Authorization"] == "Bearer tok"
+    assert submission.provider_state == {"request": {"width": 1024, "height": 768}}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (429, {"error": "maximum concurrent jobs reached"}, ProviderRateLimited),
+        (400, {"error": "invalid body"}, ProviderRejected),
+        (402, {"error": "out of credits"}, ProviderRejected),
+        (500, {"error": "boom"}, ProviderServerError),
+        (200, {"unexpected": True}, ProviderProtocolError),
+    ],
+)
+async def test_krea_submit_errors_are_translated(
+    status: int, body: dict[str, Any], error: type[Exception]
+) -> None:
+    headers = {"Retry-After": "7"} if status == 429 else {}
+    adapter = KreaAdapter(base_url="https://api.krea.test", token="t", transport=transport(
+        {("POST", "/generate/image/bfl/flux-1-dev"): httpx.Response(status, json=body, headers=headers)}))  # fmt: skip
+    with pytest.raises(error) as raised:
+        await adapter.submit(
+            record("krea", model="bfl/flux-1-dev"), request={"prompt": "x"}, callback_url="u"
+        )
+    if status == 429:
+        assert raised.value.retry_after == 7  # type: ignore[attr-defined]
+    if error is ProviderRejected:
+        assert raised.value.detail == body  # type: ignore[attr-defined]
+
+
+async def test_fal_uses_the_urls_from_submit_and_maps_completed_with_error() -> None:
+    state = {"status_url": "https://q.test/fal-ai/flux/requests/r1/status",
+             "response_url": "https://q.test/fal-ai/flux/requests/r1", "cancel_url": "https://q.test/fal-ai/flux/requests/r1/cancel"}  # fmt: skip
+    failed = {
+        "status": "COMPLETED",
+        "error": "Invalid status code: 422",
+        "error_type": "validation",
+    }
+    adapter = FalAdapter(queue_url="https://q.test", key="k", transport=transport(
+        {("GET", "/fal-ai/flux/requests/r1/status"): httpx.Response(200, json=failed)}))  # fmt: skip
+    observation = await adapter.fetch_status(record("fal", provider_state=state))
+    assert observation.status is S.FAILED
+    assert observation.error is not None
+    assert observation.error.provider_detail == {
+        "error": "Invalid status code: 422",
+        "error_type": "validation",
+    }
+    canceled = await adapter.fetch_status(
+        record("fal", provider_state={**state, "cancel_accepted": True})
+    )
+    assert canceled.status is S.CANCELED
+
+
+async def test_fal_completed_fetches_the_result() -> None:
+    state = {
+        "status_url": "https://q.test/a/b/requests/r1/status",
+        "response_url": "https://q.test/a/b/requests/r1",
+        "cancel_url": "x",
+    }
+    image = {"url": "https://cdn/x.jpg", "content_type": "image/jpeg", "width": 1024, "height": 768}
+    adapter = FalAdapter(queue_url="https://q.test", key="k", transport=transport({
+        ("GET", "/a/b/requests/r1/status"): httpx.Response(200, json={"status": "COMPLETED", "logs": []}),
+        ("GET", "/a/b/requests/r1"): httpx.Response(200, json={"images": [image], "seed": 1}),
+    }))  # fmt: skip
+    observation = await adapter.fetch_status(record("fal", provider_state=state))
+    assert observation.status is S.SUCCEEDED
+    assert observation.outputs is not None and [o.model_dump() for o in observation.outputs] == [
+        image
+    ]
+    for queued, expected in (("IN_QUEUE", S.QUEUED), ("IN_PROGRESS", S.RUNNING)):
+        adapter = FalAdapter(queue_url="https://q.test", key="k", transport=transport(
+            {("GET", "/a/b/requests/r1/status"): httpx.Response(202, json={"status": queued})}))  # fmt: skip
+        assert (await adapter.fetch_status(record("fal", provider_state=state))).status is expected
+
+
+def test_fal_webhooks_map_ok_and_error() -> None:
+    ok = FalWebhook.model_validate(
+        {"request_id": "r", "status": "OK", "payload": {"images": [{"url": "u"}]}}
+    )
+    assert observe_fal_webhook(record("fal"), ok).status is S.SUCCEEDED
+    err = FalWebhook.model_validate(
+        {"request_id": "r", "status": "ERROR", "error": "boom", "payload": {"detail": []}}
+    )
+    observation = observe_fal_webhook(record("fal"), err)
+    assert observation.status is S.FAILED
+    assert observation.error is not None and observation.error.provider_detail["error"] == "boom"
+    assert (
+        observe_fal_webhook(record("fal", provider_state={"cancel_accepted": True}), err).status
+        is S.CANCELED
+    )
+
+
+async def test_scenario_success_reads_the_assets() -> None:
+    job = {
+        "job": {
+            "jobId": "job_x",
+            "status": "success",
+            "progress": 1.0,
+            "metadata": {"assetIds": ["asset_1"]},
+        }
+    }
+    asset = {
+        "asset": {
+            "id": "asset_1",
+            "url": "https://cdn/s.png",
+            "mimeType": "image/png",
+            "status": "success",
+        }
+    }
+    adapter = ScenarioAdapter(base_url="https://api.test/v1", api_key="k", api_secret="s", transport=transport({
+        ("GET", "/v1/jobs/job_x"): httpx.Response(200, json=job),
+        ("GET", "/v1/assets/asset_1"): httpx.Response(200, json=asset),
+    }))  # fmt: skip
+    observation = await adapter.fetch_status(record("scenario", provider_job_id="job_x"))
+    assert observation.status is S.SUCCEEDED
+    assert observation.outputs is not None
+    assert (observation.outputs[0].url, observation.outputs[0].content_type) == (
+        "https://cdn/s.png",
+        "image/png",
+    )
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after("3") == 3
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10
+    assert parse_retry_after("999999") == 3600
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+async def test_a_refused_connection_is_certainly_not_sent() -> None:
+    async with make_client() as client:
+        with pytest.raises(ProviderUnreachable):
+            await send(client, "POST", "http://127.0.0.1:9/generate", json={})
+
+
+async def test_a_connection_dropped_after_sending_is_an_unknown_outcome() -> None:
+    """The aiohttp transport reports this as httpx.ConnectTimeout; it must not read as 'not sent'."""
+    received = asyncio.Event()
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        received.set()
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, make_client() as client:
+        with pytest.raises(OutcomeUnknown):
+            await send(client, "POST", f"http://127.0.0.1:{port}/generate", json={"prompt": "x"})
+    assert received.is_set()
