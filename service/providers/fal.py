@@ -36,8 +36,11 @@ def _ended_with_error(
     job: JobRecord, *, provider_status: str, detail: Any, message: str
 ) -> Observation:
     # fal has no CANCELLED status: a canceled request completes with an error. Once fal accepted
-    # our cancel (CANCELLATION_REQUESTED), that error means the cancel took effect.
-    if job.provider_state.get("cancel_accepted"):
+    # our cancel (CANCELLATION_REQUESTED), that error means the cancel took effect. fal may send
+    # that webhook before its answer to our PUT is recorded, so while a requested cancel has no
+    # recorded answer yet, an error completion is taken as the cancel too; only a cancel that fal
+    # refused (ALREADY_COMPLETED, NOT_FOUND) leaves the error a failure.
+    if job.provider_state.get("cancel_accepted", job.cancel_requested):
         return Observation(
             status=JobStatus.CANCELED,
             provider_status=provider_status,

@@ -1,0 +1,312 @@
+"""Krea API simulator (REFERENCE.md section 2): generate, jobs, cancel and unsigned webhooks."""
+
+from __future__ import annotations
+
+import bisect
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.simulators.common import (
+    Lifecycle,
+    ProviderSimulator,
+    SimJob,
+    SimulatorConfig,
+    clamp_side,
+    file_url,
+    fingerprint,
+    is_http_url,
+    iso_ms,
+    json_response,
+    read_json,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FAILURE_MESSAGE = "simulated generation failure"
+
+
+class FluxDevBody(BaseModel):
+    """Body of `bfl/flux-1-dev`: Krea rejects unknown fields for this model.
+
+    Field names mirror Krea's wire names. The seed page (003) uses camelCase for the image
+    fields while REFERENCE.md lists snake_case ones, so both spellings are accepted.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(max_length=1800)
+    strength: float | None = None
+    seed: float | None = None
+    steps: int | None = Field(None, ge=1, le=100)
+    width: float | None = Field(None, ge=512, le=2368)
+    height: float | None = Field(None, ge=512, le=2368)
+    guidance_scale_flux: float | None = Field(None, ge=0, le=24)
+    imageUrl: str | None = None
+    image_url: str | None = None
+    styleImages: list[dict[str, Any]] | None = None
+    style_images: list[dict[str, Any]] | None = None
+    imageStyleRefs: list[dict[str, Any]] | None = None
+    styles: list[dict[str, Any]] | None = None
+    relaxedModeAccess: bool | None = None
+
+
+class GenericBody(BaseModel):
+    """Body of any other Krea image model: only `prompt` is checked, the rest passes."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = Field(max_length=1800)
+
+
+STRICT_BODIES: dict[str, type[BaseModel]] = {"bfl/flux-1-dev": FluxDevBody}
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class KreaJob(SimJob):
+    """A Krea job plus the output size it will advertise."""
+
+    width: int
+    height: int
+    created_us: int
+
+
+def _summarise(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in err['loc']) or 'body'}: {err['msg']}"
+        for err in exc.errors()
+    )
+
+
+def _iso_us(created_us: int) -> str:
+    return (_EPOCH + timedelta(microseconds=created_us)).isoformat().replace("+00:00", "Z")
+
+
+def _parse_cursor(cursor: str) -> int:
+    parsed = datetime.fromisoformat(cursor.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return (parsed - _EPOCH) // timedelta(microseconds=1)
+
+
+class KreaSimulator(ProviderSimulator):
+    """Simulates api.krea.ai: Bearer auth, pending-job answers, terminal-state webhooks."""
+
+    name: ClassVar[str] = "krea"
+    lifecycle: ClassVar[Lifecycle] = Lifecycle(
+        queue_steps=("queued",),
+        run_steps=("processing",),
+        succeeded="completed",
+        failed="failed",
+        cancelled="cancelled",
+    )
+    verbose_lifecycle: ClassVar[Lifecycle] = Lifecycle(
+        queue_steps=("backlogged", "queued", "scheduled"),
+        run_steps=("processing", "sampling", "intermediate-complete"),
+        succeeded="completed",
+        failed="failed",
+        cancelled="cancelled",
+    )
+    # Krea documents no webhook retry: one attempt unless the config asks for more.
+    default_callback_attempts: ClassVar[int] = 1
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        super().__init__(config)
+        # Creation order doubles as time order (creation times strictly increase), which lets
+        # the list endpoint find a cursor by bisection.
+        self._order: list[KreaJob] = []
+        self._order_us: list[int] = []
+
+    def on_reset(self) -> None:
+        self._order.clear()
+        self._order_us.clear()
+
+    def error_response(
+        self, status: int, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> web.Response:
+        return json_response({"error": message}, status=status, headers=headers)
+
+    def rate_limit_message(self) -> str:
+        return "maximum concurrent jobs reached"
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/generate/image/{model:.+}", self._generate)
+        router.add_get("/jobs", self._list_jobs)
+        router.add_get("/jobs/{job_id}", self._get_job)
+        router.add_delete("/jobs/{job_id}", self._cancel_job)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.config.krea_token}"
+
+    def _unauthorized(self) -> web.Response:
+        self.stats["auth_failures"] += 1
+        return self.error_response(401, "invalid or missing API token")
+
+    def job_json(self, job: KreaJob, now: float, *, as_submitted: bool = False) -> dict[str, Any]:
+        """Render the job object exactly as `GET /jobs/{id}` and the webhook carry it.
+
+        `as_submitted` renders the pending job of the submit answer, even for a job that
+        completed at once (the early-webhook fault).
+        """
+        if as_submitted:
+            return {
+                "job_id": job.id,
+                "status": self.current_lifecycle().queue_steps[0],
+                "created_at": iso_ms(job.created_wall),
+                "completed_at": None,
+                "result": None,
+            }
+        outcome = job.outcome(now)
+        result: dict[str, Any] | None = None
+        if outcome == "succeeded":
+            url = file_url(
+                job.base_url, f"{job.id}-0", width=job.width, height=job.height, fmt="png"
+            )
+            result = {"urls": [url]}
+        elif outcome == "failed":
+            result = {"error": _FAILURE_MESSAGE}
+        return {
+            "job_id": job.id,
+            "status": self.public_status(job, now),
+            "created_at": iso_ms(job.created_wall),
+            "completed_at": iso_ms(job.wall(job.terminal_mono)) if outcome else None,
+            "result": result,
+        }
+
+    def render_callback(self, job: SimJob) -> tuple[bytes, dict[str, str]]:
+        assert isinstance(job, KreaJob)
+        # A timer may fire a hair before the terminal instant; never send a pending job.
+        now = max(time.monotonic(), job.terminal_mono)
+        return orjson.dumps(self.job_json(job, now)), {"Content-Type": "application/json"}
+
+    async def _generate(self, request: web.Request) -> web.Response:
+        self.stats["submits"] += 1
+        if not self._authorized(request):
+            return self._unauthorized()
+        fault = self.submit_fault()
+        if fault is not None:
+            return fault
+        model = request.match_info["model"]
+        body, error = await read_json(request)
+        if error is None and not isinstance(body, dict):
+            error = "request body must be a JSON object"
+        if error is not None:
+            self.stats["validation_errors"] += 1
+            return self.error_response(400, error)
+        assert isinstance(body, dict)
+        try:
+            STRICT_BODIES.get(model, GenericBody).model_validate(body)
+        except ValidationError as exc:
+            self.stats["validation_errors"] += 1
+            return self.error_response(400, _summarise(exc))
+        callback_url = request.headers.get("X-Webhook-URL")
+        if callback_url is not None and not is_http_url(callback_url):
+            self.stats["validation_errors"] += 1
+            return self.error_response(400, "X-Webhook-URL must be an http(s) URL")
+
+        prompt = str(body["prompt"])
+        plan = self.plan_job(prompt)
+        created_us = self.next_wall_us()
+        job = KreaJob(
+            id=str(uuid.uuid4()),
+            model=model,
+            prompt=prompt,
+            input=body,
+            base_url=self.base_url(request),
+            created_mono=time.monotonic(),
+            created_wall=created_us / 1e6,
+            created_us=created_us,
+            queue_s=plan.queue_s,
+            run_s=plan.run_s,
+            will_fail=plan.will_fail,
+            drop_callbacks=plan.drop_callbacks,
+            callback_url=callback_url,
+            fingerprint=fingerprint(model, body, callback_url),
+            width=clamp_side(body.get("width"), 1024),
+            height=clamp_side(body.get("height"), 1024),
+        )
+        self.register(job)
+        self._order.append(job)
+        self._order_us.append(created_us)
+        # Rendered before any early webhook, as the real API answers with the pending job.
+        answer = self.job_json(job, job.created_mono, as_submitted=True)
+        if plan.early and callback_url is not None:
+            await self.deliver_callbacks(job)
+        else:
+            self.schedule_callback(job)
+        fault = self.after_submit_fault(request)
+        return fault if fault is not None else json_response(answer)
+
+    async def _get_job(self, request: web.Request) -> web.Response:
+        self.stats["status_requests"] += 1
+        if not self._authorized(request):
+            return self._unauthorized()
+        fault = self.poll_fault()
+        if fault is not None:
+            return fault
+        job = self.jobs.get(request.match_info["job_id"])
+        if not isinstance(job, KreaJob):
+            return self.error_response(404, "job not found")
+        return json_response(self.job_json(job, time.monotonic()))
+
+    async def _list_jobs(self, request: web.Request) -> web.Response:
+        self.stats["list_requests"] += 1
+        if not self._authorized(request):
+            return self._unauthorized()
+        fault = self.poll_fault()
+        if fault is not None:
+            return fault
+        query = request.query
+        try:
+            limit = int(query.get("limit", "100"))
+            before_us = _parse_cursor(query["cursor"]) if "cursor" in query else None
+        except ValueError:
+            return self.error_response(400, "invalid limit or cursor")
+        if not 1 <= limit <= 1000:
+            return self.error_response(400, "limit must be between 1 and 1000")
+        wanted_status = query.get("status")
+        now = time.monotonic()
+        end = (
+            len(self._order) if before_us is None else bisect.bisect_left(self._order_us, before_us)
+        )
+        items: list[dict[str, Any]] = []
+        next_cursor: str | None = None
+        last_us = 0
+        # Newest first; the cursor is the creation time of the last job on the page.
+        for index in range(end - 1, -1, -1):
+            job = self._order[index]
+            if wanted_status is not None and self.public_status(job, now) != wanted_status:
+                continue
+            if len(items) == limit:
+                next_cursor = _iso_us(last_us)
+                break
+            items.append(self.job_json(job, now))
+            last_us = job.created_us
+        return json_response({"items": items, "next_cursor": next_cursor})
+
+    async def _cancel_job(self, request: web.Request) -> web.Response:
+        self.stats["cancels"] += 1
+        if not self._authorized(request):
+            return self._unauthorized()
+        job = self.jobs.get(request.match_info["job_id"])
+        if not isinstance(job, KreaJob):
+            return self.error_response(404, "job not found")
+        now = time.monotonic()
+        if job.outcome(now) is not None:
+            # Krea only cancels queued or processing jobs; the exact code is undocumented.
+            return self.error_response(
+                409, f"job cannot be cancelled in status {self.public_status(job, now)}"
+            )
+        self.cancel_job(job, now)
+        return json_response(self.job_json(job, now))
+
+
+def create_krea_app(config: SimulatorConfig | None = None) -> web.Application:
+    """Build the Krea simulator application."""
+    return KreaSimulator(config).build_app()
