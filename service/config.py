@@ -45,6 +45,15 @@ class Settings(BaseModel):
     client_webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     client_webhook_allow_private: bool = False
 
+    # Reliability knobs (extensions of the contract's table; defaults suit production).
+    krea_job_timeout_s: float = Field(default=3600, gt=0)
+    fal_job_timeout_s: float = Field(default=3600, gt=0)
+    scenario_job_timeout_s: float = Field(default=3600, gt=0)
+    webhook_grace_s: float = Field(default=120, gt=0)
+    submission_bind_wait_s: float = Field(default=600, ge=0)
+    worker_lease_s: float = Field(default=60, gt=0)
+    provider_concurrency: int = Field(default=32, ge=1)
+
     log_level: str = "info"
     log_format: str | None = None  # "json" or "console"; None = json unless stdout is a terminal
     db_pool_min: int = Field(default=2, ge=0)
@@ -59,6 +68,15 @@ class Settings(BaseModel):
     def base_url(self) -> str:
         """How providers reach this service (callback URLs are built from it)."""
         return self.public_base_url or f"http://{self.host}:{self.port}"
+
+    def job_timeout_s(self, provider: str) -> float:
+        """The hard deadline of a job of `provider`, from its creation."""
+        timeouts = {
+            "krea": self.krea_job_timeout_s,
+            "fal": self.fal_job_timeout_s,
+            "scenario": self.scenario_job_timeout_s,
+        }
+        return timeouts[provider]
 
     @property
     def auth_required(self) -> bool:
@@ -91,6 +109,13 @@ class Settings(BaseModel):
             "client_webhook_secret": get("CLIENT_WEBHOOK_SECRET"),
             "client_webhook_retry_schedule": _split_list(get("CLIENT_WEBHOOK_RETRY_SCHEDULE")),
             "client_webhook_allow_private": get("CLIENT_WEBHOOK_ALLOW_PRIVATE"),
+            "krea_job_timeout_s": get("KREA_JOB_TIMEOUT_S"),
+            "fal_job_timeout_s": get("FAL_JOB_TIMEOUT_S"),
+            "scenario_job_timeout_s": get("SCENARIO_JOB_TIMEOUT_S"),
+            "webhook_grace_s": get("WEBHOOK_GRACE_S"),
+            "submission_bind_wait_s": get("SUBMISSION_BIND_WAIT_S"),
+            "worker_lease_s": get("WORKER_LEASE_S"),
+            "provider_concurrency": get("PROVIDER_CONCURRENCY"),
             "log_level": get("LOG_LEVEL"),
             "log_format": get("LOG_FORMAT"),
             "db_pool_min": get("DB_POOL_MIN"),

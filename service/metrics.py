@@ -29,6 +29,13 @@ CALLBACKS = Counter(
     registry=REGISTRY,
 )
 
+WEBHOOK_MISSES = Counter(
+    "provider_webhook_misses_total",
+    "Jobs whose terminal state was learned by poll because the provider's webhook did not come.",
+    ["provider"],
+    registry=REGISTRY,
+)
+
 
 def render() -> bytes:
     """The registry in the Prometheus text exposition format."""

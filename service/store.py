@@ -82,6 +82,7 @@ def record_from_row(row: asyncpg.Record) -> JobRecord:
         submit_attempts=row["submit_attempts"],
         cancel_sent=row["cancel_sent_at"] is not None,
         callback_token_hash=row["callback_token_hash"],
+        deadline_at=row["deadline_at"],
     )
 
 
@@ -128,7 +129,12 @@ class JobStore:
         self.db = db
 
     async def create_job(
-        self, request: JobCreate, *, idempotency_key: str | None, job_id: str | None = None
+        self,
+        request: JobCreate,
+        *,
+        idempotency_key: str | None,
+        timeout_s: float = 3600.0,
+        job_id: str | None = None,
     ) -> CreateResult:
         """Creates the job and its first event, or returns the job holding the same key."""
         fingerprint = request_hash(request)
@@ -143,6 +149,7 @@ class JobStore:
             idempotency_key,
             fingerprint,
             {},
+            timeout_s,
         )
         assert row is not None
         return CreateResult(
@@ -222,6 +229,12 @@ class JobStore:
     async def claim_due(self, *, owner: str, limit: int, lease_seconds: float) -> list[JobRecord]:
         rows = await self.db.fetch("claim_due_jobs", owner, limit, lease_seconds)
         return [record_from_row(row) for row in rows]
+
+    async def completion_p95(self, provider: str, model: str) -> tuple[int, float | None]:
+        """How many recent successes of this model there are, and their p95 duration (s)."""
+        row = await self.db.fetchrow("completion_seconds_p95", provider, model)
+        assert row is not None
+        return int(row["samples"]), row["p95"]
 
     async def next_due_at(self) -> datetime | None:
         value: datetime | None = await self.db.fetchval("next_due_at")

@@ -61,6 +61,7 @@ CREATE TABLE jobs (
     submit_started_at   timestamptz,
     submitted_at        timestamptz,
     cancel_sent_at      timestamptz,
+    deadline_at         timestamptz NOT NULL,
     CHECK (provider IN ('krea', 'fal', 'scenario'))
 );
 
@@ -72,6 +73,7 @@ CREATE INDEX jobs_provider_id_idx ON jobs (provider, id);
 CREATE INDEX jobs_status_id_idx ON jobs (status, id);
 -- Only unclaimed work is due: claiming pushes next_action_at ahead by the lease.
 CREATE INDEX jobs_next_action_at_idx ON jobs (next_action_at) WHERE next_action_at IS NOT NULL;
+CREATE INDEX jobs_completed_idx ON jobs (provider, model, completed_at) WHERE status = 'succeeded';
 
 CREATE TABLE job_events (
     id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -156,14 +158,15 @@ $$;
 CREATE FUNCTION create_job(
     p_id text, p_provider text, p_model text, p_input jsonb, p_metadata jsonb,
     p_webhook_url text, p_idempotency_key text, p_request_hash text, p_event_data jsonb,
+    p_timeout interval,
     OUT created boolean, OUT job jobs
 )
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_url,
-                      idempotency_key, request_hash, last_seq, next_action_at)
+                      idempotency_key, request_hash, last_seq, next_action_at, deadline_at)
     VALUES (p_id, p_provider, p_model, 'accepted', p_input, p_metadata, p_webhook_url,
-            p_idempotency_key, p_request_hash, 1, clock_timestamp())
+            p_idempotency_key, p_request_hash, 1, clock_timestamp(), clock_timestamp() + p_timeout)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING * INTO job;
     IF FOUND THEN
@@ -171,6 +174,8 @@ BEGIN
         PERFORM append_job_event(p_id, 1, 'status_changed', NULL, 'accepted', 'api', p_event_data);
         RETURN;
     END IF;
+    -- The conflicting transaction has committed (ON CONFLICT waited for it); this statement
+    -- runs with a fresh snapshot and sees it.
     created := false;
     SELECT * INTO job FROM jobs WHERE idempotency_key = p_idempotency_key;
 END
@@ -387,4 +392,18 @@ BEGIN
     PERFORM append_job_event(p_job_id, job.last_seq, 'cancel_sent', NULL, NULL, 'system', p_data);
     RETURN true;
 END
+$$;
+
+-- Observed completion times (submission to success) of one provider's model over the last day:
+-- the base of how long to wait for its webhook before checking by poll.
+CREATE FUNCTION completion_seconds_p95(p_provider text, p_model text, OUT samples bigint, OUT p95 double precision)
+LANGUAGE sql STABLE AS $$
+    SELECT count(*), percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - submitted_at))
+    FROM (
+        SELECT completed_at, submitted_at FROM jobs
+        WHERE provider = p_provider AND model = p_model AND status = 'succeeded'
+          AND submitted_at IS NOT NULL AND completed_at > now() - interval '1 day'
+        ORDER BY completed_at DESC
+        LIMIT 1000
+    ) recent
 $$;

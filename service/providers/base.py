@@ -80,6 +80,7 @@ class JobRecord:
     submit_attempts: int = 0
     cancel_sent: bool = False
     callback_token_hash: str | None = None
+    deadline_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,16 @@ from service.web.jobs_api import JobsApi
 from service.web.middleware import error_middleware, request_context_middleware, token_middleware
 from service.web.ops_api import OpsApi
 from service.workers.runner import JobRunner
+from service.workers.schedule import timings_from_settings
+
+
+def runner_options_from(settings: Settings) -> dict[str, Any]:
+    return {
+        "timings": timings_from_settings(settings),
+        "lease_seconds": settings.worker_lease_s,
+        "concurrency_per_provider": settings.provider_concurrency,
+    }
+
 
 DATABASE_KEY = web.AppKey("database", Database)
 STORE_KEY = web.AppKey("store", JobStore)
@@ -78,7 +88,7 @@ def create_app(
         store=store,
         adapters=providers.adapters,
         callback_base_url=settings.base_url,
-        **(runner_options or {}),
+        **{**runner_options_from(settings), **(runner_options or {})},
     )
     app[SETTINGS_KEY] = settings
     app[DATABASE_KEY] = database
@@ -86,7 +96,10 @@ def create_app(
     app[RUNNER_KEY] = runner
     app.add_routes(
         JobsApi(
-            store, enabled_providers=frozenset(providers.adapters), on_work=runner.wake
+            store,
+            enabled_providers=frozenset(providers.adapters),
+            job_timeout_s=settings.job_timeout_s,
+            on_work=runner.wake,
         ).routes()
     )
     app.add_routes(CallbacksApi(store, fal_verifier=providers.fal_verifier).routes())

@@ -58,10 +58,12 @@ class JobsApi:
         store: JobStore,
         *,
         enabled_providers: frozenset[str],
+        job_timeout_s: Callable[[str], float],
         on_work: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.enabled_providers = enabled_providers
+        self.job_timeout_s = job_timeout_s
         self.on_work = on_work  # wakes this instance's runner: a job was created or canceled
         self._log = get_logger("service.jobs")
 
@@ -89,7 +91,9 @@ class JobsApi:
         body = await read_json_object(request)
         create = validate_model(JobCreate, body)
         self._check_provider_input(create)
-        result = await self.store.create_job(create, idempotency_key=key)
+        result = await self.store.create_job(
+            create, idempotency_key=key, timeout_s=self.job_timeout_s(create.provider)
+        )
         job = result.job
         structlog.contextvars.bind_contextvars(job_id=job.id, provider=job.provider)
         headers = {"Location": f"/v1/jobs/{job.id}"}

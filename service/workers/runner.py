@@ -29,7 +29,7 @@ from schemas.jobs import JobError, JobStatus
 from schemas.model_inputs import MODELS
 from service.errors import DatabaseUnavailable
 from service.logs import get_logger
-from service.metrics import OBSERVATIONS, PROVIDER_REQUESTS
+from service.metrics import OBSERVATIONS, PROVIDER_REQUESTS, WEBHOOK_MISSES
 from service.providers.base import (
     JobRecord,
     OutcomeUnknown,
@@ -42,7 +42,7 @@ from service.providers.base import (
     ProviderUnreachable,
 )
 from service.store import JobStore
-from service.workers.schedule import DEFAULT_TIMINGS, ProviderTiming
+from service.workers.schedule import DEFAULT_TIMINGS, GraceRule, ProviderTiming
 
 
 def _now() -> datetime:
@@ -72,6 +72,8 @@ class JobRunner:
         lease_seconds: float = 60.0,
         concurrency_per_provider: int = 32,
         idle_wait_s: float = 1.0,
+        grace_rule: GraceRule | None = None,
+        grace_refresh_s: float = 60.0,
     ) -> None:
         self.store = store
         self.adapters = adapters
@@ -84,6 +86,9 @@ class JobRunner:
         self._limits = {name: asyncio.Semaphore(concurrency_per_provider) for name in adapters}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.grace_rule = grace_rule or GraceRule()
+        self.grace_refresh_s = grace_refresh_s
+        self._graces: dict[tuple[str, str], tuple[float, float]] = {}  # -> (grace, computed at)
         self._log = get_logger("service.runner")
 
     def wake(self) -> None:
@@ -165,7 +170,9 @@ class JobRunner:
     async def _handle(self, job: JobRecord, adapter: ProviderAdapter) -> None:
         if job.status.is_terminal:
             return
-        if job.status is JobStatus.ACCEPTED and job.submit_started_at is None:
+        if job.deadline_at is not None and _now() >= job.deadline_at:
+            await self._expire(job, adapter)
+        elif job.status is JobStatus.ACCEPTED and job.submit_started_at is None:
             await self._submit(job, adapter)
         elif job.status is JobStatus.ACCEPTED:
             await self._unknown(
@@ -175,6 +182,28 @@ class JobRunner:
             await self._cancel(job, adapter)
         else:
             await self._poll(job, adapter)
+
+    def _at(self, job: JobRecord, seconds: float) -> datetime:
+        """`seconds` from now, but never past the job's hard deadline (so it is acted on then)."""
+        when = _later(seconds)
+        return min(when, job.deadline_at) if job.deadline_at is not None else when
+
+    async def _first_check_s(self, job: JobRecord, timing: ProviderTiming) -> float:
+        """Scenario: a quick first poll. Webhook providers: the grace their webhook gets, from
+        the model's observed completion times."""
+        if timing.webhook_grace_s is None:
+            return timing.poll.delay(0)
+        key = (job.provider, job.model)
+        cached = self._graces.get(key)
+        loop_now = asyncio.get_running_loop().time()
+        if cached is None or loop_now - cached[1] > self.grace_refresh_s:
+            samples, p95 = await self.store.completion_p95(job.provider, job.model)
+            grace = self.grace_rule.grace(
+                samples=samples, p95_s=p95, default_s=timing.webhook_grace_s
+            )
+            cached = (grace, loop_now)
+            self._graces[key] = cached
+        return cached[0]
 
     # --- submission ---------------------------------------------------------------------------
 
@@ -229,7 +258,7 @@ class JobRunner:
             source="system",
             provider_job_id=submission.provider_job_id,
             provider_state=submission.provider_state,
-            next_action_at=_later(first_check),
+            next_action_at=self._at(job, first_check),
             lease_owner=self.owner,
             record_ignored=True,
             data={
@@ -261,7 +290,7 @@ class JobRunner:
         await self.store.reschedule(
             job.id,
             owner=self.owner,
-            at=_later(delay),
+            at=self._at(job, delay),
             clear_submission=True,  # certainly not sent (or refused with 429): safe to send again
             event_type="submission_retry_scheduled",
             data={
@@ -280,6 +309,8 @@ class JobRunner:
         timing = self.timings[job.provider]
         started = job.submit_started_at or _now()
         bind_deadline = started + timedelta(seconds=timing.unknown_outcome_wait_s)
+        if job.deadline_at is not None:
+            bind_deadline = min(bind_deadline, job.deadline_at)
         if adapter.callback_binds_unknown_submission and _now() < bind_deadline:
             self._log.warning("submission_outcome_unknown_waiting", reason=reason)
             await self.store.reschedule(
@@ -323,27 +354,28 @@ class JobRunner:
             outcome = await adapter.cancel(job)
         except ProviderError as exc:
             self._log.warning("cancel_failed", error=str(exc))
-            await self.store.reschedule(job.id, owner=self.owner, at=_later(timing.retry.delay(1)))
+            await self.store.reschedule(
+                job.id, owner=self.owner, at=self._at(job, timing.retry.delay(1))
+            )
             return
         await self.store.record_cancel_sent(
             job.id,
             owner=self.owner,
             provider_state={"cancel_accepted": outcome.accepted},
-            next_action_at=_later(timing.after_cancel_s),
+            next_action_at=self._at(job, timing.after_cancel_s),
             data={"accepted": outcome.accepted, "provider_answer": outcome.provider_answer},
         )
         self._log.info("cancel_sent", accepted=outcome.accepted)
 
     async def _poll(self, job: JobRecord, adapter: ProviderAdapter) -> None:
         timing = self.timings[job.provider]
-        next_at = _later(timing.poll.delay(job.attempts))
+        next_at = self._at(job, timing.poll.delay(job.attempts))
         try:
             PROVIDER_REQUESTS.labels(provider=job.provider, operation="status").inc()
             observation = await adapter.fetch_status(job)
         except ProviderRateLimited as exc:
-            await self.store.reschedule(
-                job.id, owner=self.owner, at=_later(max(exc.retry_after or 0, 1.0))
-            )
+            retry_at = self._at(job, max(exc.retry_after or 0, 1.0))
+            await self.store.reschedule(job.id, owner=self.owner, at=retry_at)
             return
         except ProviderError as exc:
             self._log.warning("poll_failed", error=str(exc))
@@ -352,11 +384,15 @@ class JobRunner:
         if observation.status is None:
             await self.store.reschedule(job.id, owner=self.owner, at=next_at)
             return
+        # A webhook provider's terminal state first learned by poll means its webhook was lost
+        # (or is late past the grace): recorded on the event and counted per provider.
+        missed = timing.webhook_grace_s is not None and observation.status.is_terminal
+        data = {**observation.data, "webhook_missed": True} if missed else observation.data
         result = await self.store.apply_observation(
             job.id,
             observation.status,
             source="poll",
-            data=observation.data,
+            data=data,
             outputs=observation.outputs,
             error=observation.error,
             provider_job_id=observation.provider_job_id,
@@ -366,3 +402,40 @@ class JobRunner:
         OBSERVATIONS.labels(
             provider=job.provider, source="poll", applied=str(result.applied).lower()
         ).inc()
+        if missed and result.applied:
+            WEBHOOK_MISSES.labels(provider=job.provider).inc()
+            self._log.warning("webhook_missed", provider_status=observation.provider_status)
+
+    async def _expire(self, job: JobRecord, adapter: ProviderAdapter) -> None:
+        """Past the hard deadline: one last look at the provider; if the job is still not done,
+        cancel it there (best effort) and end it failed with provider_timeout."""
+        if job.provider_job_id is not None:
+            observation = None
+            try:
+                observation = await adapter.fetch_status(job)
+            except ProviderError as exc:
+                self._log.warning("deadline_check_failed", error=str(exc))
+            if (
+                observation is not None
+                and observation.status is not None
+                and observation.status.is_terminal
+            ):
+                await self.store.apply_observation(
+                    job.id, observation.status, source="poll", data=observation.data,
+                    outputs=observation.outputs, error=observation.error, lease_owner=self.owner,
+                )  # fmt: skip
+                return
+            try:
+                outcome = await adapter.cancel(job)
+                await self.store.record_event(
+                    job.id, type="cancel_sent", source="system",
+                    data={"accepted": outcome.accepted, "provider_answer": outcome.provider_answer, "reason": "deadline"},
+                )  # fmt: skip
+            except ProviderError as exc:
+                self._log.warning("deadline_cancel_failed", error=str(exc))
+        await self._fail(
+            job,
+            code="provider_timeout",
+            message="no provider news brought the job to an end before its deadline",
+            data={"deadline_at": job.deadline_at.isoformat() if job.deadline_at else None},
+        )

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 
 @dataclass(frozen=True)
@@ -51,3 +55,32 @@ DEFAULT_TIMINGS: dict[str, ProviderTiming] = {
     "fal": ProviderTiming(webhook_grace_s=120.0, poll=PollPolicy(first_s=5.0, max_s=30.0)),
     "scenario": ProviderTiming(webhook_grace_s=None, poll=PollPolicy()),
 }
+
+
+def timings_from_settings(settings: Settings) -> dict[str, ProviderTiming]:
+    """The default timings with the configured webhook grace and bind wait."""
+    timings = {}
+    for name, timing in DEFAULT_TIMINGS.items():
+        grace = settings.webhook_grace_s if timing.webhook_grace_s is not None else None
+        timings[name] = replace(
+            timing, webhook_grace_s=grace, unknown_outcome_wait_s=settings.submission_bind_wait_s
+        )
+    return timings
+
+
+@dataclass(frozen=True)
+class GraceRule:
+    """How long to wait for a webhook before checking: p95 of the model's recent completion
+    times times `factor` plus `margin_s`, within [floor_s, ceiling_s]; the configured default
+    until there are `min_samples` recent completions."""
+
+    factor: float = 2.0
+    margin_s: float = 5.0
+    floor_s: float = 10.0
+    ceiling_s: float = 1800.0
+    min_samples: int = 20
+
+    def grace(self, *, samples: int, p95_s: float | None, default_s: float) -> float:
+        if samples < self.min_samples or p95_s is None:
+            return default_s
+        return min(max(p95_s * self.factor + self.margin_s, self.floor_s), self.ceiling_s)

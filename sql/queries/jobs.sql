@@ -2,7 +2,7 @@
 
 -- name: create_job
 SELECT created, (job).*
-FROM create_job($1, $2, $3, $4, $5, $6, $7, $8, $9);
+FROM create_job($1, $2, $3, $4, $5, $6, $7, $8, $9, make_interval(secs => $10));
 
 -- name: apply_observation
 SELECT applied, event_id, (job).*
@@ -47,3 +47,6 @@ SELECT record_cancel_sent($1, $2, $3, $4, $5);
 
 -- name: record_job_event
 SELECT record_job_event($1, $2, $3, $4);
+
+-- name: completion_seconds_p95
+SELECT samples, p95 FROM completion_seconds_p95($1, $2);
