@@ -89,6 +89,8 @@ class JobRunner:
         self.grace_rule = grace_rule or GraceRule()
         self.grace_refresh_s = grace_refresh_s
         self._graces: dict[tuple[str, str], tuple[float, float]] = {}  # -> (grace, computed at)
+        self._planned_wake: datetime | None = None
+        self._next_actions: dict[str, datetime] = {}  # job id -> next action its handler set
         self._log = get_logger("service.runner")
 
     def wake(self) -> None:
@@ -145,8 +147,17 @@ class JobRunner:
         return min(max((next_due - _now()).total_seconds(), 0.005), self.idle_wait_s)
 
     async def _sleep(self, seconds: float) -> None:
+        self._planned_wake = _later(seconds)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        self._planned_wake = None
+
+    def _wake_if_sooner(self, job_id: str) -> None:
+        """Called once a handler's writes are committed: the loop chose its sleep while this job
+        still carried its lease, so a next action due sooner than that needs a wake-up."""
+        when = self._next_actions.pop(job_id, None)
+        if when is not None and self._planned_wake is not None and when < self._planned_wake:
+            self._wake.set()
 
     async def _handle_limited(self, job: JobRecord) -> None:
         structlog.contextvars.bind_contextvars(job_id=job.id, provider=job.provider)
@@ -159,6 +170,7 @@ class JobRunner:
         try:
             async with self._limits[job.provider]:
                 await self._handle(job, adapter)
+            self._wake_if_sooner(job.id)
         except DatabaseUnavailable:
             # The lease runs out and the job is claimed again once the database is back.
             self._log.warning("runner_job_deferred_database_unavailable")
@@ -166,6 +178,8 @@ class JobRunner:
             self._log.exception("runner_job_crashed")
             with contextlib.suppress(Exception):
                 await self.store.reschedule(job.id, owner=self.owner, at=_later(30))
+        finally:
+            self._next_actions.pop(job.id, None)
 
     async def _handle(self, job: JobRecord, adapter: ProviderAdapter) -> None:
         if job.status.is_terminal:
@@ -186,7 +200,10 @@ class JobRunner:
     def _at(self, job: JobRecord, seconds: float) -> datetime:
         """`seconds` from now, but never past the job's hard deadline (so it is acted on then)."""
         when = _later(seconds)
-        return min(when, job.deadline_at) if job.deadline_at is not None else when
+        if job.deadline_at is not None:
+            when = min(when, job.deadline_at)
+        self._next_actions[job.id] = when
+        return when
 
     async def _first_check_s(self, job: JobRecord, timing: ProviderTiming) -> float:
         """Scenario: a quick first poll. Webhook providers: the grace their webhook gets, from
