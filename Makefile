@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all install run test test-unit lint format bench clean
+.PHONY: all install run test test-unit test-chaos lint format bench clean
 
 all: lint test
 
@@ -26,6 +26,10 @@ test: install
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
+
+## Only the chaos suite (real processes, kill -9, PostgreSQL stopped); `make test` includes it.
+test-chaos: install
+	$(BIN)/python -m pytest -s tests/chaos
 
 lint: install
 	$(BIN)/ruff check .

@@ -40,6 +40,13 @@ async def test_outage_gives_503_and_the_service_recovers_by_itself(tmp_path: Pat
                 assert refused.status_code == 503
                 assert refused.json()["error"]["code"] == "database_unavailable"
             assert (await http.get("/v1/jobs")).status_code == 503
+            # A provider callback is not acknowledged either: the provider will retry it.
+            callback = await http.post(
+                "/callbacks/krea/job_01JAAAAAAAAAAAAAAAAAAAAAAA/some-token",
+                json={"job_id": "x", "status": "completed"},
+            )
+            assert callback.status_code == 503
+            assert callback.json()["error"]["code"] == "database_unavailable"
 
             server.start()
             assert (await http.get("/readyz")).status_code == 200

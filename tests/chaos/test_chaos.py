@@ -1,0 +1,223 @@
+"""Chaos: several service instances on one PostgreSQL behind a load balancer, the provider
+simulators with faults on (duplicate, dropped and late webhooks, 429, 503, failed jobs), two
+instances killed with SIGKILL mid-load and restarted, and PostgreSQL stopped and started.
+
+Afterwards every job must be terminal, none lost, none submitted twice, no transition repeated,
+and every job's history gap-free. The run prints its tally."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from service.db.embedded import EmbeddedPostgres
+from service.web.app import prepare_database
+from tests.chaos.harness import Balancer, Process, Tally, audit, free_port, python, service_env
+
+pytestmark = pytest.mark.chaos
+
+JOBS = 150
+INSTANCES = 3
+MODEL = {"krea": "bfl/flux-1-dev", "fal": "fal-ai/flux/krea", "scenario": "model_flux-krea-dev"}
+SIM_FAULTS = {
+    "callback_duplicates": 1,  # every webhook delivered twice
+    "callback_drop_rate": 0.15,  # some webhooks never sent
+    "callback_delay_seconds": 0.3,  # and all late
+    "fail_rate": 0.05,
+    "rate_limit_next": 6,
+    "retry_after_seconds": 0.2,
+    "server_error_next": 4,
+    "server_error_status": 503,
+    "random_seed": 7,
+}
+
+
+class Chaos:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.pg = EmbeddedPostgres(tmp / "pg")
+        self.sim_ports = {name: free_port() for name in MODEL}
+        self.sims = {name: f"http://127.0.0.1:{port}" for name, port in self.sim_ports.items()}
+        self.ports = [free_port() for _ in range(INSTANCES)]
+        self.balancer = Balancer([f"http://127.0.0.1:{p}" for p in self.ports])
+        self.instances: list[Process] = []
+        self.simulator: Process | None = None
+        self.dsn = ""
+        self.tally = Tally()
+
+    async def start(self) -> None:
+        self.dsn = self.pg.start()
+        await self.balancer.start()
+        self.simulator = Process(
+            "simulators",
+            [
+                python(),
+                "-m",
+                "service.simulators",
+                "--krea-port",
+                str(self.sim_ports["krea"]),
+                "--fal-port",
+                str(self.sim_ports["fal"]),
+                "--scenario-port",
+                str(self.sim_ports["scenario"]),
+                "--queue-seconds",
+                "0.3",
+                "--run-seconds",
+                "0.7",
+            ],  # fmt: skip
+            env=service_env(dsn="", port=0, public_url="", sims=self.sims, log_dir=self.tmp),
+            log_dir=self.tmp,
+            health_url=f"{self.sims['krea']}/_sim/stats",
+        )
+        self.simulator.start()
+        await self.simulator.ready()
+        async with httpx.AsyncClient() as client:
+            for url in self.sims.values():
+                response = await client.post(f"{url}/_sim/config", json=SIM_FAULTS)
+                assert response.status_code == 200, response.text
+        for i, port in enumerate(self.ports):
+            env = service_env(
+                dsn=self.dsn,
+                port=port,
+                public_url=self.balancer.url,
+                sims=self.sims,
+                log_dir=self.tmp,
+            )
+            self.instances.append(Process(f"instance-{i}", [python(), "-m", "service", "serve"], env=env,
+                                          log_dir=self.tmp, health_url=f"http://127.0.0.1:{port}/healthz"))  # fmt: skip
+        for instance in self.instances:  # all at once: migrations are applied under a lock
+            instance.start()
+        await asyncio.gather(*(i.ready() for i in self.instances))
+
+    async def close(self) -> None:
+        for process in [*self.instances, *([self.simulator] if self.simulator else [])]:
+            process.stop()
+        await self.balancer.close()
+        self.pg.close()
+
+    async def kill_and_restart(self, index: int, *, down_s: float) -> None:
+        self.instances[index].kill9()
+        self.tally.faults["instance_kill9"] += 1
+        await asyncio.sleep(down_s)  # the outage itself, not synchronisation
+        self.instances[index].start()
+        await self.instances[index].ready()
+
+    async def database_outage(self, *, down_s: float) -> None:
+        self.pg.stop(mode="immediate")
+        self.tally.faults["database_stops"] += 1
+        await asyncio.sleep(down_s)  # the outage itself
+        self.pg.start()
+
+    async def submit(self, client: httpx.AsyncClient, i: int, acknowledged: dict[str, str]) -> None:
+        """One client job, retried with its Idempotency-Key until acknowledged (at-least-once
+        intake from the client's side)."""
+        provider = list(MODEL)[i % len(MODEL)]
+        key = f"chaos-{i:04d}"
+        body = {
+            "provider": provider,
+            "model": MODEL[provider],
+            "input": {"prompt": f"a harbour #{key}"},
+        }
+        for _ in range(300):
+            try:
+                response = await client.post(
+                    "/v1/jobs", json=body, headers={"Idempotency-Key": key}
+                )
+            except httpx.TransportError:
+                response = None
+            if response is not None and response.status_code in (200, 202):
+                acknowledged[key] = response.json()["id"]
+                return
+            if response is not None and response.status_code not in (502, 503):
+                raise AssertionError(f"{key}: {response.status_code} {response.text}")
+            self.tally.faults["client_retries"] += 1
+            await asyncio.sleep(0.1)  # a client's backoff before retrying
+        raise AssertionError(f"{key} never acknowledged")
+
+    async def wait_all_terminal(self, *, within_s: float) -> None:
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            with_db = None
+            try:
+                with_db = await asyncpg.connect(self.dsn)
+                left = await with_db.fetchval(
+                    "SELECT count(*) FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'canceled')"
+                )
+                if left == 0:
+                    return
+            except (OSError, asyncpg.PostgresError):
+                pass
+            finally:
+                if with_db is not None:
+                    await with_db.close()
+            await asyncio.sleep(0.5)  # polling another process's progress, bounded by the deadline
+
+    async def sim_records(self) -> list[dict[str, Any]]:
+        jobs: list[dict[str, Any]] = []
+        async with httpx.AsyncClient() as client:
+            for url in self.sims.values():
+                jobs += (await client.get(f"{url}/_sim/jobs")).json()["jobs"]
+                stats = (await client.get(f"{url}/_sim/stats")).json()
+                for name in ("callbacks_dropped", "callbacks_duplicated", "rate_limited", "server_errors",
+                             "callbacks_failed", "jobs_failed"):  # fmt: skip
+                    self.tally.faults[name] += int(stats.get(name, 0))
+        return jobs
+
+
+@pytest.fixture
+async def chaos(tmp_path: Path) -> AsyncIterator[Chaos]:
+    run = Chaos(tmp_path)
+    try:
+        await run.start()
+        yield run
+    finally:
+        await run.close()
+
+
+async def test_nothing_lost_nothing_doubled_under_chaos(chaos: Chaos) -> None:
+    acknowledged: dict[str, str] = {}
+    async with httpx.AsyncClient(base_url=chaos.balancer.url, timeout=15) as client:
+
+        async def load() -> None:
+            # 25 jobs a second, so that the load spans every fault below.
+            pending = []
+            for start in range(0, JOBS, 5):
+                batch = range(start, start + 5)
+                pending += [
+                    asyncio.create_task(chaos.submit(client, i, acknowledged)) for i in batch
+                ]
+                await asyncio.sleep(0.2)  # pacing the load, not synchronisation
+            await asyncio.gather(*pending)
+
+        async def faults() -> None:
+            await asyncio.sleep(1.0)
+            await chaos.kill_and_restart(0, down_s=1.0)
+            await chaos.database_outage(down_s=2.0)
+            await chaos.kill_and_restart(1, down_s=0.5)
+            await chaos.kill_and_restart(2, down_s=0.5)
+
+        await asyncio.gather(load(), faults())
+    await chaos.wait_all_terminal(within_s=120)
+    sim_jobs = await chaos.sim_records()
+    await audit(chaos.dsn, acknowledged=acknowledged, sim_jobs=sim_jobs, tally=chaos.tally)
+    print("\n" + chaos.tally.line())  # noqa: T201 - the tally is the report of the run
+    if chaos.tally.not_terminal:
+        for instance in chaos.instances:
+            print(instance.name, instance.tail())  # noqa: T201
+    assert len(acknowledged) == JOBS
+    assert chaos.tally.jobs == JOBS
+    assert chaos.tally.lost == []
+    assert chaos.tally.not_terminal == []
+    assert chaos.tally.submitted_twice == []
+    assert chaos.tally.duplicate_transitions == []
+    assert chaos.tally.seq_gaps == []
+    assert chaos.tally.faults["instance_kill9"] == 3
+    assert chaos.tally.faults["client_retries"] > 0  # the faults did hit the clients
+    assert chaos.tally.faults["callbacks_dropped"] > 0
