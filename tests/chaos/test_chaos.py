@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from service.db.embedded import EmbeddedPostgres
-from service.web.app import prepare_database
 from tests.chaos.harness import Balancer, Process, Tally, audit, free_port, python, service_env
 
 pytestmark = pytest.mark.chaos
@@ -71,7 +70,7 @@ class Chaos:
                 "0.3",
                 "--run-seconds",
                 "0.7",
-            ],  # fmt: skip
+            ],
             env=service_env(dsn="", port=0, public_url="", sims=self.sims, log_dir=self.tmp),
             log_dir=self.tmp,
             health_url=f"{self.sims['krea']}/_sim/stats",
@@ -207,10 +206,10 @@ async def test_nothing_lost_nothing_doubled_under_chaos(chaos: Chaos) -> None:
     await chaos.wait_all_terminal(within_s=120)
     sim_jobs = await chaos.sim_records()
     await audit(chaos.dsn, acknowledged=acknowledged, sim_jobs=sim_jobs, tally=chaos.tally)
-    print("\n" + chaos.tally.line())  # noqa: T201 - the tally is the report of the run
+    print("\n" + chaos.tally.line())
     if chaos.tally.not_terminal:
         for instance in chaos.instances:
-            print(instance.name, instance.tail())  # noqa: T201
+            print(instance.name, instance.tail())
     assert len(acknowledged) == JOBS
     assert chaos.tally.jobs == JOBS
     assert chaos.tally.lost == []
