@@ -38,13 +38,25 @@ SIM_FAULTS = {
 }
 
 
+CLEAN = {"random_seed": 7}  # no faults
+
+
 class Chaos:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        instances: int = INSTANCES,
+        faults: dict[str, Any] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.tmp = tmp
+        self.faults = SIM_FAULTS if faults is None else faults
+        self.extra_env = extra_env or {}
         self.pg = EmbeddedPostgres(tmp / "pg")
         self.sim_ports = {name: free_port() for name in MODEL}
         self.sims = {name: f"http://127.0.0.1:{port}" for name, port in self.sim_ports.items()}
-        self.ports = [free_port() for _ in range(INSTANCES)]
+        self.ports = [free_port() for _ in range(instances)]
         self.balancer = Balancer([f"http://127.0.0.1:{p}" for p in self.ports])
         self.instances: list[Process] = []
         self.simulator: Process | None = None
@@ -79,7 +91,7 @@ class Chaos:
         await self.simulator.ready()
         async with httpx.AsyncClient() as client:
             for url in self.sims.values():
-                response = await client.post(f"{url}/_sim/config", json=SIM_FAULTS)
+                response = await client.post(f"{url}/_sim/config", json=self.faults)
                 assert response.status_code == 200, response.text
         for i, port in enumerate(self.ports):
             env = service_env(
@@ -89,6 +101,7 @@ class Chaos:
                 sims=self.sims,
                 log_dir=self.tmp,
             )
+            env.update(self.extra_env)
             self.instances.append(Process(f"instance-{i}", [python(), "-m", "service", "serve"], env=env,
                                           log_dir=self.tmp, health_url=f"http://127.0.0.1:{port}/healthz"))  # fmt: skip
         for instance in self.instances:  # all at once: migrations are applied under a lock
@@ -220,3 +233,62 @@ async def test_nothing_lost_nothing_doubled_under_chaos(chaos: Chaos) -> None:
     assert chaos.tally.faults["instance_kill9"] == 3
     assert chaos.tally.faults["client_retries"] > 0  # the faults did hit the clients
     assert chaos.tally.faults["callbacks_dropped"] > 0
+
+
+async def test_a_single_instance_recovers_every_job_after_kill_9(tmp_path: Path) -> None:
+    """kill -9 of the only instance while jobs are in every state, some claimed but not yet
+    sent and some mid-submission: after a restart every job ends, none is sent twice, the
+    unsent ones are sent and Scenario's are polled again."""
+    run = Chaos(tmp_path, instances=1, faults=CLEAN, extra_env={"PROVIDER_CONCURRENCY": "2"})
+    try:
+        await run.start()
+        async with httpx.AsyncClient() as client:
+            for url in run.sims.values():  # slow answers keep submissions in flight at the kill
+                await client.post(f"{url}/_sim/config", json={"slow_seconds": 0.3})
+        acknowledged: dict[str, str] = {}
+        async with httpx.AsyncClient(base_url=run.balancer.url, timeout=15) as client:
+            await asyncio.gather(*(run.submit(client, i, acknowledged) for i in range(45)))
+        conn = await asyncpg.connect(run.dsn)
+        try:
+            # Wait until the instance is mid-work: some jobs at the provider, some not yet sent.
+            while (
+                await conn.fetchval("SELECT count(*) FROM jobs WHERE submitted_at IS NOT NULL") < 6
+            ):
+                await asyncio.sleep(0.05)  # polling another process's progress
+            run.instances[0].kill9()
+            at_kill = {r["status"] + (":started" if r["started"] else "") for r in await conn.fetch(
+                "SELECT status, submit_started_at IS NOT NULL AS started FROM jobs")}  # fmt: skip
+            unsent = {r["id"] for r in await conn.fetch(
+                "SELECT id FROM jobs WHERE status = 'accepted' AND submit_started_at IS NULL")}  # fmt: skip
+        finally:
+            await conn.close()
+        assert "accepted" in at_kill and unsent  # claimed or due, but not sent
+        assert at_kill & {
+            "submitted:started",
+            "queued:started",
+            "running:started",
+            "succeeded:started",
+        }
+        run.instances[0].start()
+        await run.instances[0].ready()
+        await run.wait_all_terminal(within_s=90)
+        await audit(
+            run.dsn, acknowledged=acknowledged, sim_jobs=await run.sim_records(), tally=run.tally
+        )
+        print("\ncrash recovery " + run.tally.line())
+        assert run.tally.not_terminal == []
+        assert run.tally.submitted_twice == []
+        assert run.tally.duplicate_transitions == []
+        conn = await asyncpg.connect(run.dsn)
+        try:
+            unsent_outcomes = {
+                r["status"]
+                for r in await conn.fetch(
+                    "SELECT status FROM jobs WHERE id = ANY($1)", list(unsent)
+                )
+            }
+        finally:
+            await conn.close()
+        assert unsent_outcomes == {"succeeded"}  # sent after the restart, and finished
+    finally:
+        await run.close()
