@@ -251,10 +251,11 @@ async def test_a_single_instance_recovers_every_job_after_kill_9(tmp_path: Path)
         conn = await asyncpg.connect(run.dsn)
         try:
             # Wait until the instance is mid-work: some jobs at the provider, some not yet sent.
-            while (
+            # Another process's progress: no event reaches this one, so it is polled.
+            while (  # noqa: ASYNC110
                 await conn.fetchval("SELECT count(*) FROM jobs WHERE submitted_at IS NOT NULL") < 6
             ):
-                await asyncio.sleep(0.05)  # polling another process's progress
+                await asyncio.sleep(0.05)
             run.instances[0].kill9()
             at_kill = {r["status"] + (":started" if r["started"] else "") for r in await conn.fetch(
                 "SELECT status, submit_started_at IS NOT NULL AS started FROM jobs")}  # fmt: skip
