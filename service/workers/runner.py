@@ -425,34 +425,38 @@ class JobRunner:
 
     async def _expire(self, job: JobRecord, adapter: ProviderAdapter) -> None:
         """Past the hard deadline: one last look at the provider; if the job is still not done,
-        cancel it there (best effort) and end it failed with provider_timeout."""
+        it ends failed with provider_timeout, committed before the provider is asked to cancel
+        (so the provider's own "cancelled" news, which may come at once, cannot pre-empt it)."""
+        observation = None
         if job.provider_job_id is not None:
-            observation = None
             try:
                 observation = await adapter.fetch_status(job)
             except ProviderError as exc:
                 self._log.warning("deadline_check_failed", error=str(exc))
-            if (
-                observation is not None
-                and observation.status is not None
-                and observation.status.is_terminal
-            ):
-                await self.store.apply_observation(
-                    job.id, observation.status, source="poll", data=observation.data,
-                    outputs=observation.outputs, error=observation.error, lease_owner=self.owner,
-                )  # fmt: skip
-                return
-            try:
-                outcome = await adapter.cancel(job)
-                await self.store.record_event(
-                    job.id, type="cancel_sent", source="system",
-                    data={"accepted": outcome.accepted, "provider_answer": outcome.provider_answer, "reason": "deadline"},
-                )  # fmt: skip
-            except ProviderError as exc:
-                self._log.warning("deadline_cancel_failed", error=str(exc))
+        if (
+            observation is not None
+            and observation.status is not None
+            and observation.status.is_terminal
+        ):
+            await self.store.apply_observation(
+                job.id, observation.status, source="poll", data=observation.data,
+                outputs=observation.outputs, error=observation.error, lease_owner=self.owner,
+            )  # fmt: skip
+            return
         await self._fail(
             job,
             code="provider_timeout",
             message="no provider news brought the job to an end before its deadline",
             data={"deadline_at": job.deadline_at.isoformat() if job.deadline_at else None},
         )
+        if job.provider_job_id is None:
+            return
+        try:
+            outcome = await adapter.cancel(job)
+        except ProviderError as exc:
+            self._log.warning("deadline_cancel_failed", error=str(exc))
+            return
+        await self.store.record_event(
+            job.id, type="cancel_sent", source="system",
+            data={"accepted": outcome.accepted, "provider_answer": outcome.provider_answer, "reason": "deadline"},
+        )  # fmt: skip

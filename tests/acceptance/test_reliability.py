@@ -168,8 +168,7 @@ async def test_no_news_before_the_deadline_ends_the_job_as_provider_timeout(
         job = await stack.wait_for(created["id"])
         assert job["status"] == "failed"
         assert job["error"]["code"] == "provider_timeout"
-        events = await stack.events(job["id"])
-        sent = next(e for e in events if e["type"] == "cancel_sent")
+        sent = await stack.wait_for_event(job["id"], "cancel_sent")
         assert sent["data"]["reason"] == "deadline"
         assert sent["data"]["accepted"] is True
 
