@@ -68,8 +68,9 @@ async def connect(dsn: str, *, connect_timeout: float = 5.0) -> asyncpg.Connecti
 class Database:
     """A pool of connections and the named queries run on it."""
 
-    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float = 5.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, dsn: str = "", acquire_timeout: float = 5.0) -> None:
         self.pool = pool
+        self.dsn = dsn  # for connections outside the pool (LISTEN)
         self.acquire_timeout = acquire_timeout
         self._log = get_logger("service.db")
 
@@ -92,7 +93,7 @@ class Database:
             if is_unavailable_error(exc):
                 raise DatabaseUnavailable() from exc
             raise
-        return cls(pool)
+        return cls(pool, dsn=dsn)
 
     async def close(self) -> None:
         await self.pool.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +13,7 @@ from service.config import Settings
 from service.db.database import Database, connect
 from service.db.migrations import apply_migrations
 from service.errors import DatabaseUnavailable
+from service.events.hub import EventHub
 from service.logs import get_logger
 from service.providers.registry import Providers, build_providers
 from service.store import JobStore
@@ -22,6 +22,8 @@ from service.web.callbacks_api import CallbacksApi
 from service.web.jobs_api import JobsApi
 from service.web.middleware import error_middleware, request_context_middleware, token_middleware
 from service.web.ops_api import OpsApi
+from service.web.stream_api import StreamApi
+from service.webhooks.delivery import WebhookDeliverer
 from service.workers.runner import JobRunner
 from service.workers.schedule import timings_from_settings
 
@@ -38,6 +40,7 @@ DATABASE_KEY = web.AppKey("database", Database)
 STORE_KEY = web.AppKey("store", JobStore)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 RUNNER_KEY = web.AppKey("runner", JobRunner)
+HUB_KEY = web.AppKey("hub", EventHub)
 
 
 async def prepare_database(dsn: str, *, wait_seconds: float = 30.0) -> None:
@@ -94,25 +97,50 @@ def create_app(
     app[DATABASE_KEY] = database
     app[STORE_KEY] = store
     app[RUNNER_KEY] = runner
+    deliverer = (
+        WebhookDeliverer(
+            database=database,
+            secret=settings.client_webhook_secret.get_secret_value(),
+            retry_schedule=settings.client_webhook_retry_schedule,
+            allow_private=settings.client_webhook_allow_private,
+        )
+        if settings.client_webhook_secret is not None
+        else None
+    )
+    hub = EventHub(
+        database=database,
+        dsn=database.dsn,
+        channels={"webhook_deliveries": deliverer.wake} if deliverer and run_workers else {},
+    )
+    app[HUB_KEY] = hub
     app.add_routes(
         JobsApi(
             store,
             enabled_providers=frozenset(providers.adapters),
             job_timeout_s=settings.job_timeout_s,
+            webhooks_enabled=deliverer is not None,
             on_work=runner.wake,
         ).routes()
     )
     app.add_routes(CallbacksApi(store, fal_verifier=providers.fal_verifier).routes())
+    app.add_routes(StreamApi(hub=hub, store=store, database=database).routes())
     app.add_routes(OpsApi(database).routes())
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(runner.run(), name="job-runner") if run_workers else None
+        await hub.start()
+        tasks = []
+        if run_workers:
+            tasks.append(asyncio.create_task(runner.run(), name="job-runner"))
+            if deliverer is not None:
+                tasks.append(asyncio.create_task(deliverer.run(), name="webhook-deliverer"))
         yield
-        if task is not None:
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
         await runner.close()
+        if deliverer is not None:
+            await deliverer.close()
+        await hub.close()
         await providers.aclose()
         await database.close()
 

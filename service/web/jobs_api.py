@@ -20,6 +20,7 @@ from service.metrics import JOBS_CREATED
 from service.store import JobStore, request_hash
 from service.web.bodies import read_json_object, validate_model
 from service.web.middleware import json_response
+from service.webhooks.delivery import describe_attempts
 
 JOB_ID_PATTERN = re.compile(r"^job_[0-9A-HJKMNP-TV-Z]{26}$")
 DEFAULT_PAGE_SIZE = 50
@@ -59,8 +60,10 @@ class JobsApi:
         *,
         enabled_providers: frozenset[str],
         job_timeout_s: Callable[[str], float],
+        webhooks_enabled: bool = False,
         on_work: Callable[[], None] = lambda: None,
     ) -> None:
+        self.webhooks_enabled = webhooks_enabled
         self.store = store
         self.enabled_providers = enabled_providers
         self.job_timeout_s = job_timeout_s
@@ -74,6 +77,7 @@ class JobsApi:
             web.get("/v1/jobs/{job_id}", self.get_job),
             web.get("/v1/jobs/{job_id}/events", self.list_events),
             web.post("/v1/jobs/{job_id}/cancel", self.cancel_job),
+            web.get("/v1/jobs/{job_id}/webhooks", self.list_webhooks),
         ]
 
     async def create_job(self, request: web.Request) -> web.Response:
@@ -147,6 +151,14 @@ class JobsApi:
             raise NotFound(f"no job {job_id}")
         return json_response(EventList(events=events).model_dump(mode="json"))
 
+    async def list_webhooks(self, request: web.Request) -> web.Response:
+        """Every client webhook delivery of the job, with each attempt (status, duration, error)."""
+        job_id = self._job_id(request)
+        if not await self.store.job_exists(job_id):
+            raise NotFound(f"no job {job_id}")
+        rows = await self.store.db.fetch("list_webhook_deliveries", job_id)
+        return json_response({"deliveries": describe_attempts(rows)})
+
     async def cancel_job(self, request: web.Request) -> web.Response:
         job_id = self._job_id(request)
         result = await self.store.request_cancel(job_id)
@@ -165,6 +177,14 @@ class JobsApi:
     def _check_provider_input(self, create: JobCreate) -> None:
         """Provider enabled, model known, input valid for that model: all before anything is
         recorded or sent."""
+        if create.webhook_url is not None and not self.webhooks_enabled:
+            raise ValidationFailed(
+                "client webhooks are disabled: CLIENT_WEBHOOK_SECRET is not configured",
+                code="client_webhooks_disabled",
+                details=[
+                    {"loc": ["body", "webhook_url"], "msg": "webhooks are disabled on this service"}
+                ],
+            )
         if create.provider not in self.enabled_providers:
             raise ValidationFailed(
                 f"provider {create.provider!r} is disabled: it has no credentials configured",

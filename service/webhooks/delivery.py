@@ -1,0 +1,328 @@
+"""Client webhooks: delivery of the outbox rows the database writes with each status change.
+
+Per the Standard Webhooks specification: the body is `{"type": "job.<status>", "timestamp",
+"data": <job>}`, signed with `standardwebhooks` over `id.timestamp.body`; `webhook-id` is the
+delivery's and stays the same across retries. A non-2xx answer or a timeout is retried on
+CLIENT_WEBHOOK_RETRY_SCHEDULE with jitter (later if the client asks with Retry-After); 410 stops
+delivery for the job; every attempt is recorded (readable at GET /v1/jobs/{id}/webhooks).
+
+Deliveries are claimed by lease with SKIP LOCKED, so instances share them. Each endpoint
+(scheme, host, port) has its own concurrency limit, so a slow client delays only itself.
+Targets on loopback, private or link-local addresses are refused after DNS resolution, at
+connect time (no window for DNS rebinding), unless CLIENT_WEBHOOK_ALLOW_PRIVATE is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import random
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from standardwebhooks import Webhook
+
+from schemas.common import format_timestamp
+from service.db.database import Database
+from service.errors import DatabaseUnavailable
+from service.logs import get_logger
+from service.providers.http import parse_retry_after
+from service.store import job_from_row
+
+ATTEMPT_TIMEOUT_S = 15.0
+MAX_ERROR_CHARS = 500
+
+
+def is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    return ip.is_global and not ip.is_multicast
+
+
+class PublicOnlyResolver(AbstractResolver):
+    """Resolves like aiohttp's default, but refuses non-public addresses: the check happens on
+    the very addresses the connection will use."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        public = [r for r in results if is_public_address(r["host"])]
+        if not public:
+            raise OSError(f"webhook target {host} resolves only to non-public addresses")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def webhook_body(delivery: asyncpg.Record) -> bytes:
+    """The signed body: the same bytes on every attempt (built from the stored snapshot)."""
+    snapshot = dict(delivery["job_snapshot"])
+    for column in ("created_at", "updated_at", "completed_at", "cancel_requested_at"):
+        if snapshot.get(column):
+            snapshot[column] = datetime.fromisoformat(snapshot[column])
+    job = job_from_row(snapshot)
+    return orjson.dumps(
+        {
+            "type": delivery["event_type"],
+            "timestamp": format_timestamp(delivery["event_at"]),
+            "data": job.model_dump(mode="json"),
+        }
+    )
+
+
+def retry_delay(
+    schedule: Sequence[float], attempts_done: int, *, retry_after: float | None
+) -> float | None:
+    """Seconds before the next attempt, or None when the schedule is exhausted."""
+    if attempts_done > len(schedule):
+        return None
+    base = schedule[attempts_done - 1]
+    delay = base * random.uniform(1.0, 1.2)  # jitter added, never subtracted
+    return max(delay, retry_after or 0.0)
+
+
+def endpoint_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+class WebhookDeliverer:
+    """Claims due deliveries and sends them."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        secret: str,
+        retry_schedule: Sequence[float],
+        allow_private: bool,
+        owner: str | None = None,
+        per_endpoint: int = 4,
+        batch_size: int = 100,
+        lease_s: float = 60.0,
+        idle_wait_s: float = 1.0,
+    ) -> None:
+        self.database = database
+        self.signer = Webhook(secret)
+        self.retry_schedule = tuple(retry_schedule)
+        self.allow_private = allow_private
+        self.owner = owner or f"webhooks-{secrets.token_hex(6)}"
+        self.per_endpoint = per_endpoint
+        self.batch_size = batch_size
+        self.lease_s = lease_s
+        self.idle_wait_s = idle_wait_s
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._log = get_logger("service.webhooks")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            resolver = None if self.allow_private else PublicOnlyResolver()
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=resolver, limit=0),
+                timeout=aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT_S),
+            )
+        return self._session
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                claimed = await self.run_once()
+                backoff = 0.5
+            except DatabaseUnavailable:
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            except Exception:
+                self._log.exception("webhook_loop_failed")
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if claimed < self.batch_size:
+                await self._sleep(await self._idle_wait())
+
+    async def run_once(self) -> int:
+        self._wake.clear()
+        rows = await self.database.fetch(
+            "claim_webhook_deliveries", self.owner, self.batch_size, self.lease_s
+        )
+        for row in rows:
+            task = asyncio.create_task(self._deliver_limited(row))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(rows)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _idle_wait(self) -> float:
+        next_due: datetime | None = await self.database.fetchval("next_webhook_due")
+        if next_due is None:
+            return self.idle_wait_s
+        return min(max((next_due - datetime.now(UTC)).total_seconds(), 0.005), self.idle_wait_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    async def _deliver_limited(self, delivery: asyncpg.Record) -> None:
+        limit = self._limits.setdefault(
+            endpoint_of(delivery["url"]), asyncio.Semaphore(self.per_endpoint)
+        )
+        try:
+            async with limit:
+                await self._deliver(delivery)
+        except DatabaseUnavailable:
+            self._log.warning(
+                "webhook_record_deferred_database_unavailable", delivery_id=delivery["id"]
+            )
+        except Exception:
+            self._log.exception("webhook_delivery_crashed", delivery_id=delivery["id"])
+
+    def _refused_literal(self, url: str) -> bool:
+        """aiohttp does not resolve IP literals, so those are checked here."""
+        if self.allow_private:
+            return False
+        host = urlsplit(url).hostname or ""
+        try:
+            return not is_public_address(host)
+        except ValueError:
+            return False  # a name: checked by PublicOnlyResolver when connecting
+
+    async def _deliver(self, delivery: asyncpg.Record) -> None:
+        body = webhook_body(delivery)
+        msg_id = f"msg_{delivery['event_id']}"
+        sent_at = datetime.now(UTC)
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(sent_at.timestamp())),
+            "webhook-signature": self.signer.sign(msg_id, sent_at, body.decode()),
+            "User-Agent": "imagejobs-webhooks/1",
+        }
+        started = time.perf_counter()
+        status, retry_after, error, refused = await self._send(delivery["url"], body, headers)
+        duration_ms = (time.perf_counter() - started) * 1000
+        attempts_done = delivery["attempts"] + 1
+        next_at = None
+        if status is not None and 200 <= status < 300:
+            outcome = "delivered"
+        elif status == 410:
+            outcome = "stopped"
+        elif refused:
+            outcome = "failed"  # a forbidden target stays forbidden: no point retrying
+        else:
+            delay = retry_delay(self.retry_schedule, attempts_done, retry_after=retry_after)
+            outcome = "retry" if delay is not None else "failed"
+            if delay is not None:
+                next_at = datetime.now(UTC) + timedelta(seconds=delay)
+            if error is None:
+                error = f"http {status}"
+        await self.database.fetchval(
+            "record_webhook_attempt",
+            delivery["id"],
+            self.owner,
+            sent_at,
+            duration_ms,
+            status,
+            error,
+            outcome,
+            next_at,
+        )
+        self._log.info(
+            "webhook_attempted", job_id=delivery["job_id"], webhook_id=msg_id, status=status,
+            outcome=outcome, attempt=attempts_done,
+        )  # fmt: skip
+        if next_at is not None:
+            self.wake_if_sooner(next_at)
+
+    async def _send(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int | None, float | None, str | None, bool]:
+        """One attempt: (status, retry_after, error, refused_target)."""
+        if self._refused_literal(url):
+            return (
+                None,
+                None,
+                "webhook target is not a public address (CLIENT_WEBHOOK_ALLOW_PRIVATE is off)",
+                True,
+            )
+        try:
+            async with self._client().post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                await response.read()
+                return (
+                    response.status,
+                    parse_retry_after(response.headers.get("Retry-After")),
+                    None,
+                    False,
+                )
+        except aiohttp.ClientConnectorError as exc:
+            refused = "non-public addresses" in str(exc.os_error)
+            return None, None, f"connection failed: {exc.os_error}"[:MAX_ERROR_CHARS], refused
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return (
+                None,
+                None,
+                (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[
+                    :MAX_ERROR_CHARS
+                ],
+                False,
+            )
+
+    def wake_if_sooner(self, when: datetime) -> None:
+        # The loop picked its sleep while this delivery carried its lease.
+        if (when - datetime.now(UTC)).total_seconds() < self.idle_wait_s:
+            self._wake.set()
+
+
+def describe_attempts(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    """The deliveries of a job with their attempts, as the API returns them."""
+    out = []
+    for row in rows:
+        out.append(
+            {
+                "webhook_id": f"msg_{row['event_id']}",
+                "event_id": row["event_id"],
+                "type": row["event_type"],
+                "url": row["url"],
+                "state": row["state"],
+                "attempts": [
+                    {**a, "started_at": format_timestamp(datetime.fromisoformat(a["started_at"]))}
+                    for a in row["attempt_log"]
+                ],
+                "next_attempt_at": format_timestamp(row["next_attempt_at"])
+                if row["next_attempt_at"] and row["state"] == "pending"
+                else None,
+                "last_error": row["last_error"],
+                "created_at": format_timestamp(row["created_at"]),
+                "finished_at": format_timestamp(row["finished_at"]) if row["finished_at"] else None,
+            }
+        )
+    return out

@@ -1,0 +1,24 @@
+-- Named queries of client webhook delivery.
+
+-- name: claim_webhook_deliveries
+SELECT * FROM claim_webhook_deliveries($1, $2, make_interval(secs => $3));
+
+-- name: next_webhook_due
+SELECT min(next_attempt_at) FROM webhook_deliveries WHERE next_attempt_at IS NOT NULL;
+
+-- name: record_webhook_attempt
+SELECT record_webhook_attempt($1, $2, $3, $4, $5, $6, $7, $8);
+
+-- name: list_webhook_deliveries
+SELECT d.id, d.event_id, d.event_type, d.url, d.state, d.attempts, d.next_attempt_at,
+       d.last_error, d.created_at, d.finished_at,
+       coalesce(
+           (SELECT jsonb_agg(jsonb_build_object(
+                       'attempt', a.attempt, 'started_at', a.started_at,
+                       'duration_ms', a.duration_ms, 'status_code', a.status_code,
+                       'error', a.error) ORDER BY a.attempt)
+            FROM webhook_attempts a WHERE a.delivery_id = d.id),
+           '[]'::jsonb) AS attempt_log
+FROM webhook_deliveries d
+WHERE d.job_id = $1
+ORDER BY d.id;
