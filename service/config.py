@@ -53,6 +53,7 @@ class Settings(BaseModel):
     submission_bind_wait_s: float = Field(default=600, ge=0)
     worker_lease_s: float = Field(default=60, gt=0)
     provider_concurrency: int = Field(default=32, ge=1)
+    stream_heartbeat_s: float = Field(default=15, gt=0)
 
     log_level: str = "info"
     log_format: str | None = None  # "json" or "console"; None = json unless stdout is a terminal
@@ -116,6 +117,7 @@ class Settings(BaseModel):
             "submission_bind_wait_s": get("SUBMISSION_BIND_WAIT_S"),
             "worker_lease_s": get("WORKER_LEASE_S"),
             "provider_concurrency": get("PROVIDER_CONCURRENCY"),
+            "stream_heartbeat_s": get("STREAM_HEARTBEAT_S"),
             "log_level": get("LOG_LEVEL"),
             "log_format": get("LOG_FORMAT"),
             "db_pool_min": get("DB_POOL_MIN"),

@@ -53,10 +53,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def connect(dsn: str, *, connect_timeout: float = 5.0) -> asyncpg.Connection:
+async def connect(
+    dsn: str, *, connect_timeout: float = 5.0, application_name: str = "imagejobs"
+) -> asyncpg.Connection:
     """One connection outside the pool (migrations, LISTEN), with the project's codecs."""
     try:
-        conn = await asyncpg.connect(dsn, timeout=connect_timeout)
+        conn = await asyncpg.connect(
+            dsn, timeout=connect_timeout, server_settings={"application_name": application_name}
+        )
     except Exception as exc:
         if is_unavailable_error(exc):
             raise DatabaseUnavailable() from exc

@@ -26,6 +26,7 @@ from service.logs import get_logger
 from service.store import event_from_row
 
 EVENTS_CHANNEL = "job_events"
+LISTENER_NAME = "imagejobs-listener"  # application_name of the LISTEN connection
 PAGE = 1000
 
 
@@ -77,6 +78,7 @@ class EventHub:
         self._listener: asyncpg.Connection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.listen_connected = asyncio.Event()
+        self.subscribed = asyncio.Event()  # set at every new subscription (tests await it)
         self.reconnects = 0
         self._log = get_logger("service.events")
 
@@ -88,6 +90,7 @@ class EventHub:
             self._all.add(subscription)
         else:
             self._by_job.setdefault(job_id, set()).add(subscription)
+        self.subscribed.set()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -132,7 +135,7 @@ class EventHub:
         while True:
             lost = asyncio.Event()
             try:
-                conn = await connect(self.dsn)
+                conn = await connect(self.dsn, application_name=LISTENER_NAME)
                 conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
                 for channel, callback in self.extra_channels.items():

@@ -123,7 +123,11 @@ def create_app(
         ).routes()
     )
     app.add_routes(CallbacksApi(store, fal_verifier=providers.fal_verifier).routes())
-    app.add_routes(StreamApi(hub=hub, store=store, database=database).routes())
+    app.add_routes(
+        StreamApi(
+            hub=hub, store=store, database=database, heartbeat_s=settings.stream_heartbeat_s
+        ).routes()
+    )
     app.add_routes(OpsApi(database).routes())
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:

@@ -76,12 +76,12 @@ class StreamApi:
         ):
             raise NotFound(f"no job {job_id}")
         after = _resume_point(request)
+        if after is None:
+            # "Now" is fixed before subscribing; the replay below covers anything committed
+            # between the two, so nothing after "now" can be missed.
+            after = 0 if job_id is not None else int(await self.database.fetchval("last_event_id"))
         subscription = self.hub.subscribe(job_id)
         try:
-            if after is None:
-                after = (
-                    0 if job_id is not None else int(await self.database.fetchval("last_event_id"))
-                )
             response = web.StreamResponse(
                 headers={
                     "Content-Type": "text/event-stream",

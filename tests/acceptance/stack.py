@@ -16,7 +16,7 @@ import httpx
 from service.config import Settings
 from service.db.database import Database
 from service.simulators import RunningSimulators, SimulatorConfig, start_simulators
-from service.web.app import RUNNER_KEY
+from service.web.app import HUB_KEY, RUNNER_KEY
 from service.workers.schedule import DEFAULT_TIMINGS, PollPolicy, ProviderTiming
 from tests.conftest import Service, start_service
 
@@ -95,6 +95,13 @@ class Stack:
 
         return await asyncio.wait_for(reached(), within_s)
 
+    async def hub_has_subscriber(self) -> None:
+        """Returns once a stream on this instance has subscribed to the live events."""
+        hub = self.service.app[HUB_KEY]
+        while hub.subscriber_count == 0:
+            hub.subscribed.clear()
+            await asyncio.wait_for(hub.subscribed.wait(), 10)
+
     async def wait_for_event(
         self, job_id: str, event_type: str, *, within_s: float = 20.0
     ) -> dict[str, Any]:
@@ -125,6 +132,7 @@ async def running_stack(
     *,
     sim_config: SimulatorConfig | None = None,
     timings: dict[str, ProviderTiming] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> AsyncIterator[Stack]:
     sims = await start_simulators(
         config=sim_config or SimulatorConfig(queue_seconds=0.05, run_seconds=0.1)
@@ -132,7 +140,7 @@ async def running_stack(
     db = await Database.open(database_url, min_size=1, max_size=10)
     # The service's own URL is only known once it listens: bind first, then point callbacks there.
     service = await start_service(
-        stack_settings(sims), db, run_workers=True,
+        stack_settings(sims, **(settings or {})), db, run_workers=True,
         runner_options={"timings": timings or FAST_TIMINGS},
     )  # fmt: skip
     service.app[RUNNER_KEY].callback_base_url = service.url
