@@ -9,9 +9,11 @@ SERVICE_DATA_DIR), and prints the URL, the token and one curl per provider.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import secrets
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -24,16 +26,28 @@ from service.simulators import RunningSimulators, SimulatorConfig, start_simulat
 from service.web.app import build_app
 
 
-def demo_token(data_dir: Path) -> str:
-    """A token generated on first run and reused afterwards, so printed curls keep working."""
-    path = data_dir / "api-token"
+def _kept_secret(data_dir: Path, name: str, make: Callable[[], str]) -> str:
+    """A value generated on first run and reused afterwards, so printed commands keep working."""
+    path = data_dir / name
     if path.exists():
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
-    token = "demo-" + secrets.token_urlsafe(24)
-    path.write_text(token + "\n")
+    value = make()
+    path.write_text(value + "\n")
     path.chmod(0o600)
-    return token
+    return value
+
+
+def demo_token(data_dir: Path) -> str:
+    return _kept_secret(data_dir, "api-token", lambda: "demo-" + secrets.token_urlsafe(24))
+
+
+def demo_webhook_secret(data_dir: Path) -> str:
+    return _kept_secret(
+        data_dir,
+        "client-webhook-secret",
+        lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+    )
 
 
 EXAMPLES = {
@@ -43,7 +57,9 @@ EXAMPLES = {
 }
 
 
-def banner(settings: Settings, token: str, *, simulated: dict[str, str]) -> str:
+def banner(
+    settings: Settings, token: str, *, simulated: dict[str, str], webhook_secret: str
+) -> str:
     url = settings.base_url
     auth = f"-H 'Authorization: Bearer {token}'"
     lines = [
@@ -62,7 +78,9 @@ def banner(settings: Settings, token: str, *, simulated: dict[str, str]) -> str:
             "",
         ]
     lines += [
-        f"  Follow a job:  curl -s {url}/v1/jobs/<id>/events {auth}",
+        f"  Follow a job live:  curl -N '{url}/v1/events/stream?job_id=<id>' {auth}",
+        f"  Its history:   curl -s {url}/v1/jobs/<id>/events {auth}",
+        f"  Client webhooks are signed with: {webhook_secret}",
         f"  List jobs:     curl -s {url}/v1/jobs {auth}",
         f"  Health:        curl -s {url}/readyz",
         "",
@@ -119,13 +137,24 @@ async def run_demo(settings: Settings, *, dsn: str) -> None:
         if settings.api_tokens
         else demo_token(settings.data_dir)
     )
-    settings = settings.model_copy(update={"api_tokens": (SecretStr(token),)})
+    webhook_secret = (
+        settings.client_webhook_secret.get_secret_value()
+        if settings.client_webhook_secret
+        else demo_webhook_secret(settings.data_dir)
+    )
+    settings = settings.model_copy(
+        update={
+            "api_tokens": (SecretStr(token),),
+            "client_webhook_secret": SecretStr(webhook_secret),
+            "client_webhook_allow_private": True,  # the demo's clients live on this machine
+        }
+    )
     settings, sims, simulated = await start_demo_simulators(settings)
     app = await build_app(settings, dsn=dsn)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
-    print(banner(settings, token, simulated=simulated), flush=True)
+    print(banner(settings, token, simulated=simulated, webhook_secret=webhook_secret), flush=True)
     get_logger("service").info("service_started", url=settings.base_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
