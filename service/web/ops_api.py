@@ -134,6 +134,49 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json(_ref("EventList"), "events in order"), **errors},
                 },
             },
+            "/v1/jobs/{job_id}/webhooks": {
+                "get": {
+                    "summary": "The job's client webhook deliveries, with every attempt",
+                    "parameters": [job_id],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "deliveries": {"type": "array", "items": {"type": "object"}}
+                                },
+                            },
+                            "deliveries",
+                        ),
+                        **errors,
+                    },
+                }
+            },
+            "/v1/events/stream": {
+                "get": {
+                    "summary": "Server-sent events of the audit trail, live",
+                    "parameters": [
+                        {"name": "job_id", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "an event stream; each message's id is the event id, its data the Event",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        **errors,
+                    },
+                }
+            },
             "/v1/jobs/{job_id}/cancel": {
                 "post": {
                     "summary": "Cancel a job",
