@@ -54,6 +54,8 @@ class Settings(BaseModel):
     worker_lease_s: float = Field(default=60, gt=0)
     provider_concurrency: int = Field(default=32, ge=1)
     stream_heartbeat_s: float = Field(default=15, gt=0)
+    intake_batching: bool = True
+    intake_max_batch: int = Field(default=256, ge=1)
 
     log_level: str = "info"
     log_format: str | None = None  # "json" or "console"; None = json unless stdout is a terminal
@@ -118,6 +120,8 @@ class Settings(BaseModel):
             "worker_lease_s": get("WORKER_LEASE_S"),
             "provider_concurrency": get("PROVIDER_CONCURRENCY"),
             "stream_heartbeat_s": get("STREAM_HEARTBEAT_S"),
+            "intake_batching": get("INTAKE_BATCHING"),
+            "intake_max_batch": get("INTAKE_MAX_BATCH"),
             "log_level": get("LOG_LEVEL"),
             "log_format": get("LOG_FORMAT"),
             "db_pool_min": get("DB_POOL_MIN"),

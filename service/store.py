@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,10 +20,15 @@ import orjson
 
 from schemas.events import Event, EventSource
 from schemas.jobs import Job, JobCreate, JobError, JobOutput, JobStatus
+from service.db.batcher import Batcher
 from service.db.database import Database
 from service.providers.base import JobRecord
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def new_job_id(now_ms: int | None = None) -> str:
@@ -122,11 +128,101 @@ class CancelResult:
     job: Job | None
 
 
-class JobStore:
-    """Reads and state changes of jobs and their history."""
+@dataclass(frozen=True)
+class PendingObservation:
+    """One observation waiting for its batch (see JobStore.observe)."""
 
-    def __init__(self, db: Database) -> None:
+    job_id: str
+    status: str
+    source: str
+    data: dict[str, Any]
+    provider_job_id: str | None
+    outputs: list[dict[str, Any]] | None
+    error: dict[str, Any] | None
+    record_ignored: bool
+
+
+class JobStore:
+    """Reads and state changes of jobs and their history.
+
+    With `batching`, the hot path of provider callbacks (`lookup`, `observe`) is write-combined:
+    concurrent callers share one round trip and one commit per batch (service.db.batcher), and
+    each still gets its own answer only after its batch is committed.
+    """
+
+    def __init__(self, db: Database, *, batching: bool = True, max_batch: int = 256) -> None:
         self.db = db
+        self.batching = batching
+        self._lookups: Batcher[str, JobRecord | None] = Batcher(
+            self._flush_lookups, max_batch=max_batch
+        )
+        self._observations: Batcher[PendingObservation, ApplyResult] = Batcher(
+            self._flush_observations, max_batch=max_batch
+        )
+
+    async def close(self) -> None:
+        await self._lookups.close()
+        await self._observations.close()
+
+    async def lookup(self, job_id: str) -> JobRecord | None:
+        """The job's internal record, batched with concurrent lookups."""
+        if not self.batching:
+            return await self.get_record(job_id)
+        return await self._lookups.submit(job_id)
+
+    async def _flush_lookups(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        rows = await self.db.fetch("get_jobs", list(set(job_ids)))
+        found = {row["id"]: record_from_row(row) for row in rows}
+        return [found.get(job_id) for job_id in job_ids]
+
+    async def observe(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        source: EventSource,
+        data: dict[str, Any],
+        provider_job_id: str | None = None,
+        outputs: list[JobOutput] | None = None,
+        error: JobError | None = None,
+        record_ignored: bool = False,
+    ) -> ApplyResult:
+        """apply_observation for the callback path: committed in a batch when batching is on."""
+        if not self.batching:
+            return await self.apply_observation(
+                job_id, status, source=source, data=data, provider_job_id=provider_job_id,
+                outputs=outputs, error=error, record_ignored=record_ignored,
+            )  # fmt: skip
+        return await self._observations.submit(
+            PendingObservation(
+                job_id=job_id,
+                status=status.value,
+                source=source,
+                data=data,
+                provider_job_id=provider_job_id,
+                outputs=[o.model_dump() for o in outputs] if outputs is not None else None,
+                error=error.model_dump(mode="json") if error is not None else None,
+                record_ignored=record_ignored,
+            )
+        )
+
+    async def _flush_observations(self, items: Sequence[PendingObservation]) -> list[ApplyResult]:
+        rows = await self.db.fetch(
+            "apply_observations",
+            [i.job_id for i in items],
+            [i.status for i in items],
+            [i.source for i in items],
+            [_json_text(i.data) for i in items],
+            [i.provider_job_id for i in items],
+            [_json_text(i.outputs) for i in items],
+            [_json_text(i.error) for i in items],
+            [i.record_ignored for i in items],
+        )
+        by_ord = {row["ord"]: row for row in rows}
+        return [
+            ApplyResult(applied=by_ord[n]["applied"], event_id=by_ord[n]["event_id"], job=None)
+            for n in range(1, len(items) + 1)
+        ]
 
     async def create_job(
         self,

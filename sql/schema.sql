@@ -511,3 +511,28 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Batched intake: many observations in one statement and one commit; rows locked in id order
+-- first so concurrent batches cannot deadlock.
+CREATE FUNCTION apply_observations(
+    p_job_ids text[], p_statuses text[], p_sources text[], p_data jsonb[],
+    p_provider_job_ids text[], p_outputs jsonb[], p_errors jsonb[], p_record_ignored boolean[]
+) RETURNS TABLE (ord integer, applied boolean, event_id bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i integer;
+    r record;
+BEGIN
+    PERFORM 1 FROM jobs WHERE id = ANY (p_job_ids) ORDER BY id FOR UPDATE;
+    FOR i IN 1 .. coalesce(array_length(p_job_ids, 1), 0) LOOP
+        SELECT o.applied, o.event_id INTO r
+        FROM apply_observation(p_job_ids[i], p_statuses[i], p_sources[i], p_data[i],
+                               p_provider_job_ids[i], p_outputs[i], p_errors[i],
+                               p_record_ignored[i], NULL, NULL, NULL) o;
+        ord := i;
+        applied := coalesce(r.applied, false);
+        event_id := r.event_id;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;

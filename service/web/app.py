@@ -86,7 +86,9 @@ def create_app(
         # Bodies are read through service.web.bodies with per-route limits; this is the ceiling.
         client_max_size=CALLBACK_BODY_LIMIT,
     )
-    store = JobStore(database)
+    store = JobStore(
+        database, batching=settings.intake_batching, max_batch=settings.intake_max_batch
+    )
     runner = JobRunner(
         store=store,
         adapters=providers.adapters,
@@ -145,6 +147,7 @@ def create_app(
         if deliverer is not None:
             await deliverer.close()
         await hub.close()
+        await store.close()
         await providers.aclose()
         await database.close()
 

@@ -99,7 +99,7 @@ class CallbacksApi:
         if observation.status is None:
             CALLBACKS.labels(provider=provider, outcome="ignored").inc()
             return json_response({"status": "ignored"})
-        result = await self.store.apply_observation(
+        result = await self.store.observe(
             job.id,
             observation.status,
             source="webhook",
@@ -121,7 +121,7 @@ class CallbacksApi:
         return json_response({"status": outcome})
 
     async def _authenticate(self, job_id: str, provider: str, token: str) -> JobRecord:
-        job = await self.store.get_record(job_id)
+        job = await self.store.lookup(job_id)
         presented = hashlib.sha256(token.encode()).hexdigest().encode()
         expected = (job.callback_token_hash if job else None) or ""
         # Compared even for an unknown job, so timing tells nothing about which jobs exist.

@@ -50,3 +50,12 @@ SELECT record_job_event($1, $2, $3, $4);
 
 -- name: completion_seconds_p95
 SELECT samples, p95 FROM completion_seconds_p95($1, $2);
+
+-- name: apply_observations
+SELECT ord, applied, event_id
+-- JSON values come as text: asyncpg would read a list inside jsonb[] as another dimension.
+FROM apply_observations($1::text[], $2::text[], $3::text[], $4::text[]::jsonb[], $5::text[],
+                        $6::text[]::jsonb[], $7::text[]::jsonb[], $8::boolean[]);
+
+-- name: get_jobs
+SELECT * FROM jobs WHERE id = ANY($1::text[]);

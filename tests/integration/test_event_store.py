@@ -218,3 +218,33 @@ async def test_cancel_at_the_provider_is_recorded_once(store: JobStore) -> None:
     assert job is not None and job.status == S.RUNNING and job.cancel_requested
     types = [e.type for e in await store.list_events(job_id)]
     assert types.count("cancel_requested") == 1
+
+
+async def test_batched_observations_apply_in_order_and_never_twice(database: Database) -> None:
+    store = JobStore(database, batching=True, max_batch=64)
+    try:
+        job_ids = [await job_in(store, S.SUBMITTED) for _ in range(12)]
+        # Every job observed running then succeeded, three times over, from many concurrent
+        # callers: batches overlap on the same rows, and one batch holds duplicates.
+        calls = [
+            store.observe(j, status, source="webhook", data={}, record_ignored=True)
+            for _ in range(3)
+            for j in reversed(job_ids)
+            for status in (S.RUNNING, S.SUCCEEDED)
+        ]
+        results = await asyncio.gather(*calls)
+        assert sum(r.applied for r in results) == 2 * len(job_ids)
+        for job_id in job_ids:
+            events = await store.list_events(job_id)
+            steps = [(e.from_status, e.to_status) for e in events if e.type == "status_changed"]
+            assert steps == [
+                (None, S.ACCEPTED),
+                (S.ACCEPTED, S.SUBMITTED),
+                (S.SUBMITTED, S.RUNNING),
+                (S.RUNNING, S.SUCCEEDED),
+            ]
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            assert sum(e.type == "observation_ignored" for e in events) == 4
+        assert store._observations.batches < len(calls)  # they really were combined
+    finally:
+        await store.close()

@@ -1,0 +1,78 @@
+"""Write combining: many concurrent callers, one round trip (and one commit) per batch.
+
+Callers `await batcher.submit(item)` and get their own result; meanwhile a single flusher takes
+whatever has queued up (at most `max_batch`) and runs it in one call. Batches form by
+themselves: while one is in flight, the next fills, so an idle service answers at once and a
+busy one commits hundreds of items together. A failed flush fails every caller of that batch
+(nothing of it was committed), which the caller reports as it would a single failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    """Runs `flush(items) -> results` (same length, same order) on batches of submitted items."""
+
+    def __init__(
+        self,
+        flush: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int = 256,
+        in_flight: int = 2,
+    ) -> None:
+        self._flush = flush
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._in_flight = in_flight
+        self.batches = 0
+        self.items = 0
+
+    def start(self) -> None:
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._work(), name="batcher") for _ in range(self._in_flight)
+            ]
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.cancel()
+
+    async def submit(self, item: T) -> R:
+        self.start()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _work(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            items = [item for item, _ in batch]
+            try:
+                results = await self._flush(items)
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.items += len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
