@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -33,6 +33,14 @@ WEBHOOK_MISSES = Counter(
     "provider_webhook_misses_total",
     "Jobs whose terminal state was learned by poll because the provider's webhook did not come.",
     ["provider"],
+    registry=REGISTRY,
+)
+
+DUE_LAG = Histogram(
+    "runner_due_lag_seconds",
+    "How late the runner claims a job after its next action was due.",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     registry=REGISTRY,
 )
 

@@ -89,6 +89,7 @@ def record_from_row(row: asyncpg.Record) -> JobRecord:
         cancel_sent=row["cancel_sent_at"] is not None,
         callback_token_hash=row["callback_token_hash"],
         deadline_at=row["deadline_at"],
+        due_at=row["last_due_at"],
     )
 
 

@@ -63,6 +63,7 @@ CREATE TABLE jobs (
     cancel_sent_at      timestamptz,
     deadline_at         timestamptz NOT NULL,
     webhook_stopped_at  timestamptz,  -- the client's webhook endpoint answered 410
+    last_due_at         timestamptz,  -- when the job was due at its last claim
     CHECK (provider IN ('krea', 'fal', 'scenario'))
 );
 
@@ -299,7 +300,8 @@ CREATE FUNCTION claim_due_jobs(p_owner text, p_limit integer, p_lease interval)
 RETURNS SETOF jobs
 LANGUAGE sql AS $$
     UPDATE jobs
-    SET lease_owner = p_owner, next_action_at = clock_timestamp() + p_lease, checks = checks + 1
+    SET lease_owner = p_owner, last_due_at = jobs.next_action_at,
+        next_action_at = clock_timestamp() + p_lease, checks = checks + 1
     WHERE id IN (
         SELECT id FROM jobs
         WHERE next_action_at <= clock_timestamp()

@@ -81,6 +81,7 @@ class JobRecord:
     cancel_sent: bool = False
     callback_token_hash: str | None = None
     deadline_at: datetime | None = None
+    due_at: datetime | None = None  # when the job was due at the claim that produced this record
 
 
 @dataclass(frozen=True)

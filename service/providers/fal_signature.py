@@ -53,7 +53,8 @@ class FalWebhookVerifier:
         self.clock = clock
         self.monotonic = monotonic
         self._keys: list[Ed25519PublicKey] = []
-        self._fetched_at: float | None = None  # monotonic
+        self._attempted_at: float | None = None  # monotonic time of the last fetch attempt
+        self._loaded_at: float | None = None  # ... and of the last successful one
         self._lock = asyncio.Lock()
         self._log = get_logger("service.fal")
 
@@ -94,25 +95,30 @@ class FalWebhookVerifier:
         return False
 
     async def _current_keys(self) -> list[Ed25519PublicKey]:
-        if self._fetched_at is None or self.monotonic() - self._fetched_at > KEYS_TTL_S:
-            async with self._lock:
-                if self._fetched_at is None or self.monotonic() - self._fetched_at > KEYS_TTL_S:
-                    await self._fetch()
+        # Under the lock, so a caller never reads the keys while the first fetch is in flight.
+        async with self._lock:
+            expired = self._loaded_at is None or self.monotonic() - self._loaded_at > KEYS_TTL_S
+            if expired and self._may_fetch():
+                await self._fetch()
         return self._keys
 
     async def _refetch_if_allowed(self) -> bool:
         async with self._lock:
-            if (
-                self._fetched_at is not None
-                and self.monotonic() - self._fetched_at < REFETCH_INTERVAL_S
-            ):
+            if not self._may_fetch():
                 return False
             await self._fetch()
             return True
 
+    def _may_fetch(self) -> bool:
+        # At most one fetch a minute, failed ones included: forged callbacks or an unreachable
+        # JWKS endpoint must not turn into a stream of requests to fal.
+        return (
+            self._attempted_at is None
+            or self.monotonic() - self._attempted_at >= REFETCH_INTERVAL_S
+        )
+
     async def _fetch(self) -> None:
-        # Stamped before the attempt, so a failing JWKS endpoint is also asked at most once a minute.
-        self._fetched_at = self.monotonic()
+        self._attempted_at = self.monotonic()
         try:
             response = await send(self.client, "GET", self.jwks_url)
             check_status(response, what="fal jwks")
@@ -129,4 +135,5 @@ class FalWebhookVerifier:
             except (ValueError, binascii.Error):
                 self._log.warning("fal_jwks_key_invalid", kid=jwk.kid)
         self._keys = keys
+        self._loaded_at = self.monotonic()
         self._log.info("fal_jwks_fetched", keys=len(keys))

@@ -117,6 +117,38 @@ class ScenarioSimulator(ProviderSimulator):
     def rate_limit_message(self) -> str:
         return "Too many requests"
 
+    def add_control_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/_sim/bulk_jobs", self._bulk_jobs)
+
+    async def _bulk_jobs(self, request: web.Request) -> web.Response:
+        """Creates `count` jobs at once (benchmarks stage many in-flight jobs this way rather than
+        through `count` generate requests). Body: {"count", "model", "queue_seconds",
+        "run_seconds"}; answers {"job_ids": [...]}."""
+        body, error = await read_json(request)
+        if (
+            error is not None
+            or not isinstance(body, dict)
+            or not isinstance(body.get("count"), int)
+        ):
+            return self.error_response(400, error or "body must be {count: int, ...}")
+        model_id = str(body.get("model", "model_flux-krea-dev"))
+        queue_s = float(body.get("queue_seconds", self.config.queue_seconds))
+        run_s = float(body.get("run_seconds", self.config.run_seconds))
+        now_mono, base_url = time.monotonic(), self.base_url(request)
+        ids = []
+        for n in range(body["count"]):
+            job = ScenarioJob(
+                id=scenario_id("job"), model=model_id, prompt=f"bulk {n}", input={"prompt": f"bulk {n}"},
+                base_url=base_url, created_mono=now_mono, created_wall=self.next_wall_us() / 1e6,
+                queue_s=queue_s, run_s=run_s, will_fail=False, drop_callbacks=False, callback_url=None,
+                fingerprint=f"bulk-{n}-{now_mono}", asset_ids=[scenario_id("asset")], width=1024, height=768,
+            )  # fmt: skip
+            self.register(job)
+            self._order.append(job)
+            self._assets[job.asset_ids[0]] = (job, 0)
+            ids.append(job.id)
+        return json_response({"job_ids": ids})
+
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post(f"{PREFIX}/generate/custom/{{model_id}}", self._generate)
         router.add_get(f"{PREFIX}/jobs", self._list_jobs)

@@ -29,7 +29,7 @@ from schemas.jobs import JobError, JobStatus
 from schemas.model_inputs import MODELS
 from service.errors import DatabaseUnavailable
 from service.logs import get_logger
-from service.metrics import OBSERVATIONS, PROVIDER_REQUESTS, WEBHOOK_MISSES
+from service.metrics import DUE_LAG, OBSERVATIONS, PROVIDER_REQUESTS, WEBHOOK_MISSES
 from service.providers.base import (
     JobRecord,
     OutcomeUnknown,
@@ -124,7 +124,12 @@ class JobRunner:
         jobs = await self.store.claim_due(
             owner=self.owner, limit=self.batch_size, lease_seconds=self.lease_seconds
         )
+        claimed_at = _now()
         for job in jobs:
+            if job.due_at is not None:
+                DUE_LAG.labels(provider=job.provider).observe(
+                    max((claimed_at - job.due_at).total_seconds(), 0.0)
+                )
             task = asyncio.create_task(self._handle_limited(job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -3,6 +3,7 @@ rotation is picked up by refetching, and refetches happen at most once a minute.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -83,3 +84,18 @@ async def test_stale_and_malformed_headers_are_refused_before_any_key_lookup(
             with pytest.raises(InvalidCallback, match=reason):
                 await verifier.verify(headers, b"{}")
         assert sims.fal.stats["jwks_requests"] == 0
+
+
+async def test_concurrent_first_callbacks_all_wait_for_the_first_key_fetch(
+    sims: RunningSimulators,
+) -> None:
+    client = make_client()
+    verifier = FalWebhookVerifier(jwks_url=sims.fal_jwks_url, client=client)
+    async with client:
+        response = await client.post(f"{sims.fal_url}/fal-ai/flux/krea", json={"prompt": "x"},
+                                     headers={"Authorization": f"Key {sims.fal_key}"})  # fmt: skip
+        sim_job = sims.fal.jobs[response.json()["request_id"]]
+        callbacks = [sims.fal.render_callback(sim_job) for _ in range(50)]
+        results = await asyncio.gather(*(verifier.verify(h, b) for b, h in callbacks))
+    assert results == [sim_job.id] * 50
+    assert sims.fal.stats["jwks_requests"] == 1
