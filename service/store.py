@@ -130,6 +130,16 @@ class CancelResult:
 
 
 @dataclass(frozen=True)
+class PendingCreation:
+    """One job waiting for its batch (see JobStore.create_job)."""
+
+    request: JobCreate
+    idempotency_key: str | None
+    timeout_s: float
+    job_id: str
+
+
+@dataclass(frozen=True)
 class PendingObservation:
     """One observation waiting for its batch (see JobStore.observe)."""
 
@@ -141,6 +151,9 @@ class PendingObservation:
     outputs: list[dict[str, Any]] | None
     error: dict[str, Any] | None
     record_ignored: bool
+    provider_state: dict[str, Any] | None = None
+    next_action_at: datetime | None = None
+    lease_owner: str | None = None
 
 
 class JobStore:
@@ -160,10 +173,37 @@ class JobStore:
         self._observations: Batcher[PendingObservation, ApplyResult] = Batcher(
             self._flush_observations, max_batch=max_batch
         )
+        self._creations: Batcher[PendingCreation, CreateResult] = Batcher(
+            self._flush_creations, max_batch=max_batch
+        )
 
     async def close(self) -> None:
         await self._lookups.close()
         await self._observations.close()
+        await self._creations.close()
+
+    async def _flush_creations(self, items: Sequence[PendingCreation]) -> list[CreateResult]:
+        rows = await self.db.fetch(
+            "create_jobs",
+            [i.job_id for i in items],
+            [i.request.provider for i in items],
+            [i.request.model for i in items],
+            [_json_text(i.request.input) for i in items],
+            [_json_text(i.request.metadata) for i in items],
+            [i.request.webhook_url for i in items],
+            [i.idempotency_key for i in items],
+            [request_hash(i.request) for i in items],
+            [i.timeout_s for i in items],
+        )
+        by_ord = {row["ord"]: row for row in rows}
+        return [
+            CreateResult(
+                job=job_from_row(by_ord[n]),
+                created=by_ord[n]["created"],
+                request_hash=by_ord[n]["request_hash"],
+            )
+            for n in range(1, len(items) + 1)
+        ]
 
     async def lookup(self, job_id: str) -> JobRecord | None:
         """The job's internal record, batched with concurrent lookups."""
@@ -182,28 +222,35 @@ class JobStore:
         status: JobStatus,
         *,
         source: EventSource,
-        data: dict[str, Any],
+        data: dict[str, Any] | None = None,
         provider_job_id: str | None = None,
         outputs: list[JobOutput] | None = None,
         error: JobError | None = None,
         record_ignored: bool = False,
+        provider_state: dict[str, Any] | None = None,
+        next_action_at: datetime | None = None,
+        lease_owner: str | None = None,
     ) -> ApplyResult:
-        """apply_observation for the callback path: committed in a batch when batching is on."""
+        """apply_observation, committed in a batch with concurrent ones when batching is on."""
         if not self.batching:
             return await self.apply_observation(
                 job_id, status, source=source, data=data, provider_job_id=provider_job_id,
                 outputs=outputs, error=error, record_ignored=record_ignored,
+                provider_state=provider_state, next_action_at=next_action_at, lease_owner=lease_owner,
             )  # fmt: skip
         return await self._observations.submit(
             PendingObservation(
                 job_id=job_id,
                 status=status.value,
                 source=source,
-                data=data,
+                data=data or {},
                 provider_job_id=provider_job_id,
                 outputs=[o.model_dump() for o in outputs] if outputs is not None else None,
                 error=error.model_dump(mode="json") if error is not None else None,
                 record_ignored=record_ignored,
+                provider_state=provider_state,
+                next_action_at=next_action_at,
+                lease_owner=lease_owner,
             )
         )
 
@@ -218,6 +265,9 @@ class JobStore:
             [_json_text(i.outputs) for i in items],
             [_json_text(i.error) for i in items],
             [i.record_ignored for i in items],
+            [_json_text(i.provider_state) for i in items],
+            [i.next_action_at for i in items],
+            [i.lease_owner for i in items],
         )
         by_ord = {row["ord"]: row for row in rows}
         return [
@@ -233,7 +283,13 @@ class JobStore:
         timeout_s: float = 3600.0,
         job_id: str | None = None,
     ) -> CreateResult:
-        """Creates the job and its first event, or returns the job holding the same key."""
+        """Creates the job and its first event, or returns the job holding the same key.
+
+        With batching, concurrent creations share one statement and one commit."""
+        if self.batching:
+            return await self._creations.submit(
+                PendingCreation(request, idempotency_key, timeout_s, job_id or new_job_id())
+            )
         fingerprint = request_hash(request)
         row = await self.db.fetchrow(
             "create_job",
@@ -336,6 +392,14 @@ class JobStore:
     async def next_due_at(self) -> datetime | None:
         value: datetime | None = await self.db.fetchval("next_due_at")
         return value
+
+    async def begin_submissions(
+        self, job_ids: list[str], *, owner: str, token_hashes: list[str]
+    ) -> list[str]:
+        """begin_submission for a claimed batch, in one statement; outcomes in order."""
+        rows = await self.db.fetch("begin_submissions", job_ids, owner, token_hashes)
+        by_ord = {row["ord"]: row["outcome"] for row in rows}
+        return [by_ord[n] for n in range(1, len(job_ids) + 1)]
 
     async def begin_submission(self, job_id: str, *, owner: str, token_hash: str) -> str:
         row = await self.db.fetchrow("begin_submission", job_id, owner, token_hash)

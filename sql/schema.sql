@@ -518,7 +518,8 @@ $$;
 -- first so concurrent batches cannot deadlock.
 CREATE FUNCTION apply_observations(
     p_job_ids text[], p_statuses text[], p_sources text[], p_data jsonb[],
-    p_provider_job_ids text[], p_outputs jsonb[], p_errors jsonb[], p_record_ignored boolean[]
+    p_provider_job_ids text[], p_outputs jsonb[], p_errors jsonb[], p_record_ignored boolean[],
+    p_provider_states jsonb[], p_next_action_ats timestamptz[], p_lease_owners text[]
 ) RETURNS TABLE (ord integer, applied boolean, event_id bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -530,10 +531,51 @@ BEGIN
         SELECT o.applied, o.event_id INTO r
         FROM apply_observation(p_job_ids[i], p_statuses[i], p_sources[i], p_data[i],
                                p_provider_job_ids[i], p_outputs[i], p_errors[i],
-                               p_record_ignored[i], NULL, NULL, NULL) o;
+                               p_record_ignored[i], p_provider_states[i], p_next_action_ats[i],
+                               p_lease_owners[i]) o;
         ord := i;
         applied := coalesce(r.applied, false);
         event_id := r.event_id;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- Batched job creation: one statement and one commit per batch; the event-order lock first.
+CREATE FUNCTION create_jobs(
+    p_ids text[], p_providers text[], p_models text[], p_inputs jsonb[], p_metadata jsonb[],
+    p_webhook_urls text[], p_idempotency_keys text[], p_request_hashes text[], p_timeouts_s float8[]
+) RETURNS TABLE (ord integer, created boolean, job jobs)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i integer;
+    r record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7428061943);  -- the event-order lock (see append_job_event)
+    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        SELECT c.created, c.job INTO r
+        FROM create_job(p_ids[i], p_providers[i], p_models[i], p_inputs[i], p_metadata[i],
+                        p_webhook_urls[i], p_idempotency_keys[i], p_request_hashes[i], '{}'::jsonb,
+                        make_interval(secs => p_timeouts_s[i])) c;
+        ord := i;
+        created := r.created;
+        job := r.job;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- The submissions of a claimed batch begun in one statement.
+CREATE FUNCTION begin_submissions(p_job_ids text[], p_owner text, p_token_hashes text[])
+RETURNS TABLE (ord integer, outcome text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i integer;
+BEGIN
+    PERFORM 1 FROM jobs WHERE id = ANY (p_job_ids) ORDER BY id FOR UPDATE;
+    FOR i IN 1 .. coalesce(array_length(p_job_ids, 1), 0) LOOP
+        ord := i;
+        SELECT b.outcome INTO outcome FROM begin_submission(p_job_ids[i], p_owner, p_token_hashes[i]) b;
         RETURN NEXT;
     END LOOP;
 END

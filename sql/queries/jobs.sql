@@ -55,7 +55,16 @@ SELECT samples, p95 FROM completion_seconds_p95($1, $2);
 SELECT ord, applied, event_id
 -- JSON values come as text: asyncpg would read a list inside jsonb[] as another dimension.
 FROM apply_observations($1::text[], $2::text[], $3::text[], $4::text[]::jsonb[], $5::text[],
-                        $6::text[]::jsonb[], $7::text[]::jsonb[], $8::boolean[]);
+                        $6::text[]::jsonb[], $7::text[]::jsonb[], $8::boolean[],
+                        $9::text[]::jsonb[], $10::timestamptz[], $11::text[]);
 
 -- name: get_jobs
 SELECT * FROM jobs WHERE id = ANY($1::text[]);
+
+-- name: create_jobs
+SELECT ord, created, (job).*
+FROM create_jobs($1::text[], $2::text[], $3::text[], $4::text[]::jsonb[], $5::text[]::jsonb[],
+                 $6::text[], $7::text[], $8::text[], $9::float8[]);
+
+-- name: begin_submissions
+SELECT ord, outcome FROM begin_submissions($1::text[], $2, $3::text[]);
