@@ -31,6 +31,10 @@ test-unit: install
 test-chaos: install
 	$(BIN)/python -m pytest -s tests/chaos
 
+## Benchmarks (not tests): every figure beside its baseline; writes bench-results/latest.{json,md}.
+bench: install
+	$(BIN)/python -m bench
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

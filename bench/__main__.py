@@ -145,6 +145,9 @@ class Bench:
             self.fal_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         ).rstrip(b"=")
         jwks = {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x.decode(), "kid": "bench"}]}
+        self._jwks = (
+            jwks  # the fal simulator's key is added once it runs (it signs its own webhooks)
+        )
         app = web.Application()
         app.router.add_get("/jwks.json", lambda _r: web.json_response(jwks))
         self._jwks_runner = web.AppRunner(app, access_log=None)
@@ -160,11 +163,17 @@ class Bench:
                                     "--scenario-port", str(self.sim_ports["scenario"])], env, self.logs)  # fmt: skip
         self.children.append(sims)
         await sims.ready(f"{self.sims['krea']}/_sim/stats")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{self.sims['fal']}/.well-known/jwks.json") as response:
+                jwks["keys"] += (await response.json())["keys"]
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
 
         def service_env(port: int, **extra: str) -> dict[str, str]:
             return {
                 **env, "DATABASE_URL": self.dsn, "HOST": "127.0.0.1", "PORT": str(port),
-                "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", "SERVICE_DATA_DIR": str(self.logs / f"data-{port}"),
+                "PUBLIC_BASE_URL": self.url,  # providers call back the API instance "SERVICE_DATA_DIR": str(self.logs / f"data-{port}"),
                 "KREA_API_URL": self.sims["krea"], "KREA_API_TOKEN": "sim-krea-token",
                 "FAL_QUEUE_URL": self.sims["fal"], "FAL_KEY": "sim-fal-key",
                 "FAL_JWKS_URL": f"http://127.0.0.1:{jwks_port}/jwks.json",
@@ -173,17 +182,22 @@ class Bench:
                 "DB_POOL_MAX": "20", **extra,
             }  # fmt: skip
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.service = Child(
-            "service", [sys.executable, "-m", "service", "serve"], service_env(self.port), self.logs
-        )
+        # As one would run it: an API instance (HTTP only) and a worker instance (job runner and
+        # webhook delivery), both on the one database.
+        self.service = Child("service-api", [sys.executable, "-m", "service", "serve"],
+                             service_env(self.port, RUN_WORKERS="false"), self.logs)  # fmt: skip
         self.children.append(self.service)
         await self.service.ready(f"{self.url}/readyz")
+        worker_port = free_port()
+        self.worker_url = f"http://127.0.0.1:{worker_port}"
+        self.worker = Child("service-worker", [sys.executable, "-m", "service", "serve"],
+                            service_env(worker_port, RUN_WORKERS="true"), self.logs)  # fmt: skip
+        self.children.append(self.worker)
+        await self.worker.ready(f"{self.worker_url}/readyz")
         naive_port = free_port()
         self.naive_url = f"http://127.0.0.1:{naive_port}"
         naive = Child("service-naive", [sys.executable, "-m", "service", "serve"],
-                      service_env(naive_port, INTAKE_BATCHING="false"), self.logs)  # fmt: skip
+                      service_env(naive_port, INTAKE_BATCHING="false", RUN_WORKERS="false"), self.logs)  # fmt: skip
         self.children.append(naive)
         await naive.ready(f"{self.naive_url}/readyz")
         trivial_port = free_port()
@@ -477,7 +491,7 @@ async def polling(bench: Bench, in_flight: int) -> None:
     await asyncio.sleep(window)  # the measurement window
     polls1 = await bench.metric("provider_requests_total", provider="scenario", operation="status")
     lag1 = await bench.histogram("runner_due_lag_seconds", provider="scenario")
-    rss = bench.service.rss_mib()
+    rss = bench.worker.rss_mib()
     await bench.conn.execute(
         "UPDATE jobs SET status = 'canceled', next_action_at = NULL WHERE id = ANY($1::text[])", ids
     )

@@ -22,7 +22,17 @@ def resolve_dsn(settings: Settings) -> str:
     return EmbeddedPostgres(settings.data_dir).start()
 
 
+def _fast_event_loop() -> None:
+    """uvloop when it is installed: the same asyncio API, several times faster networking."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def serve(settings: Settings) -> None:
+    _fast_event_loop()
     dsn = resolve_dsn(settings)
     log = get_logger("service")
     log.info("service_starting", url=settings.base_url, auth_required=settings.auth_required)
@@ -39,6 +49,7 @@ def serve(settings: Settings) -> None:
 def demo(settings: Settings) -> None:
     from service.demo import run_demo
 
+    _fast_event_loop()
     asyncio.run(run_demo(settings, dsn=resolve_dsn(settings)))
 
 

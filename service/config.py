@@ -54,6 +54,7 @@ class Settings(BaseModel):
     worker_lease_s: float = Field(default=60, gt=0)
     provider_concurrency: int = Field(default=32, ge=1)
     stream_heartbeat_s: float = Field(default=15, gt=0)
+    run_workers: bool = True  # false: this instance serves HTTP only (API, callbacks, streams)
     intake_batching: bool = True
     intake_max_batch: int = Field(default=256, ge=1)
 
@@ -120,6 +121,7 @@ class Settings(BaseModel):
             "worker_lease_s": get("WORKER_LEASE_S"),
             "provider_concurrency": get("PROVIDER_CONCURRENCY"),
             "stream_heartbeat_s": get("STREAM_HEARTBEAT_S"),
+            "run_workers": get("RUN_WORKERS"),
             "intake_batching": get("INTAKE_BATCHING"),
             "intake_max_batch": get("INTAKE_MAX_BATCH"),
             "log_level": get("LOG_LEVEL"),

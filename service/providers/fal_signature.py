@@ -84,14 +84,17 @@ class FalWebhookVerifier:
             return request_id
         raise InvalidCallback("signature does not verify under any of fal's keys")
 
-    @staticmethod
-    def _matches(keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
-        for key in keys:
+    def _matches(self, keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
+        for index, key in enumerate(keys):
             try:
                 key.verify(signature, message)
-                return True
             except InvalidSignature:
                 continue
+            if index and keys is self._keys:
+                # The key that signs now is tried first next time: one verification per webhook
+                # while fal publishes several keys (around a rotation).
+                self._keys = [key, *keys[:index], *keys[index + 1 :]]
+            return True
         return False
 
     async def _current_keys(self) -> list[Ed25519PublicKey]:

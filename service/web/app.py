@@ -71,12 +71,13 @@ def create_app(
     *,
     database: Database,
     providers: Providers | None = None,
-    run_workers: bool = True,
+    run_workers: bool | None = None,
     runner_options: dict[str, Any] | None = None,
 ) -> web.Application:
     """The application over an open database; the database and the providers' clients are
     closed with the app. `run_workers=False` serves the API and callbacks only."""
     providers = providers if providers is not None else build_providers(settings)
+    run_workers = settings.run_workers if run_workers is None else run_workers
     app = web.Application(
         middlewares=[
             request_context_middleware,
