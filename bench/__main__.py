@@ -104,7 +104,7 @@ class Figure:
     def ratio(self) -> float | None:
         if self.baseline in (None, 0):
             return None
-        return self.value / self.baseline  # type: ignore[operator]
+        return self.value / self.baseline
 
 
 @dataclass
@@ -149,7 +149,11 @@ class Bench:
             jwks  # the fal simulator's key is added once it runs (it signs its own webhooks)
         )
         app = web.Application()
-        app.router.add_get("/jwks.json", lambda _r: web.json_response(jwks))
+
+        async def serve_jwks(_request: web.Request) -> web.Response:
+            return web.json_response(jwks)
+
+        app.router.add_get("/jwks.json", serve_jwks)
         self._jwks_runner = web.AppRunner(app, access_log=None)
         await self._jwks_runner.setup()
         jwks_port = free_port()
@@ -163,9 +167,11 @@ class Bench:
                                     "--scenario-port", str(self.sim_ports["scenario"])], env, self.logs)  # fmt: skip
         self.children.append(sims)
         await sims.ready(f"{self.sims['krea']}/_sim/stats")
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{self.sims['fal']}/.well-known/jwks.json") as response:
-                jwks["keys"] += (await response.json())["keys"]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{self.sims['fal']}/.well-known/jwks.json") as response,
+        ):
+            jwks["keys"] += (await response.json())["keys"]
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -216,9 +222,11 @@ class Bench:
         self.pg.close()
 
     async def sim(self, provider: str, method: str, path: str, body: Any = None) -> Any:
-        async with aiohttp.ClientSession() as session:
-            async with session.request(method, self.sims[provider] + path, json=body) as response:
-                return await response.json()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, self.sims[provider] + path, json=body) as response,
+        ):
+            return await response.json()
 
     # --- staging ------------------------------------------------------------------------------
 
