@@ -176,11 +176,15 @@ class JobStore:
         self._creations: Batcher[PendingCreation, CreateResult] = Batcher(
             self._flush_creations, max_batch=max_batch
         )
+        self._begins: Batcher[tuple[str, str, str], str] = Batcher(
+            self._flush_begins, max_batch=max_batch
+        )
 
     async def close(self) -> None:
         await self._lookups.close()
         await self._observations.close()
         await self._creations.close()
+        await self._begins.close()
 
     async def _flush_creations(self, items: Sequence[PendingCreation]) -> list[CreateResult]:
         rows = await self.db.fetch(
@@ -393,15 +397,27 @@ class JobStore:
         value: datetime | None = await self.db.fetchval("next_due_at")
         return value
 
-    async def begin_submissions(
-        self, job_ids: list[str], *, owner: str, token_hashes: list[str]
-    ) -> list[str]:
-        """begin_submission for a claimed batch, in one statement; outcomes in order."""
-        rows = await self.db.fetch("begin_submissions", job_ids, owner, token_hashes)
-        by_ord = {row["ord"]: row["outcome"] for row in rows}
-        return [by_ord[n] for n in range(1, len(job_ids) + 1)]
+    async def _flush_begins(self, items: Sequence[tuple[str, str, str]]) -> list[str]:
+        """begin_submission for a batch, one statement per owner; outcomes in order."""
+        outcomes: dict[int, str] = {}
+        for owner in {owner for _, owner, _ in items}:
+            positions = [n for n, item in enumerate(items) if item[1] == owner]
+            rows = await self.db.fetch(
+                "begin_submissions",
+                [items[n][0] for n in positions],
+                owner,
+                [items[n][2] for n in positions],
+            )
+            by_ord = {row["ord"]: row["outcome"] for row in rows}
+            for k, n in enumerate(positions, start=1):
+                outcomes[n] = by_ord[k]
+        return [outcomes[n] for n in range(len(items))]
 
     async def begin_submission(self, job_id: str, *, owner: str, token_hash: str) -> str:
+        """Marks the submission started (committed before anything is sent); batched with
+        concurrent begins of the same owner when batching is on."""
+        if self.batching:
+            return await self._begins.submit((job_id, owner, token_hash))
         row = await self.db.fetchrow("begin_submission", job_id, owner, token_hash)
         assert row is not None
         outcome: str = row["outcome"]

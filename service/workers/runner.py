@@ -91,7 +91,6 @@ class JobRunner:
         self._graces: dict[tuple[str, str], tuple[float, float]] = {}  # -> (grace, computed at)
         self._planned_wake: datetime | None = None
         self._next_actions: dict[str, datetime] = {}  # job id -> next action its handler set
-        self._begun: dict[str, tuple[str, str]] = {}  # job id -> (begin outcome, callback token)
         self._log = get_logger("service.runner")
 
     def wake(self) -> None:
@@ -126,7 +125,6 @@ class JobRunner:
             owner=self.owner, limit=self.batch_size, lease_seconds=self.lease_seconds
         )
         claimed_at = _now()
-        await self._begin_submissions(jobs)
         for job in jobs:
             if job.due_at is not None:
                 DUE_LAG.labels(provider=job.provider).observe(
@@ -136,27 +134,6 @@ class JobRunner:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return len(jobs)
-
-    async def _begin_submissions(self, jobs: list[JobRecord]) -> None:
-        """Starts, in one statement, the submissions of every claimed job that is to be sent."""
-        starting = [
-            job
-            for job in jobs
-            if job.status is JobStatus.ACCEPTED
-            and job.submit_started_at is None
-            and job.provider in self.adapters
-            and (job.deadline_at is None or _now() < job.deadline_at)
-        ]
-        if not starting:
-            return
-        tokens = [secrets.token_urlsafe(32) for _ in starting]
-        outcomes = await self.store.begin_submissions(
-            [job.id for job in starting],
-            owner=self.owner,
-            token_hashes=[hash_token(t) for t in tokens],
-        )
-        for job, token, outcome in zip(starting, tokens, outcomes, strict=True):
-            self._begun[job.id] = (outcome, token)
 
     async def drain(self) -> None:
         """Waits for the work in progress (tests and shutdown)."""
@@ -208,7 +185,6 @@ class JobRunner:
                 await self.store.reschedule(job.id, owner=self.owner, at=_later(30))
         finally:
             self._next_actions.pop(job.id, None)
-            self._begun.pop(job.id, None)
 
     async def _handle(self, job: JobRecord, adapter: ProviderAdapter) -> None:
         if job.status.is_terminal:
@@ -257,14 +233,12 @@ class JobRunner:
         """At most once: the start is committed (with the callback token's hash) before the
         request leaves, and only a request that certainly was not sent is ever sent again."""
         timing = self.timings[job.provider]
-        begun = self._begun.pop(job.id, None)
-        if begun is None:  # claimed outside run_once (tests), or not begun with its batch
-            token = secrets.token_urlsafe(32)
-            outcome = await self.store.begin_submission(
-                job.id, owner=self.owner, token_hash=hash_token(token)
-            )
-        else:
-            outcome, token = begun
+        # Begun only now, holding a concurrency slot: "started" means "about to be sent", so a
+        # crash leaves unknown only what may really have left. Concurrent begins share a batch.
+        token = secrets.token_urlsafe(32)
+        outcome = await self.store.begin_submission(
+            job.id, owner=self.owner, token_hash=hash_token(token)
+        )
         if outcome != "go":
             self._log.info("submission_skipped", outcome=outcome)
             return
