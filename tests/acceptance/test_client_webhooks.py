@@ -239,16 +239,21 @@ async def test_a_slow_endpoint_does_not_hold_up_others(stack: Stack, receivers: 
 
     slow = await receivers(stuck)
     fast = await receivers()
-    for i in range(8):  # more than the per-endpoint limit, all stuck
-        await stack.create("krea", "bfl/flux-1-dev", {"prompt": f"slow {i}"}, webhook_url=slow.url)
-    await slow.wait_for(4)
-    job = await stack.create("krea", "bfl/flux-1-dev", {"prompt": "fast"}, webhook_url=fast.url)
-    await fast.wait_for(1)
-    assert (
-        Webhook(SECRET).verify(fast.received[0][1], fast.received[0][0])["data"]["id"] == job["id"]
-    )
-    assert len(slow.received) == 4  # the per-endpoint limit held the others back
-    release.set()
+    try:
+        for i in range(8):  # more than the per-endpoint limit, all stuck
+            await stack.create(
+                "krea", "bfl/flux-1-dev", {"prompt": f"slow {i}"}, webhook_url=slow.url
+            )
+        await slow.wait_for(4)
+        job = await stack.create("krea", "bfl/flux-1-dev", {"prompt": "fast"}, webhook_url=fast.url)
+        await fast.wait_for(1)
+        assert (
+            Webhook(SECRET).verify(fast.received[0][1], fast.received[0][0])["data"]["id"]
+            == job["id"]
+        )
+        assert len(slow.received) == 4  # the per-endpoint limit held the others back
+    finally:
+        release.set()  # never leave handlers stuck: the servers could not shut down
 
 
 async def test_private_targets_are_refused_unless_allowed(
