@@ -120,7 +120,6 @@ class ApplyResult:
 
     applied: bool
     event_id: int | None
-    job: Job | None
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,8 @@ class PendingObservation:
 class JobStore:
     """Reads and state changes of jobs and their history.
 
-    With `batching`, the hot path of provider callbacks (`lookup`, `observe`) is write-combined:
+    With `batching`, the hot paths (`lookup`, `apply_observation`, `create_job`,
+    `begin_submission`) are write-combined:
     concurrent callers share one round trip and one commit per batch (service.db.batcher), and
     each still gets its own answer only after its batch is committed.
     """
@@ -220,44 +220,6 @@ class JobStore:
         found = {row["id"]: record_from_row(row) for row in rows}
         return [found.get(job_id) for job_id in job_ids]
 
-    async def observe(
-        self,
-        job_id: str,
-        status: JobStatus,
-        *,
-        source: EventSource,
-        data: dict[str, Any] | None = None,
-        provider_job_id: str | None = None,
-        outputs: list[JobOutput] | None = None,
-        error: JobError | None = None,
-        record_ignored: bool = False,
-        provider_state: dict[str, Any] | None = None,
-        next_action_at: datetime | None = None,
-        lease_owner: str | None = None,
-    ) -> ApplyResult:
-        """apply_observation, committed in a batch with concurrent ones when batching is on."""
-        if not self.batching:
-            return await self.apply_observation(
-                job_id, status, source=source, data=data, provider_job_id=provider_job_id,
-                outputs=outputs, error=error, record_ignored=record_ignored,
-                provider_state=provider_state, next_action_at=next_action_at, lease_owner=lease_owner,
-            )  # fmt: skip
-        return await self._observations.submit(
-            PendingObservation(
-                job_id=job_id,
-                status=status.value,
-                source=source,
-                data=data or {},
-                provider_job_id=provider_job_id,
-                outputs=[o.model_dump() for o in outputs] if outputs is not None else None,
-                error=error.model_dump(mode="json") if error is not None else None,
-                record_ignored=record_ignored,
-                provider_state=provider_state,
-                next_action_at=next_action_at,
-                lease_owner=lease_owner,
-            )
-        )
-
     async def _flush_observations(self, items: Sequence[PendingObservation]) -> list[ApplyResult]:
         rows = await self.db.fetch(
             "apply_observations",
@@ -275,7 +237,7 @@ class JobStore:
         )
         by_ord = {row["ord"]: row for row in rows}
         return [
-            ApplyResult(applied=by_ord[n]["applied"], event_id=by_ord[n]["event_id"], job=None)
+            ApplyResult(applied=by_ord[n]["applied"], event_id=by_ord[n]["event_id"])
             for n in range(1, len(items) + 1)
         ]
 
@@ -351,25 +313,40 @@ class JobStore:
         """Records what a webhook, a poll, the API or the system saw of a job's status.
 
         Workers pass their `lease_owner` (released) and the job's next action; webhooks leave
-        the schedule alone.
+        the schedule alone. With batching, it is committed in one statement with concurrent
+        observations, and returns once that batch is committed.
         """
+        pending = PendingObservation(
+            job_id=job_id,
+            status=status.value,
+            source=source,
+            data=data or {},
+            provider_job_id=provider_job_id,
+            outputs=[o.model_dump() for o in outputs] if outputs is not None else None,
+            error=error.model_dump(mode="json") if error is not None else None,
+            record_ignored=record_ignored,
+            provider_state=provider_state,
+            next_action_at=next_action_at,
+            lease_owner=lease_owner,
+        )
+        if self.batching:
+            return await self._observations.submit(pending)
         row = await self.db.fetchrow(
             "apply_observation",
-            job_id,
-            status.value,
-            source,
-            data or {},
-            provider_job_id,
-            [o.model_dump() for o in outputs] if outputs is not None else None,
-            error.model_dump(mode="json") if error is not None else None,
-            record_ignored,
-            provider_state,
-            next_action_at,
-            lease_owner,
+            pending.job_id,
+            pending.status,
+            pending.source,
+            pending.data,
+            pending.provider_job_id,
+            pending.outputs,
+            pending.error,
+            pending.record_ignored,
+            pending.provider_state,
+            pending.next_action_at,
+            pending.lease_owner,
         )
         assert row is not None
-        job = job_from_row(row) if row["id"] is not None else None
-        return ApplyResult(applied=row["applied"], event_id=row["event_id"], job=job)
+        return ApplyResult(applied=row["applied"], event_id=row["event_id"])
 
     async def request_cancel(self, job_id: str) -> CancelResult:
         row = await self.db.fetchrow("request_cancel", job_id)

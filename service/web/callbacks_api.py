@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from schemas.providers import FalWebhook, KreaJob
+from service.callback_tokens import hash_callback_token
 from service.errors import BadRequest, Unauthorized
 from service.logs import get_logger
 from service.metrics import CALLBACKS
@@ -99,7 +100,7 @@ class CallbacksApi:
         if observation.status is None:
             CALLBACKS.labels(provider=provider, outcome="ignored").inc()
             return json_response({"status": "ignored"})
-        result = await self.store.observe(
+        result = await self.store.apply_observation(
             job.id,
             observation.status,
             source="webhook",
@@ -122,7 +123,7 @@ class CallbacksApi:
 
     async def _authenticate(self, job_id: str, provider: str, token: str) -> JobRecord:
         job = await self.store.lookup(job_id)
-        presented = hashlib.sha256(token.encode()).hexdigest().encode()
+        presented = hash_callback_token(token).encode()
         expected = (job.callback_token_hash if job else None) or ""
         # Compared even for an unknown job, so timing tells nothing about which jobs exist.
         valid = hmac.compare_digest(presented, expected.encode().ljust(len(presented), b"\0"))

@@ -15,7 +15,6 @@ connect time (no window for DNS rebinding), unless CLIENT_WEBHOOK_ALLOW_PRIVATE 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import random
 import secrets
@@ -39,6 +38,7 @@ from service.errors import DatabaseUnavailable
 from service.logs import get_logger
 from service.providers.http import parse_retry_after
 from service.store import job_from_row
+from service.workers.claim_loop import ClaimLoop
 
 ATTEMPT_TIMEOUT_S = 15.0
 MAX_ERROR_CHARS = 500
@@ -101,7 +101,7 @@ def endpoint_of(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
-class WebhookDeliverer:
+class WebhookDeliverer(ClaimLoop[asyncpg.Record]):
     """Claims due deliveries and sends them."""
 
     def __init__(
@@ -117,23 +117,21 @@ class WebhookDeliverer:
         lease_s: float = 60.0,
         idle_wait_s: float = 1.0,
     ) -> None:
+        super().__init__(
+            name="webhook",
+            batch_size=batch_size,
+            idle_wait_s=idle_wait_s,
+            log=get_logger("service.webhooks"),
+        )
         self.database = database
         self.signer = Webhook(secret)
         self.retry_schedule = tuple(retry_schedule)
         self.allow_private = allow_private
         self.owner = owner or f"webhooks-{secrets.token_hex(6)}"
         self.per_endpoint = per_endpoint
-        self.batch_size = batch_size
         self.lease_s = lease_s
-        self.idle_wait_s = idle_wait_s
         self._limits: dict[str, asyncio.Semaphore] = {}
-        self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
-        self._log = get_logger("service.webhooks")
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -144,51 +142,22 @@ class WebhookDeliverer:
             )
         return self._session
 
-    async def run(self) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                claimed = await self.run_once()
-                backoff = 0.5
-            except DatabaseUnavailable:
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            except Exception:
-                self._log.exception("webhook_loop_failed")
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            if claimed < self.batch_size:
-                await self._sleep(await self._idle_wait())
-
-    async def run_once(self) -> int:
-        self._wake.clear()
-        rows = await self.database.fetch(
+    async def claim(self) -> list[asyncpg.Record]:
+        return await self.database.fetch(
             "claim_webhook_deliveries", self.owner, self.batch_size, self.lease_s
         )
-        for row in rows:
-            task = asyncio.create_task(self._deliver_limited(row))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return len(rows)
+
+    async def next_due(self) -> datetime | None:
+        value: datetime | None = await self.database.fetchval("next_webhook_due")
+        return value
+
+    async def handle(self, delivery: asyncpg.Record) -> None:
+        await self._deliver_limited(delivery)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await super().close()
         if self._session is not None:
             await self._session.close()
-
-    async def _idle_wait(self) -> float:
-        next_due: datetime | None = await self.database.fetchval("next_webhook_due")
-        if next_due is None:
-            return self.idle_wait_s
-        return min(max((next_due - datetime.now(UTC)).total_seconds(), 0.005), self.idle_wait_s)
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
     async def _deliver_limited(self, delivery: asyncpg.Record) -> None:
         limit = self._limits.setdefault(
@@ -295,11 +264,6 @@ class WebhookDeliverer:
                 ],
                 False,
             )
-
-    def wake_if_sooner(self, when: datetime) -> None:
-        # The loop picked its sleep while this delivery carried its lease.
-        if (when - datetime.now(UTC)).total_seconds() < self.idle_wait_s:
-            self._wake.set()
 
 
 def describe_attempts(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:

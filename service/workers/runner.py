@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ import structlog
 
 from schemas.jobs import JobError, JobStatus
 from schemas.model_inputs import MODELS
+from service.callback_tokens import callback_url, hash_callback_token, new_callback_token
 from service.errors import DatabaseUnavailable
 from service.logs import get_logger
 from service.metrics import DUE_LAG, OBSERVATIONS, PROVIDER_REQUESTS, WEBHOOK_MISSES
@@ -42,6 +42,7 @@ from service.providers.base import (
     ProviderUnreachable,
 )
 from service.store import JobStore
+from service.workers.claim_loop import ClaimLoop
 from service.workers.schedule import DEFAULT_TIMINGS, GraceRule, ProviderTiming
 
 
@@ -53,11 +54,7 @@ def _later(seconds: float) -> datetime:
     return _now() + timedelta(seconds=seconds)
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-class JobRunner:
+class JobRunner(ClaimLoop[JobRecord]):
     """Claims due jobs and acts on them; several runners (instances) share one database."""
 
     def __init__(
@@ -75,52 +72,25 @@ class JobRunner:
         grace_rule: GraceRule | None = None,
         grace_refresh_s: float = 60.0,
     ) -> None:
+        super().__init__(
+            name="runner",
+            batch_size=batch_size,
+            idle_wait_s=idle_wait_s,
+            log=get_logger("service.runner"),
+        )
         self.store = store
         self.adapters = adapters
         self.callback_base_url = callback_base_url.rstrip("/")
         self.owner = owner or f"runner-{secrets.token_hex(6)}"
         self.timings = {**DEFAULT_TIMINGS, **(timings or {})}
-        self.batch_size = batch_size
         self.lease_seconds = lease_seconds
-        self.idle_wait_s = idle_wait_s
         self._limits = {name: asyncio.Semaphore(concurrency_per_provider) for name in adapters}
-        self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
         self.grace_rule = grace_rule or GraceRule()
         self.grace_refresh_s = grace_refresh_s
         self._graces: dict[tuple[str, str], tuple[float, float]] = {}  # -> (grace, computed at)
-        self._planned_wake: datetime | None = None
         self._next_actions: dict[str, datetime] = {}  # job id -> next action its handler set
-        self._log = get_logger("service.runner")
 
-    def wake(self) -> None:
-        """Makes the loop look for due work now (called when this instance creates work)."""
-        self._wake.set()
-
-    async def run(self) -> None:
-        """Runs until cancelled."""
-        backoff = 0.5
-        while True:
-            try:
-                claimed = await self.run_once()
-                backoff = 0.5
-            except DatabaseUnavailable:
-                self._log.warning("runner_database_unavailable", retry_in_s=backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            except Exception:
-                # The loop is the instance's only worker: it must outlive any single failure.
-                self._log.exception("runner_loop_failed", retry_in_s=backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            if claimed < self.batch_size:
-                await self._sleep(await self._idle_wait())
-
-    async def run_once(self) -> int:
-        """Claims one batch and starts its work; returns how many jobs were claimed."""
-        self._wake.clear()
+    async def claim(self) -> list[JobRecord]:
         jobs = await self.store.claim_due(
             owner=self.owner, limit=self.batch_size, lease_seconds=self.lease_seconds
         )
@@ -130,39 +100,13 @@ class JobRunner:
                 DUE_LAG.labels(provider=job.provider).observe(
                     max((claimed_at - job.due_at).total_seconds(), 0.0)
                 )
-            task = asyncio.create_task(self._handle_limited(job))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return len(jobs)
+        return jobs
 
-    async def drain(self) -> None:
-        """Waits for the work in progress (tests and shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def next_due(self) -> datetime | None:
+        return await self.store.next_due_at()
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    async def _idle_wait(self) -> float:
-        next_due = await self.store.next_due_at()
-        if next_due is None:
-            return self.idle_wait_s
-        return min(max((next_due - _now()).total_seconds(), 0.005), self.idle_wait_s)
-
-    async def _sleep(self, seconds: float) -> None:
-        self._planned_wake = _later(seconds)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        self._planned_wake = None
-
-    def _wake_if_sooner(self, job_id: str) -> None:
-        """Called once a handler's writes are committed: the loop chose its sleep while this job
-        still carried its lease, so a next action due sooner than that needs a wake-up."""
-        when = self._next_actions.pop(job_id, None)
-        if when is not None and self._planned_wake is not None and when < self._planned_wake:
-            self._wake.set()
+    async def handle(self, job: JobRecord) -> None:
+        await self._handle_limited(job)
 
     async def _handle_limited(self, job: JobRecord) -> None:
         structlog.contextvars.bind_contextvars(job_id=job.id, provider=job.provider)
@@ -175,7 +119,9 @@ class JobRunner:
         try:
             async with self._limits[job.provider]:
                 await self._handle(job, adapter)
-            self._wake_if_sooner(job.id)
+            when = self._next_actions.pop(job.id, None)
+            if when is not None:  # committed: wake the loop if it is due before the planned wake
+                self.wake_if_sooner(when)
         except DatabaseUnavailable:
             # The lease runs out and the job is claimed again once the database is back.
             self._log.warning("runner_job_deferred_database_unavailable")
@@ -235,9 +181,9 @@ class JobRunner:
         timing = self.timings[job.provider]
         # Begun only now, holding a concurrency slot: "started" means "about to be sent", so a
         # crash leaves unknown only what may really have left. Concurrent begins share a batch.
-        token = secrets.token_urlsafe(32)
+        token = new_callback_token()
         outcome = await self.store.begin_submission(
-            job.id, owner=self.owner, token_hash=hash_token(token)
+            job.id, owner=self.owner, token_hash=hash_callback_token(token)
         )
         if outcome != "go":
             self._log.info("submission_skipped", outcome=outcome)
@@ -247,10 +193,12 @@ class JobRunner:
             .input_model.model_validate(job.input)
             .provider_request()
         )
-        callback_url = f"{self.callback_base_url}/callbacks/{job.provider}/{job.id}/{token}"
+        url = callback_url(
+            self.callback_base_url, provider=job.provider, job_id=job.id, token=token
+        )
         try:
             PROVIDER_REQUESTS.labels(provider=job.provider, operation="submit").inc()
-            submission = await adapter.submit(job, request=request, callback_url=callback_url)
+            submission = await adapter.submit(job, request=request, callback_url=url)
         except (ProviderUnreachable, ProviderRateLimited) as exc:
             retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
             await self._retry_submission(job, timing, exc, retry_after=retry_after)
@@ -276,7 +224,7 @@ class JobRunner:
         first_check = (
             timing.webhook_grace_s if timing.webhook_grace_s is not None else timing.poll.delay(0)
         )
-        result = await self.store.observe(
+        result = await self.store.apply_observation(
             job.id,
             JobStatus.SUBMITTED,
             source="system",
@@ -359,7 +307,7 @@ class JobRunner:
         data: dict[str, Any] | None = None,
     ) -> None:
         self._log.warning("job_failed", code=code, message=message)
-        await self.store.observe(
+        await self.store.apply_observation(
             job.id,
             JobStatus.FAILED,
             source="system",
@@ -412,7 +360,7 @@ class JobRunner:
         # (or is late past the grace): recorded on the event and counted per provider.
         missed = timing.webhook_grace_s is not None and observation.status.is_terminal
         data = {**observation.data, "webhook_missed": True} if missed else observation.data
-        result = await self.store.observe(
+        result = await self.store.apply_observation(
             job.id,
             observation.status,
             source="poll",
@@ -445,7 +393,7 @@ class JobRunner:
             and observation.status is not None
             and observation.status.is_terminal
         ):
-            await self.store.observe(
+            await self.store.apply_observation(
                 job.id, observation.status, source="poll", data=observation.data,
                 outputs=observation.outputs, error=observation.error, lease_owner=self.owner,
             )  # fmt: skip

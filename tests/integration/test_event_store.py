@@ -227,7 +227,7 @@ async def test_batched_observations_apply_in_order_and_never_twice(database: Dat
         # Every job observed running then succeeded, three times over, from many concurrent
         # callers: batches overlap on the same rows, and one batch holds duplicates.
         calls = [
-            store.observe(j, status, source="webhook", data={}, record_ignored=True)
+            store.apply_observation(j, status, source="webhook", data={}, record_ignored=True)
             for _ in range(3)
             for j in reversed(job_ids)
             for status in (S.RUNNING, S.SUCCEEDED)
