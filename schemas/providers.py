@@ -33,6 +33,13 @@ class KreaJob(ProviderPayload):
     result: KreaResult | None = None
 
 
+class KreaJobList(ProviderPayload):
+    """`GET /jobs`: newest first; `next_cursor` is the creation time to continue before."""
+
+    items: list[KreaJob]
+    next_cursor: str | None = None
+
+
 # --- fal --------------------------------------------------------------------------------------
 
 
@@ -92,17 +99,26 @@ class Jwks(ProviderPayload):
 class ScenarioJobMetadata(ProviderPayload):
     assetIds: list[str] = []
     error: Any = None
+    input: dict[str, Any] | None = None  # the generation's parameters, echoed back
 
 
 class ScenarioJob(ProviderPayload):
     jobId: str = Field(min_length=1)
     status: str
     progress: float | None = None
+    createdAt: str | None = None
     metadata: ScenarioJobMetadata = ScenarioJobMetadata()
 
 
 class ScenarioJobEnvelope(ProviderPayload):
     job: ScenarioJob
+
+
+class ScenarioJobList(ProviderPayload):
+    """`GET /jobs`: newest first, paged by an opaque token."""
+
+    jobs: list[ScenarioJob]
+    nextPaginationToken: str | None = None
 
 
 class ScenarioAsset(ProviderPayload):

@@ -50,7 +50,7 @@ class Settings(BaseModel):
     fal_job_timeout_s: float = Field(default=3600, gt=0)
     scenario_job_timeout_s: float = Field(default=3600, gt=0)
     webhook_grace_s: float = Field(default=120, gt=0)
-    submission_bind_wait_s: float = Field(default=600, ge=0)
+    submission_bind_wait_s: float = Field(default=120, ge=0)
     worker_lease_s: float = Field(default=60, gt=0)
     provider_concurrency: int = Field(default=32, ge=1)
     stream_heartbeat_s: float = Field(default=15, gt=0)

@@ -90,6 +90,7 @@ def record_from_row(row: asyncpg.Record) -> JobRecord:
         callback_token_hash=row["callback_token_hash"],
         deadline_at=row["deadline_at"],
         due_at=row["last_due_at"],
+        submit_unknown_at=row["submit_unknown_at"],
     )
 
 
@@ -422,6 +423,45 @@ class JobStore:
                 data or {},
             )
         )
+
+    async def record_submission_unknown(
+        self, job_id: str, *, owner: str, next_action_at: datetime, data: dict[str, Any]
+    ) -> bool:
+        """Records once that the submission may or may not have created a job, and when to
+        look again; releases the lease."""
+        return bool(
+            await self.db.fetchval("record_submission_unknown", job_id, owner, next_action_at, data)
+        )
+
+    async def resend_unsent_submission(
+        self, job_id: str, *, owner: str, data: dict[str, Any]
+    ) -> bool:
+        """The provider holds no job from the started submission: due to be sent now."""
+        return bool(await self.db.fetchval("resend_unsent_submission", job_id, owner, data))
+
+    async def bind_listed_submission(
+        self,
+        job_id: str,
+        *,
+        provider: str,
+        provider_job_id: str,
+        owner: str,
+        next_action_at: datetime,
+        data: dict[str, Any],
+    ) -> bool:
+        """Binds the provider job found for the started submission, unless another of our jobs
+        holds it; True when the job moved to submitted."""
+        value = await self.db.fetchval(
+            "bind_listed_submission", job_id, provider, provider_job_id, owner, next_action_at, data
+        )
+        return bool(value)
+
+    async def bound_provider_job_ids(self, provider: str, provider_job_ids: list[str]) -> set[str]:
+        """Those of `provider_job_ids` that are bound to one of our jobs."""
+        if not provider_job_ids:
+            return set()
+        rows = await self.db.fetch("bound_provider_job_ids", provider, provider_job_ids)
+        return {row["provider_job_id"] for row in rows}
 
     async def record_cancel_sent(
         self,

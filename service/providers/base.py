@@ -82,6 +82,7 @@ class JobRecord:
     callback_token_hash: str | None = None
     deadline_at: datetime | None = None
     due_at: datetime | None = None  # when the job was due at the claim that produced this record
+    submit_unknown_at: datetime | None = None  # when its submission's outcome became unknown
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,19 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class ListedJob:
+    """A job the provider lists for this account: a candidate for a submission whose outcome is
+    unknown. `matches_request` is True or False when the provider echoes the job's input and it
+    does or does not equal the request; None when the provider shows no input."""
+
+    provider_job_id: str
+    created_at: datetime | None
+    terminal: bool
+    completed_at: datetime | None = None
+    matches_request: bool | None = None
+
+
+@dataclass(frozen=True)
 class CancelOutcome:
     """The provider's answer to a cancel request, recorded as is."""
 
@@ -118,9 +132,6 @@ class ProviderAdapter(Protocol):
     """One provider's API behind the interface the workers and callback receivers use."""
 
     name: str
-    #: True when the provider calls back and the callback carries the job's token, so a
-    #: submission whose outcome is unknown can still be bound by the callback.
-    callback_binds_unknown_submission: bool
 
     async def submit(
         self, job: JobRecord, *, request: dict[str, Any], callback_url: str
@@ -129,6 +140,13 @@ class ProviderAdapter(Protocol):
     async def fetch_status(self, job: JobRecord) -> Observation: ...
 
     async def cancel(self, job: JobRecord) -> CancelOutcome: ...
+
+    async def list_jobs_since(
+        self, job: JobRecord, *, request: dict[str, Any], since: datetime, until: datetime
+    ) -> list[ListedJob] | None:
+        """The account's jobs created in [since, until] (from the provider's list endpoint), to
+        settle a submission whose outcome is unknown; None when the provider offers no list."""
+        ...
 
     def server_error_is_retryable(self, status: int) -> bool:
         """Whether a 5xx answer to a submit means the job was certainly not created."""

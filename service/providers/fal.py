@@ -4,6 +4,7 @@ part of them, so they are never rebuilt from the app id)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -85,7 +86,6 @@ class FalAdapter:
     """fal's queue API."""
 
     name = "fal"
-    callback_binds_unknown_submission = True
 
     def __init__(
         self, *, queue_url: str, key: str, transport: httpx.AsyncBaseTransport | None = None
@@ -158,6 +158,12 @@ class FalAdapter:
         except ValueError:
             answer = f"http {response.status_code}"
         return CancelOutcome(accepted=answer == "CANCELLATION_REQUESTED", provider_answer=answer)
+
+    async def list_jobs_since(
+        self, job: JobRecord, *, request: dict[str, Any], since: datetime, until: datetime
+    ) -> None:
+        """fal's queue API has no list of an account's requests."""
+        del job, request, since, until
 
     def server_error_is_retryable(self, status: int) -> bool:
         return status in INGRESS_RETRYABLE

@@ -4,20 +4,23 @@ the callback URL carries the job's token."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from schemas.jobs import JobError, JobOutput, JobStatus
-from schemas.providers import KreaJob
+from schemas.providers import KreaJob, KreaJobList
 from service.providers.base import (
     CancelOutcome,
     JobRecord,
+    ListedJob,
     Observation,
     ProviderRejected,
     Submission,
 )
 from service.providers.http import check_status, make_client, parse, send
+from service.providers.listing import LIST_PAGE_SIZE, MAX_LIST_PAGES, provider_time, too_many_pages
 from service.providers.outputs import content_type_from_url
 
 STATUS_MAP = {
@@ -65,7 +68,6 @@ class KreaAdapter:
     """Krea's API."""
 
     name = "krea"
-    callback_binds_unknown_submission = True
 
     def __init__(
         self, *, base_url: str, token: str, transport: httpx.AsyncBaseTransport | None = None
@@ -111,9 +113,41 @@ class KreaAdapter:
             )
         return CancelOutcome(accepted=True, provider_answer=f"{response.status_code}")
 
+    async def list_jobs_since(
+        self, job: JobRecord, *, request: dict[str, Any], since: datetime, until: datetime
+    ) -> list[ListedJob]:
+        """`GET /jobs?cursor=&limit=`, newest first. Krea's job objects show no input, so a
+        listed job can be told apart only by its id (one of ours?) and its creation time."""
+        del job, request
+        listed: list[ListedJob] = []
+        params = {"limit": str(LIST_PAGE_SIZE)}
+        for _ in range(MAX_LIST_PAGES):
+            response = await send(self.client, "GET", "/jobs", params=params)
+            check_status(response, what="krea list")
+            page = parse(KreaJobList, response, what="krea list")
+            for item in page.items:
+                created = provider_time(item.created_at)
+                if created is not None and created < since:
+                    return listed
+                if created is not None and created > until:
+                    continue
+                status = STATUS_MAP.get(item.status)
+                listed.append(
+                    ListedJob(
+                        provider_job_id=item.job_id,
+                        created_at=created,
+                        terminal=status is not None and status.is_terminal,
+                        completed_at=provider_time(item.completed_at),
+                    )
+                )
+            if page.next_cursor is None:
+                return listed
+            params = {"limit": str(LIST_PAGE_SIZE), "cursor": page.next_cursor}
+        raise too_many_pages("krea list")
+
     def server_error_is_retryable(self, status: int) -> bool:
-        # Krea documents no 5xx semantics: the job may exist. Never resubmit; the callback that
-        # carries this job's token binds it if it does.
+        # Krea documents no 5xx semantics: the job may exist. Not resent blindly: the job list
+        # tells whether it does, and the callback that carries this job's token binds it.
         return False
 
     async def aclose(self) -> None:

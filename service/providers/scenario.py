@@ -6,20 +6,34 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from schemas.jobs import JobError, JobOutput, JobStatus
-from schemas.providers import ScenarioAsset, ScenarioAssetEnvelope, ScenarioJobEnvelope
+from schemas.providers import (
+    ScenarioAsset,
+    ScenarioAssetEnvelope,
+    ScenarioJobEnvelope,
+    ScenarioJobList,
+)
 from service.providers.base import (
     CancelOutcome,
     JobRecord,
+    ListedJob,
     Observation,
     ProviderRejected,
     Submission,
 )
 from service.providers.http import check_status, make_client, parse, send
+from service.providers.listing import (
+    LIST_PAGE_SIZE,
+    MAX_LIST_PAGES,
+    echo_matches,
+    provider_time,
+    too_many_pages,
+)
 
 STATUS_MAP = {
     "pending": JobStatus.QUEUED,
@@ -42,7 +56,6 @@ class ScenarioAdapter:
     """Scenario's API, polled."""
 
     name = "scenario"
-    callback_binds_unknown_submission = False
 
     def __init__(
         self,
@@ -119,10 +132,46 @@ class ScenarioAdapter:
             )
         return CancelOutcome(accepted=True, provider_answer=str(response.status_code))
 
+    async def list_jobs_since(
+        self, job: JobRecord, *, request: dict[str, Any], since: datetime, until: datetime
+    ) -> list[ListedJob]:
+        """`GET /jobs?pageSize=&paginationToken=`, newest first. Scenario echoes each job's
+        parameters (`metadata.input`, with its `modelId`), so a listed job either is this
+        request or is not."""
+        listed: list[ListedJob] = []
+        params = {"pageSize": str(LIST_PAGE_SIZE)}
+        for _ in range(MAX_LIST_PAGES):
+            response = await send(self.client, "GET", "jobs", params=params)
+            check_status(response, what="scenario list")
+            page = parse(ScenarioJobList, response, what="scenario list")
+            for item in page.jobs:
+                created = provider_time(item.createdAt)
+                if created is not None and created < since:
+                    return listed
+                if created is not None and created > until:
+                    continue
+                echoed = item.metadata.input
+                model = echoed.get("modelId", job.model) if echoed is not None else None
+                matches = echo_matches(request, echoed)
+                status = STATUS_MAP.get(item.status)
+                listed.append(
+                    ListedJob(
+                        provider_job_id=item.jobId,
+                        created_at=created,
+                        terminal=status is not None and status.is_terminal,
+                        matches_request=None if matches is None else matches and model == job.model,
+                    )
+                )
+            if page.nextPaginationToken is None:
+                return listed
+            params = {"pageSize": str(LIST_PAGE_SIZE), "paginationToken": page.nextPaginationToken}
+        raise too_many_pages("scenario list")
+
     def server_error_is_retryable(self, status: int) -> bool:
         # Scenario's SDK retries every 5xx, but that is a generated client's blanket default, not
         # a statement that generate is idempotent: a 500/502/504 can come after the job was
-        # created (and billed). Only 503, a refusal before any processing, is safe to resend.
+        # created (and billed). Only 503, a refusal before any processing, is safe to resend at
+        # once; after any other 5xx the job list tells whether the job exists.
         return status == 503
 
     async def aclose(self) -> None:

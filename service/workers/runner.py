@@ -5,7 +5,8 @@ any number of instances share the work with PostgreSQL as the only coordinator) 
 does what its state calls for:
 
 - accepted, submission not started: submit (at most once; see `_submit`);
-- accepted, submission started but never recorded: its outcome is unknown (see `_unknown`);
+- accepted, submission started but its answer never recorded: its outcome is unknown, settled
+  by asking the provider or by its callback (see `_settle_unknown`, service.workers.unknown);
 - cancel requested and not yet sent: send the cancel to the provider;
 - otherwise in flight: ask the provider (`fetch_status`) and record it as a `poll` observation.
 
@@ -44,6 +45,7 @@ from service.providers.base import (
 from service.store import JobStore
 from service.workers.claim_loop import ClaimLoop
 from service.workers.schedule import DEFAULT_TIMINGS, GraceRule, ProviderTiming
+from service.workers.unknown import judge, submission_window
 
 
 def _now() -> datetime:
@@ -87,7 +89,8 @@ class JobRunner(ClaimLoop[JobRecord]):
         self._limits = {name: asyncio.Semaphore(concurrency_per_provider) for name in adapters}
         self.grace_rule = grace_rule or GraceRule()
         self.grace_refresh_s = grace_refresh_s
-        self._graces: dict[tuple[str, str], tuple[float, float]] = {}  # -> (grace, computed at)
+        # (provider, model) -> (completions seen, their p95 in s, loop time read)
+        self._observed: dict[tuple[str, str], tuple[int, float | None, float]] = {}
         self._next_actions: dict[str, datetime] = {}  # job id -> next action its handler set
 
     async def claim(self) -> list[JobRecord]:
@@ -139,10 +142,10 @@ class JobRunner(ClaimLoop[JobRecord]):
             await self._expire(job, adapter)
         elif job.status is JobStatus.ACCEPTED and job.submit_started_at is None:
             await self._submit(job, adapter)
+        elif job.status is JobStatus.ACCEPTED and job.submit_unknown_at is None:
+            await self._unknown(job, reason="submission started but its answer was never recorded")
         elif job.status is JobStatus.ACCEPTED:
-            await self._unknown(
-                job, adapter, reason="submission started but its outcome was never recorded"
-            )
+            await self._settle_unknown(job, adapter)
         elif job.cancel_requested and not job.cancel_sent:
             await self._cancel(job, adapter)
         else:
@@ -156,22 +159,30 @@ class JobRunner(ClaimLoop[JobRecord]):
         self._next_actions[job.id] = when
         return when
 
+    async def _observed_wait_s(self, job: JobRecord, *, default_s: float) -> float:
+        """How long news of this job may take, from its model's observed completion times
+        (GraceRule); `default_s` until there is enough history. Cached per model."""
+        key = (job.provider, job.model)
+        cached = self._observed.get(key)
+        loop_now = asyncio.get_running_loop().time()
+        if cached is None or loop_now - cached[2] > self.grace_refresh_s:
+            samples, p95 = await self.store.completion_p95(job.provider, job.model)
+            cached = (samples, p95, loop_now)
+            self._observed[key] = cached
+        return self.grace_rule.grace(samples=cached[0], p95_s=cached[1], default_s=default_s)
+
     async def _first_check_s(self, job: JobRecord, timing: ProviderTiming) -> float:
         """Scenario: a quick first poll. Webhook providers: the grace their webhook gets, from
         the model's observed completion times."""
         if timing.webhook_grace_s is None:
             return timing.poll.delay(0)
-        key = (job.provider, job.model)
-        cached = self._graces.get(key)
-        loop_now = asyncio.get_running_loop().time()
-        if cached is None or loop_now - cached[1] > self.grace_refresh_s:
-            samples, p95 = await self.store.completion_p95(job.provider, job.model)
-            grace = self.grace_rule.grace(
-                samples=samples, p95_s=p95, default_s=timing.webhook_grace_s
-            )
-            cached = (grace, loop_now)
-            self._graces[key] = cached
-        return cached[0]
+        return await self._observed_wait_s(job, default_s=timing.webhook_grace_s)
+
+    @staticmethod
+    def _provider_request(job: JobRecord) -> dict[str, Any]:
+        """The request the provider gets: the job's input with the model's defaults."""
+        model = MODELS[(job.provider, job.model)].input_model
+        return model.model_validate(job.input).provider_request()
 
     # --- submission ---------------------------------------------------------------------------
 
@@ -179,23 +190,20 @@ class JobRunner(ClaimLoop[JobRecord]):
         """At most once: the start is committed (with the callback token's hash) before the
         request leaves, and only a request that certainly was not sent is ever sent again."""
         timing = self.timings[job.provider]
-        # Begun only now, holding a concurrency slot: "started" means "about to be sent", so a
-        # crash leaves unknown only what may really have left. Concurrent begins share a batch.
+        # Everything the request needs is ready before the start is committed, and the start is
+        # committed only holding a concurrency slot: "started" means "leaving now", so a crash
+        # leaves unknown only what may really have left. Concurrent begins share a batch.
+        request = self._provider_request(job)
         token = new_callback_token()
+        url = callback_url(
+            self.callback_base_url, provider=job.provider, job_id=job.id, token=token
+        )
         outcome = await self.store.begin_submission(
             job.id, owner=self.owner, token_hash=hash_callback_token(token)
         )
         if outcome != "go":
             self._log.info("submission_skipped", outcome=outcome)
             return
-        request = (
-            MODELS[(job.provider, job.model)]
-            .input_model.model_validate(job.input)
-            .provider_request()
-        )
-        url = callback_url(
-            self.callback_base_url, provider=job.provider, job_id=job.id, token=token
-        )
         try:
             PROVIDER_REQUESTS.labels(provider=job.provider, operation="submit").inc()
             submission = await adapter.submit(job, request=request, callback_url=url)
@@ -207,7 +215,7 @@ class JobRunner(ClaimLoop[JobRecord]):
             if adapter.server_error_is_retryable(exc.status or 500):
                 await self._retry_submission(job, timing, exc, retry_after=None)
             else:
-                await self._unknown(job, adapter, reason=str(exc), detail=exc.detail)
+                await self._unknown(job, reason=str(exc), detail=exc.detail)
             return
         except ProviderRejected as exc:
             await self._fail(
@@ -219,11 +227,9 @@ class JobRunner(ClaimLoop[JobRecord]):
             )
             return
         except (OutcomeUnknown, ProviderProtocolError) as exc:
-            await self._unknown(job, adapter, reason=str(exc), detail=exc.detail)
+            await self._unknown(job, reason=str(exc), detail=exc.detail)
             return
-        first_check = (
-            timing.webhook_grace_s if timing.webhook_grace_s is not None else timing.poll.delay(0)
-        )
+        first_check = await self._first_check_s(job, timing)
         result = await self.store.apply_observation(
             job.id,
             JobStatus.SUBMITTED,
@@ -237,6 +243,7 @@ class JobRunner(ClaimLoop[JobRecord]):
                 "request": request,
                 "provider_job_id": submission.provider_job_id,
                 "provider_status": submission.provider_status,
+                "first_check_s": round(first_check, 3),
             },
         )
         self._log.info(
@@ -273,28 +280,96 @@ class JobRunner(ClaimLoop[JobRecord]):
             },
         )
 
-    async def _unknown(
-        self, job: JobRecord, adapter: ProviderAdapter, *, reason: str, detail: Any = None
-    ) -> None:
-        """The provider may have created the job. Never send it again: wait for the callback that
-        carries this job's token to bind it (Krea, fal), or end it as failed."""
+    async def _unknown(self, job: JobRecord, *, reason: str, detail: Any = None) -> None:
+        """The provider may have created the job. Recorded once; the job is then settled by
+        `_settle_unknown`, after a short delay (a provider's list may lag its answers)."""
         timing = self.timings[job.provider]
-        started = job.submit_started_at or _now()
-        bind_deadline = started + timedelta(seconds=timing.unknown_outcome_wait_s)
-        if job.deadline_at is not None:
-            bind_deadline = min(bind_deadline, job.deadline_at)
-        if adapter.callback_binds_unknown_submission and _now() < bind_deadline:
-            self._log.warning("submission_outcome_unknown_waiting", reason=reason)
+        self._log.warning("submission_outcome_unknown", reason=reason)
+        await self.store.record_submission_unknown(
+            job.id,
+            owner=self.owner,
+            next_action_at=self._at(job, timing.lookup.delay(0)),
+            data={"reason": reason, "detail": detail},
+        )
+
+    async def _settle_unknown(self, job: JobRecord, adapter: ProviderAdapter) -> None:
+        """Never sent twice, never bound by a guess (service.workers.unknown): the provider's
+        list of jobs created in the submission's window says whether it holds this job; without
+        a list (fal) the callback that carries the job's token is awaited, as long as the
+        model's completions take, then the job fails with submission_outcome_unknown."""
+        timing = self.timings[job.provider]
+        assert job.submit_started_at is not None
+        since, until = submission_window(job.submit_started_at)
+        try:
+            PROVIDER_REQUESTS.labels(provider=job.provider, operation="list").inc()
+            listed = await adapter.list_jobs_since(
+                job, request=self._provider_request(job), since=since, until=until
+            )
+        except ProviderError as exc:
+            self._log.warning("submission_lookup_failed", error=str(exc))
             await self.store.reschedule(
-                job.id, owner=self.owner, at=bind_deadline, event_type="submission_outcome_unknown",
-                data={"reason": reason, "detail": detail, "waiting_for_callback_until": bind_deadline.isoformat()},
-            )  # fmt: skip
+                job.id, owner=self.owner, at=self._at(job, timing.lookup.delay(job.attempts))
+            )
+            return
+        if listed is None:
+            await self._await_binding_callback(job, timing)
+            return
+        bound = await self.store.bound_provider_job_ids(
+            job.provider, [listed_job.provider_job_id for listed_job in listed]
+        )
+        judgement = judge(
+            listed,
+            bound_elsewhere=bound,
+            now=_now(),
+            callback_settle=timedelta(seconds=timing.callback_settle_s),
+        )
+        data = {**judgement.as_data(), "listed": len(listed), "window": [since.isoformat(), until.isoformat()]}  # fmt: skip
+        self._log.info("submission_lookup", **data)
+        if judgement.verdict == "send":
+            if await self.store.resend_unsent_submission(job.id, owner=self.owner, data=data):
+                self.wake_if_sooner(_now())
+        elif judgement.verdict == "bind":
+            assert judgement.provider_job_id is not None
+            bound_now = await self.store.bind_listed_submission(
+                job.id,
+                provider=job.provider,
+                provider_job_id=judgement.provider_job_id,
+                owner=self.owner,
+                next_action_at=self._at(job, await self._first_check_s(job, timing)),
+                data=data,
+            )
+            if not bound_now:  # another of our jobs took it first: look again
+                await self.store.reschedule(
+                    job.id, owner=self.owner, at=self._at(job, timing.lookup.delay(0))
+                )
+        elif judgement.verdict == "wait":
+            await self.store.reschedule(
+                job.id, owner=self.owner, at=self._at(job, timing.lookup.delay(job.attempts))
+            )
+        else:
+            await self._fail(
+                job,
+                code="submission_outcome_unknown",
+                message="the provider holds jobs from the submission's window that cannot be "
+                "told apart, and none of them called back with this job's token",
+                data=data,
+            )
+
+    async def _await_binding_callback(self, job: JobRecord, timing: ProviderTiming) -> None:
+        assert job.submit_started_at is not None
+        wait_s = await self._observed_wait_s(job, default_s=timing.unknown_outcome_wait_s)
+        until = job.submit_started_at + timedelta(seconds=wait_s)
+        if _now() < until:
+            await self.store.reschedule(
+                job.id, owner=self.owner, at=self._at(job, (until - _now()).total_seconds())
+            )
             return
         await self._fail(
             job,
             code="submission_outcome_unknown",
-            message=f"the provider may or may not have accepted the job: {reason}",
-            detail=detail,
+            message="the provider may or may not have accepted the job, and no callback with "
+            f"this job's token came within {wait_s:.0f} s (the model's observed completion times)",
+            data={"waited_s": round(wait_s, 3)},
         )
 
     async def _fail(

@@ -44,8 +44,14 @@ class ProviderTiming:
     webhook_grace_s: float | None  # None: the provider is polled from the start (Scenario)
     poll: PollPolicy
     retry: RetryPolicy = RetryPolicy()
-    #: How long a submission whose outcome is unknown may still be bound by a callback.
-    unknown_outcome_wait_s: float = 600.0
+    #: Where the provider lists no jobs (fal): how long a submission whose outcome is unknown
+    #: waits for the callback that binds it, until the model has a history of completion times
+    #: (then GraceRule's bound from them).
+    unknown_outcome_wait_s: float = 120.0
+    #: When to read the provider's job list again to settle an unknown outcome.
+    lookup: PollPolicy = PollPolicy(first_s=2.0, factor=1.5, max_s=15.0)
+    #: How long after a listed job ended its callback may still arrive.
+    callback_settle_s: float = 15.0
     #: How soon to look again after a cancel was sent.
     after_cancel_s: float = 1.0
 

@@ -68,3 +68,16 @@ FROM create_jobs($1::text[], $2::text[], $3::text[], $4::text[]::jsonb[], $5::te
 
 -- name: begin_submissions
 SELECT ord, outcome FROM begin_submissions($1::text[], $2, $3::text[]);
+
+-- name: record_submission_unknown
+SELECT record_submission_unknown($1, $2, $3, $4);
+
+-- name: resend_unsent_submission
+SELECT resend_unsent_submission($1, $2, $3);
+
+-- name: bind_listed_submission
+SELECT bind_listed_submission($1, $2, $3, $4, $5, $6);
+
+-- name: bound_provider_job_ids
+-- Which of these provider job ids are bound to one of our jobs.
+SELECT provider_job_id FROM jobs WHERE provider = $1 AND provider_job_id = ANY($2::text[]);

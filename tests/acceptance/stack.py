@@ -133,6 +133,7 @@ async def running_stack(
     sim_config: SimulatorConfig | None = None,
     timings: dict[str, ProviderTiming] | None = None,
     settings: dict[str, Any] | None = None,
+    runner_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[Stack]:
     sims = await start_simulators(
         config=sim_config or SimulatorConfig(queue_seconds=0.05, run_seconds=0.1)
@@ -141,7 +142,7 @@ async def running_stack(
     # The service's own URL is only known once it listens: bind first, then point callbacks there.
     service = await start_service(
         stack_settings(sims, **(settings or {})), db, run_workers=True,
-        runner_options={"timings": timings or FAST_TIMINGS},
+        runner_options={"timings": timings or FAST_TIMINGS, **(runner_options or {})},
     )  # fmt: skip
     service.app[RUNNER_KEY].callback_base_url = service.url
     listen = await asyncpg.connect(database_url)

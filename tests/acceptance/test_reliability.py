@@ -179,3 +179,31 @@ def test_webhook_grace_follows_the_observed_completion_times() -> None:
     assert rule.grace(samples=50, p95_s=7.0, default_s=120) == 19.0
     assert rule.grace(samples=50, p95_s=0.5, default_s=120) == 10.0
     assert rule.grace(samples=50, p95_s=900.0, default_s=120) == 600.0
+
+
+@pytest.mark.parametrize("provider", WEBHOOK_PROVIDERS)
+async def test_the_runner_gives_a_webhook_the_grace_of_the_models_observed_times(
+    database_url: str, provider: str
+) -> None:
+    """After 20 quick completions of the model, a job whose webhook is lost is checked by poll
+    after GraceRule's floor (10 s), not after the 120 s default grace."""
+    fresh = {"grace_refresh_s": 0.0}  # read the model's history for every job
+    async with running_stack(
+        database_url, timings=timings(grace_s=120), runner_options=fresh
+    ) as stack:
+        history = [
+            await stack.create(provider, MODEL[provider], {"prompt": f"warm-up {n}"})
+            for n in range(20)
+        ]
+        for created in history:
+            assert (await stack.wait_for(created["id"]))["status"] == "succeeded"
+        job, events, sent = await run(stack, provider, "[drop-callback] a harbour")
+        first = await stack.events(history[0]["id"])
+    assert sent == 1
+    submitted = next(e for e in events if e["to_status"] == "submitted")
+    assert submitted["data"]["first_check_s"] == 10.0
+    assert job["status"] == "succeeded"
+    assert events[-1]["source"] == "poll"
+    assert events[-1]["data"]["webhook_missed"] is True
+    # The history's own jobs were submitted before any history existed: the default grace.
+    assert next(e for e in first if e["to_status"] == "submitted")["data"]["first_check_s"] == 120

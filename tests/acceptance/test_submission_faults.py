@@ -1,10 +1,12 @@
 """Submission under provider faults: retried only when the job certainly was not created,
-never sent twice, and final when the provider refuses it."""
+never sent twice, final when the provider refuses it, and an unknown outcome settled by asking
+the provider (its job list) or by the callback that carries the job's token."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,6 +21,8 @@ TIMINGS = {
         poll=timing.poll if name == "scenario" else PollPolicy(first_s=0.05, max_s=0.2),
         retry=QUICK_RETRY,
         unknown_outcome_wait_s=0.3,
+        lookup=PollPolicy(first_s=0.05, factor=1.5, max_s=0.2),
+        callback_settle_s=0.3,
     )
     for name, timing in FAST_TIMINGS.items()
 }
@@ -33,9 +37,11 @@ async def stack(database_url: str) -> AsyncIterator[Stack]:
         yield stack
 
 
-async def run(stack: Stack, provider: str) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+async def run(
+    stack: Stack, provider: str, prompt: str = "a harbour"
+) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
     tag = secrets.token_hex(4)
-    created = await stack.create(provider, MODEL[provider], {"prompt": f"a harbour #{tag}"})
+    created = await stack.create(provider, MODEL[provider], {"prompt": f"{prompt} #{tag}"})
     job = await stack.wait_for(created["id"])
     sent = sum(1 for j in stack.sims.simulator(provider).jobs.values() if tag in j.prompt)
     return job, await stack.events(job["id"]), sent
@@ -59,27 +65,108 @@ async def test_429_is_retried_with_backoff_and_the_job_is_created_once(
     assert retry["data"]["status"] == 429
 
 
-@pytest.mark.parametrize(
-    ("provider", "retried"), [("scenario", True), ("fal", True), ("krea", False)]
-)
-async def test_5xx_on_submit_follows_each_providers_semantics(
-    stack: Stack, provider: str, retried: bool
+@pytest.mark.parametrize("provider", ["scenario", "fal"])
+async def test_a_503_that_the_client_libraries_retry_is_resent_at_once(
+    stack: Stack, provider: str
 ) -> None:
-    """Scenario's SDK and fal's client retry 5xx (503: the queue never took it); Krea documents
-    nothing, so its job may exist and is not sent again."""
+    """Scenario's SDK and fal's client retry 503 (the queue never took it)."""
     stack.sims.simulator(provider).update_config(
         {"server_error_next": 1, "server_error_status": 503}
     )
     job, events, sent = await run(stack, provider)
-    if retried:
-        assert job["status"] == "succeeded"
-        assert sent == 1
-        assert "submission_retry_scheduled" in types(events)
-    else:
-        assert job["status"] == "failed"
-        assert job["error"]["code"] == "submission_outcome_unknown"
-        assert sent == 0
-        assert types(events).count("submission_started") == 1
+    assert job["status"] == "succeeded"
+    assert sent == 1
+    assert "submission_retry_scheduled" in types(events)
+    assert "submission_outcome_unknown" not in types(events)
+
+
+@pytest.mark.parametrize(("provider", "status"), [("krea", 500), ("krea", 503), ("scenario", 500)])
+async def test_a_5xx_that_created_nothing_is_found_absent_in_the_job_list_and_resent(
+    stack: Stack, provider: str, status: int
+) -> None:
+    """Krea documents no 5xx semantics and Scenario's 500 may come after creation: the job may
+    exist. The provider's job list shows it does not, so it is sent again, once."""
+    stack.sims.simulator(provider).update_config(
+        {"server_error_next": 1, "server_error_status": status}
+    )
+    job, events, sent = await run(stack, provider)
+    assert job["status"] == "succeeded"
+    assert sent == 1
+    assert types(events).count("submission_started") == 2
+    lookup = next(e for e in events if e["type"] == "submission_lookup")
+    assert lookup["data"]["verdict"] == "send"
+    assert types(events).index("submission_outcome_unknown") < types(events).index(
+        "submission_lookup"
+    )
+
+
+async def test_a_krea_job_created_behind_a_500_is_bound_by_its_callback_not_resent(
+    stack: Stack,
+) -> None:
+    """The job list shows a job of the window that cannot be told apart (Krea echoes no
+    input): the service waits, and the callback carrying this job's token binds it."""
+    stack.sims.krea.update_config(
+        {"error_after_submit_next": 1, "error_after_submit_mode": "status"}
+    )
+    job, events, sent = await run(stack, "krea")
+    assert sent == 1
+    assert job["status"] == "succeeded"
+    assert job["provider_job_id"]
+    assert types(events).count("submission_started") == 1
+    assert "submission_lookup" not in types(events)  # waiting records nothing; binding does
+    assert events[-1]["source"] == "webhook"
+
+
+async def test_a_scenario_job_created_behind_a_500_is_found_by_its_echoed_input_and_bound(
+    stack: Stack,
+) -> None:
+    stack.sims.scenario.update_config(
+        {"error_after_submit_next": 1, "error_after_submit_mode": "status"}
+    )
+    job, events, sent = await run(stack, "scenario")
+    assert sent == 1
+    assert job["status"] == "succeeded"
+    assert types(events).count("submission_started") == 1
+    bound = next(e for e in events if e["to_status"] == "submitted")
+    assert bound["data"]["verdict"] == "bind"
+    assert bound["data"]["provider_job_id"] == job["provider_job_id"]
+
+
+async def test_two_scenario_jobs_with_one_input_behind_500s_are_each_bound_once(
+    stack: Stack,
+) -> None:
+    """The same input twice, both answered 500 after creation: each provider job is bound to
+    one job only, so both end with a provider job of their own and nothing is sent again."""
+    stack.sims.scenario.update_config(
+        {"error_after_submit_next": 2, "error_after_submit_mode": "status"}
+    )
+    tag = secrets.token_hex(4)
+    body = {"prompt": f"twins #{tag}"}
+    first = await stack.create("scenario", MODEL["scenario"], body)
+    second = await stack.create("scenario", MODEL["scenario"], body)
+    jobs = [await stack.wait_for(first["id"]), await stack.wait_for(second["id"])]
+    assert [j["status"] for j in jobs] == ["succeeded", "succeeded"]
+    sent = [j for j in stack.sims.scenario.jobs.values() if tag in j.prompt]
+    assert len(sent) == 2
+    assert {j.id for j in sent} == {j["provider_job_id"] for j in jobs}
+
+
+async def test_a_krea_job_that_cannot_be_attributed_fails_without_being_resent(
+    stack: Stack,
+) -> None:
+    """Created behind a 500 and its callback lost: the listed job ended and no callback bound
+    it, so it cannot be told from another client's job; failed, never sent twice."""
+    stack.sims.krea.update_config(
+        {"error_after_submit_next": 1, "error_after_submit_mode": "status"}
+    )
+    job, events, sent = await run(stack, "krea", "[drop-callback] a harbour")
+    assert sent == 1
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "submission_outcome_unknown"
+    assert types(events).count("submission_started") == 1
+    last = events[-1]
+    assert last["data"]["verdict"] == "give_up"
+    assert len(last["data"]["unattributed"]) == 1
 
 
 @pytest.mark.parametrize("provider", ["krea", "fal"])
@@ -100,15 +187,38 @@ async def test_unknown_outcome_is_bound_by_the_callback_carrying_the_token(
     assert events[-1]["source"] == "webhook"
 
 
-async def test_unknown_outcome_without_callback_fails_without_resending(stack: Stack) -> None:
-    stack.sims.scenario.update_config(
-        {"error_after_submit_next": 1, "error_after_submit_mode": "status"}
-    )
-    job, events, sent = await run(stack, "scenario")
-    assert sent == 1
+async def test_a_fal_500_without_a_callback_fails_after_the_fallback_wait(stack: Stack) -> None:
+    """fal lists no jobs: after a 500 (not one of the ingress answers its client retries) only
+    the callback can tell, awaited for the fallback wait while the model has no history."""
+    stack.sims.fal.update_config({"server_error_next": 1, "server_error_status": 500})
+    job, events, sent = await run(stack, "fal")
+    assert sent == 0
     assert job["status"] == "failed"
     assert job["error"]["code"] == "submission_outcome_unknown"
+    assert events[-1]["data"]["waited_s"] == TIMINGS["fal"].unknown_outcome_wait_s
     assert types(events).count("submission_started") == 1
+
+
+async def test_the_fal_wait_follows_the_models_observed_completion_times(
+    database_url: str,
+) -> None:
+    """With a history of quick completions, an unknown fal submission waits for its callback
+    as long as GraceRule says (its 10 s floor here), not the two-minute fallback."""
+    fallback = {**TIMINGS, "fal": replace(TIMINGS["fal"], unknown_outcome_wait_s=120.0)}
+    # The runner reads the model's history afresh for every job (not once a minute).
+    fresh = {"grace_refresh_s": 0.0}
+    async with running_stack(database_url, timings=fallback, runner_options=fresh) as stack:
+        history = [
+            await stack.create("fal", MODEL["fal"], {"prompt": f"warm-up {n}"}) for n in range(20)
+        ]
+        for created in history:
+            assert (await stack.wait_for(created["id"]))["status"] == "succeeded"
+        stack.sims.fal.update_config({"server_error_next": 1, "server_error_status": 500})
+        job, events, sent = await run(stack, "fal")
+    assert sent == 0
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "submission_outcome_unknown"
+    assert events[-1]["data"]["waited_s"] == 10.0
 
 
 @pytest.mark.parametrize("provider", list(MODEL))

@@ -293,3 +293,64 @@ async def test_a_single_instance_recovers_every_job_after_kill_9(tmp_path: Path)
         assert unsent_outcomes == {"succeeded"}  # sent after the restart, and finished
     finally:
         await run.close()
+
+
+async def test_a_crash_right_after_a_burst_strands_nothing(tmp_path: Path) -> None:
+    """30 jobs at once (10 per provider, ~4 s each at the provider), kill -9 of the only
+    instance as soon as the first submission has started, then a restart: every job ends, no
+    provider gets any job twice, and every Krea and Scenario job that had not reached its
+    provider before the kill is sent after the restart and succeeds (their job lists show they
+    never arrived); fal, which lists nothing, waits for callbacks only as long as it may."""
+    run = Chaos(tmp_path, instances=1, faults={**CLEAN, "queue_seconds": 1.0, "run_seconds": 3.0})
+    try:
+        await run.start()
+        acknowledged: dict[str, str] = {}
+        conn = await asyncpg.connect(run.dsn)
+        try:
+            async with httpx.AsyncClient(base_url=run.balancer.url, timeout=15) as client:
+                burst = asyncio.gather(*(run.submit(client, i, acknowledged) for i in range(30)))
+                # Another process's progress: no event reaches this one, so it is polled.
+                while not await conn.fetchval(  # noqa: ASYNC110
+                    "SELECT EXISTS (SELECT 1 FROM jobs WHERE submit_started_at IS NOT NULL)"
+                ):
+                    await asyncio.sleep(0.005)
+                run.instances[0].kill9()
+                await asyncio.gather(burst, return_exceptions=True)
+            reached = {
+                job["prompt"].rsplit("#", 1)[-1] for job in await run.sim_records()
+            }  # what the providers hold once the killed instance can send nothing more
+            # The burst's answers may have been cut by the kill: the client retries the rest.
+            async with httpx.AsyncClient(base_url=run.balancer.url, timeout=15) as client:
+                run.instances[0].start()
+                await run.instances[0].ready()
+                await asyncio.gather(
+                    *(run.submit(client, i, acknowledged) for i in range(30)
+                      if f"chaos-{i:04d}" not in acknowledged)
+                )  # fmt: skip
+            started = time.monotonic()
+            await run.wait_all_terminal(within_s=150)
+            took = time.monotonic() - started
+            rows = await conn.fetch(
+                "SELECT idempotency_key AS key, provider, status, error->>'code' AS code FROM jobs"
+            )
+        finally:
+            await conn.close()
+        sim_jobs = await run.sim_records()
+        await audit(run.dsn, acknowledged=acknowledged, sim_jobs=sim_jobs, tally=run.tally)
+        print(f"\nburst crash: reached before the kill={len(reached)}, all terminal after "
+              f"{took:.1f} s; " + run.tally.line())  # fmt: skip
+        assert len(rows) == 30
+        assert run.tally.not_terminal == []
+        assert run.tally.submitted_twice == []
+        assert run.tally.duplicate_transitions == []
+        never_reached = [r for r in rows if r["provider"] != "fal" and r["key"] not in reached]
+        assert len(never_reached) >= 10  # the kill came before most requests left
+        assert {(r["key"], r["status"]) for r in never_reached} == {
+            (r["key"], "succeeded") for r in never_reached
+        }
+        held = {job["prompt"].rsplit("#", 1)[-1] for job in sim_jobs}
+        assert {r["key"] for r in never_reached} <= held  # sent after the restart
+        for r in rows:  # fal's unsent jobs end with a clear code, never stranded
+            assert r["status"] == "succeeded" or r["code"] == "submission_outcome_unknown", r
+    finally:
+        await run.close()
