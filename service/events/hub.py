@@ -175,8 +175,9 @@ class EventHub:
 
     async def _read_forever(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.safety_poll_s)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see ClaimLoop._sleep
+                async with asyncio.timeout(self.safety_poll_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._catch_up(safety=not self._interesting and self.subscriber_count > 0)

@@ -337,8 +337,9 @@ class ProviderSimulator(ABC):
     async def pause(self, seconds: float) -> bool:
         """Sleep for an injected delay; return True if a reset or shutdown cut it short."""
         generation, wake = self._generation, self._wake
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), seconds)
+        with contextlib.suppress(TimeoutError):  # not wait_for, which can swallow a cancel
+            async with asyncio.timeout(seconds):
+                await wake.wait()
         return generation != self._generation
 
     def on_reset(self) -> None:  # noqa: B027 - optional hook, empty by default

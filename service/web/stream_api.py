@@ -118,8 +118,9 @@ class StreamApi:
     ) -> None:
         queue = subscription.queue
         while True:
-            try:
-                first = await asyncio.wait_for(queue.get(), timeout=self.heartbeat_s)
+            try:  # not wait_for: see ClaimLoop._sleep
+                async with asyncio.timeout(self.heartbeat_s):
+                    first = await queue.get()
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue

@@ -107,6 +107,9 @@ class ClaimLoop(ABC, Generic[T]):
 
     async def _sleep(self, seconds: float) -> None:
         self._planned_wake = now() + timedelta(seconds=seconds)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+        # arrives as the wake-up does, and the loop would then outlive its own shutdown.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         self._planned_wake = None
