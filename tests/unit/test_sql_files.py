@@ -5,16 +5,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import service.db.sql_files as sql_files_module
+from service.__main__ import main
 from service.db.migrations import load_migrations
 from service.db.queries import UnknownQuery, load_queries, query
 from service.db.sql_files import SqlFilesError, sql_dir
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def fresh_query_cache() -> Iterator[None]:
+    """The queries are cached per process: load them anew here, and again for later tests."""
+    load_queries.cache_clear()
+    yield
+    load_queries.cache_clear()
 
 
 def installed_package(tmp_path: Path, *, with_sql: bool = True) -> Path:
@@ -79,6 +89,44 @@ def test_an_unknown_query_names_itself_and_the_directory() -> None:
     assert "'no_such_query'" in str(raised.value)
     assert str(REPO / "sql" / "queries") in str(raised.value)
     assert not isinstance(raised.value, KeyError)
+
+
+def sql_tree(root: Path, *, migrations: bool, queries: bool) -> Path:
+    """An sql/ directory with the real migrations and queries, or an empty folder instead."""
+    for part, keep in (("migrations", migrations), ("queries", queries)):
+        (root / part).mkdir(parents=True)
+        if keep:
+            for source in (REPO / "sql" / part).glob("*.sql"):
+                (root / part / source.name).write_text(source.read_text(encoding="utf-8"))
+    return root
+
+
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [("migrations", "no migration files"), ("queries", "no named queries")],
+)
+@pytest.mark.usefixtures("fresh_query_cache")
+def test_the_command_line_refuses_to_start_without_sql_files(
+    command: str,
+    missing: str,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    package = installed_package(tmp_path, with_sql=False)
+    sql_tree(package / "sql", migrations=missing != "migrations", queries=missing != "queries")
+    monkeypatch.setattr(sql_files_module, "files", lambda _name: package)
+    # Nothing listens there: the check must come before any connection is tried.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@127.0.0.1:9/none")
+    monkeypatch.setenv("LOG_LEVEL", "warning")
+    monkeypatch.setenv("LOG_FORMAT", "console")
+    assert main([command]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cannot {command}: {message}")
+    assert str(package / "sql" / missing) in err
+    assert len(err.splitlines()) == 1
 
 
 def test_a_plain_source_checkout_on_pythonpath_reads_the_repository_sql(tmp_path: Path) -> None:
