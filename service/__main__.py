@@ -10,6 +10,9 @@ from aiohttp import web
 
 from service.config import ConfigError, Settings
 from service.db.embedded import EmbeddedPostgres
+from service.db.migrations import MigrationError, load_migrations
+from service.db.queries import load_queries
+from service.db.sql_files import SqlFilesError
 from service.logs import configure_logging, get_logger
 from service.web.app import build_app, prepare_database
 
@@ -58,6 +61,13 @@ def migrate(settings: Settings) -> None:
     get_logger("service").info("migrations_done")
 
 
+def check_sql_files() -> None:
+    """Refuses to start without the migrations and the named queries (a broken installation)
+    before anything else starts: never a silent "nothing to migrate" nor a later KeyError."""
+    load_migrations()
+    load_queries()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service")
     parser.add_argument(
@@ -72,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    {"serve": serve, "migrate": migrate, "demo": demo}[args.command](settings)
+    try:
+        check_sql_files()
+        {"serve": serve, "migrate": migrate, "demo": demo}[args.command](settings)
+    except (SqlFilesError, MigrationError) as exc:
+        print(f"cannot {args.command}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

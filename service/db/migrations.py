@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources.abc import Traversable
 
 import asyncpg
 
-from service.db.queries import SQL_DIR
+from service.db.sql_files import SqlFilesError, sql_dir, sql_files
 
-MIGRATIONS_DIR = SQL_DIR / "migrations"
 MIGRATION_LOCK_KEY = 7428061942
 _FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
@@ -37,14 +36,23 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """The migration files in version order; versions must be 1, 2, 3, ... with no gap."""
+def load_migrations(directory: Traversable | None = None) -> list[Migration]:
+    """The migration files in version order; versions must be 1, 2, 3, ... with no gap.
+
+    A missing or empty directory is an error (SqlFilesError), never "nothing to apply": a
+    service started on a database with no schema would only fail later, and less clearly."""
+    directory = sql_dir() / "migrations" if directory is None else directory
+    paths = sql_files(directory)
+    if not paths:
+        raise SqlFilesError(f"no migration files (NNNN_name.sql) in {directory}")
     migrations = []
-    for path in sorted(directory.glob("*.sql")):
+    for path in paths:
         match = _FILE_NAME.match(path.name)
         if not match:
             raise MigrationError(f"migration file name {path.name!r} is not NNNN_name.sql")
-        migrations.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+        migrations.append(
+            Migration(int(match.group(1)), match.group(2), path.read_text(encoding="utf-8"))
+        )
     for expected, migration in enumerate(migrations, start=1):
         if migration.version != expected:
             raise MigrationError(f"migration {expected:04d} is missing")

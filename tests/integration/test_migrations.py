@@ -6,13 +6,15 @@ import asyncio
 import re
 import secrets
 import subprocess
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+import service.db.migrations as migrations_module
 from service.db.embedded import bundled_binary
 from service.db.migrations import Migration, MigrationError, apply_migrations, load_migrations
-from service.db.queries import SQL_DIR
+from service.db.sql_files import SqlFilesError, sql_dir
 from tests.conftest import dsn_with_database
 
 
@@ -47,7 +49,7 @@ async def empty_database(pg_server_dsn: str):
 async def test_migrations_give_the_schema_file(database_url: str, empty_database: str) -> None:
     conn = await asyncpg.connect(empty_database)
     try:
-        await conn.execute((SQL_DIR / "schema.sql").read_text())
+        await conn.execute((sql_dir() / "schema.sql").read_text(encoding="utf-8"))
     finally:
         await conn.close()
     migrated = schema_dump(database_url)
@@ -90,5 +92,19 @@ async def test_a_database_newer_than_the_code_stops_the_start(database_url: str)
     try:
         with pytest.raises(MigrationError, match="newer than this release"):
             await apply_migrations(conn, load_migrations()[:-1])
+    finally:
+        await conn.close()
+
+
+async def test_no_migration_files_stop_the_start_and_change_nothing(
+    empty_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "migrations").mkdir()
+    monkeypatch.setattr(migrations_module, "sql_dir", lambda: tmp_path)
+    conn = await asyncpg.connect(empty_database)
+    try:
+        with pytest.raises(SqlFilesError, match=f"no migration files .* in {tmp_path}"):
+            await apply_migrations(conn)
+        assert await conn.fetchval("SELECT to_regclass('schema_migrations')") is None
     finally:
         await conn.close()
