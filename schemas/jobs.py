@@ -21,7 +21,7 @@ PROVIDERS: tuple[Provider, ...] = ("krea", "fal", "scenario")
 
 class JobStatus(StrEnum):
     """The one status vocabulary for all providers. The transition rules live in the database
-    (sql/migrations/0001_event_store.sql, job_transition_allowed), not here."""
+    (sql/migrations/0001_baseline.sql, job_transition_allowed), not here."""
 
     ACCEPTED = "accepted"
     SUBMITTED = "submitted"

@@ -184,7 +184,8 @@ BEGIN
 END
 $$;
 
--- As in 0001, plus: provider_state is merged, the schedule is set (p_next_action_at; NULL keeps
+-- Applies one observation: the status moves only forward (job_transition_allowed), provider_state
+-- is merged, the schedule is set (p_next_action_at; NULL keeps
 -- it; terminal clears it), and the caller's lease is released when p_lease_owner holds it.
 -- A provider job id is bound even by an observation that does not move the status (a submit
 -- answer that arrives after an early callback already finished the job).
@@ -582,7 +583,7 @@ BEGIN
 END
 $$;
 
--- Submissions whose outcome is unknown, settled by asking the provider (0009).
+-- Submissions whose outcome is unknown, settled by asking the provider.
 -- Records that the submission's outcome is unknown (once per submission), when to look next,
 -- and releases the caller's lease.
 CREATE FUNCTION record_submission_unknown(

@@ -1,0 +1,645 @@
+-- 0001: the baseline schema of the first release (the eight development migrations squashed;
+-- no release had shipped). Later changes are new numbered files; sql/schema.sql mirrors them all
+-- (tests/integration/test_migrations.py checks the two agree). schema_migrations itself is
+-- created by service.db.migrations.
+
+CREATE FUNCTION job_status_rank(status text) RETURNS smallint
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT CASE status
+        WHEN 'accepted'  THEN 0
+        WHEN 'submitted' THEN 1
+        WHEN 'queued'    THEN 2
+        WHEN 'running'   THEN 3
+        WHEN 'succeeded' THEN 4
+        WHEN 'failed'    THEN 4
+        WHEN 'canceled'  THEN 4
+    END::smallint
+$$;
+
+CREATE FUNCTION job_status_is_terminal(status text) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT status IN ('succeeded', 'failed', 'canceled')
+$$;
+
+-- A job only moves forward (steps may be skipped); terminal statuses are final.
+CREATE FUNCTION job_transition_allowed(from_status text, to_status text) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT NOT job_status_is_terminal(from_status)
+       AND job_status_rank(to_status) > job_status_rank(from_status)
+$$;
+
+CREATE TABLE jobs (
+    id                  text        PRIMARY KEY,
+    provider            text        NOT NULL,
+    model               text        NOT NULL,
+    status              text        NOT NULL CHECK (job_status_rank(status) IS NOT NULL),
+    provider_job_id     text,
+    input               jsonb       NOT NULL,
+    metadata            jsonb,
+    webhook_url         text,
+    outputs             jsonb,
+    error               jsonb,
+    idempotency_key     text,
+    request_hash        text        NOT NULL,
+    last_seq            integer     NOT NULL DEFAULT 0,
+    cancel_requested_at timestamptz,
+    created_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    completed_at        timestamptz,
+    provider_state      jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    callback_token_hash text,
+    next_action_at      timestamptz,
+    lease_owner         text,
+    checks              integer     NOT NULL DEFAULT 0,
+    submit_attempts     integer     NOT NULL DEFAULT 0,
+    submit_started_at   timestamptz,
+    submitted_at        timestamptz,
+    cancel_sent_at      timestamptz,
+    deadline_at         timestamptz NOT NULL,
+    webhook_stopped_at  timestamptz,  -- the client's webhook endpoint answered 410
+    last_due_at         timestamptz,  -- when the job was due at its last claim
+    submit_unknown_at   timestamptz,  -- when the submission's outcome was recorded as unknown
+    CHECK (provider IN ('krea', 'fal', 'scenario'))
+);
+
+CREATE UNIQUE INDEX jobs_idempotency_key_key ON jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_provider_job_id_idx ON jobs (provider, provider_job_id)
+    WHERE provider_job_id IS NOT NULL;
+CREATE INDEX jobs_provider_id_idx ON jobs (provider, id);
+CREATE INDEX jobs_status_id_idx ON jobs (status, id);
+-- Only unclaimed work is due: claiming pushes next_action_at ahead by the lease.
+CREATE INDEX jobs_next_action_at_idx ON jobs (next_action_at) WHERE next_action_at IS NOT NULL;
+CREATE INDEX jobs_completed_idx ON jobs (provider, model, completed_at) WHERE status = 'succeeded';
+
+CREATE TABLE job_events (
+    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id      text        NOT NULL REFERENCES jobs (id),
+    seq         integer     NOT NULL,
+    type        text        NOT NULL,
+    from_status text,
+    to_status   text,
+    source      text        NOT NULL CHECK (source IN ('api', 'webhook', 'poll', 'system')),
+    data        jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    UNIQUE (job_id, seq),
+    CHECK (to_status IS NULL OR job_status_rank(to_status) IS NOT NULL),
+    CHECK (from_status IS NULL OR to_status IS NOT NULL)
+);
+
+-- The history is append-only: the database itself refuses UPDATE, DELETE and TRUNCATE.
+CREATE FUNCTION job_events_refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'job_events is append-only: % refused', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+CREATE TRIGGER job_events_append_only
+    BEFORE UPDATE OR DELETE ON job_events
+    FOR EACH ROW EXECUTE FUNCTION job_events_refuse_change();
+CREATE TRIGGER job_events_no_truncate
+    BEFORE TRUNCATE ON job_events
+    FOR EACH STATEMENT EXECUTE FUNCTION job_events_refuse_change();
+
+-- The state machine is enforced by the database as well: no write can move a job backwards,
+-- and a job (the permanent record) is never deleted.
+CREATE FUNCTION jobs_guard() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'jobs are permanent: DELETE refused' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status
+       AND NOT job_transition_allowed(OLD.status, NEW.status) THEN
+        RAISE EXCEPTION 'job %: transition % -> % refused', OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER jobs_guard
+    BEFORE UPDATE OR DELETE ON jobs
+    FOR EACH ROW EXECUTE FUNCTION jobs_guard();
+
+-- Appends one event to a job whose row the caller has locked and whose last_seq it has already
+-- advanced to p_seq.
+--
+-- Event ids must grow in commit order (they are the stream's Last-Event-ID, and a reader
+-- resuming "after id N" must never miss a later-committed smaller id). An identity column alone
+-- does not give that, so every appender takes one transaction-scoped advisory lock before it
+-- draws its id and holds it to commit: ids are drawn in the order transactions commit.
+-- Lock order is always job row(s) first, then this lock.
+CREATE FUNCTION append_job_event(
+    p_job_id text, p_seq integer, p_type text, p_from text, p_to text, p_source text, p_data jsonb
+) RETURNS job_events
+LANGUAGE plpgsql AS $$
+DECLARE
+    ev job_events;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7428061943);  -- the event-order lock (see above)
+    INSERT INTO job_events (job_id, seq, type, from_status, to_status, source, data)
+    VALUES (p_job_id, p_seq, p_type, p_from, p_to, p_source, coalesce(p_data, '{}'::jsonb))
+    RETURNING * INTO ev;
+    -- Listeners are only woken; the payload carries ids, never data.
+    PERFORM pg_notify('job_events', ev.id::text || ',' || ev.job_id);
+    RETURN ev;
+END
+$$;
+
+-- Creates a job with its first event (due at once, to be submitted), or returns the job that
+-- already holds the idempotency key. The unique index decides: insert first, never
+-- check-then-insert.
+CREATE FUNCTION create_job(
+    p_id text, p_provider text, p_model text, p_input jsonb, p_metadata jsonb,
+    p_webhook_url text, p_idempotency_key text, p_request_hash text, p_event_data jsonb,
+    p_timeout interval,
+    OUT created boolean, OUT job jobs
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_url,
+                      idempotency_key, request_hash, last_seq, next_action_at, deadline_at)
+    VALUES (p_id, p_provider, p_model, 'accepted', p_input, p_metadata, p_webhook_url,
+            p_idempotency_key, p_request_hash, 1, clock_timestamp(), clock_timestamp() + p_timeout)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING * INTO job;
+    IF FOUND THEN
+        created := true;
+        PERFORM append_job_event(p_id, 1, 'status_changed', NULL, 'accepted', 'api', p_event_data);
+        RETURN;
+    END IF;
+    -- The conflicting transaction has committed (ON CONFLICT waited for it); this statement
+    -- runs with a fresh snapshot and sees it.
+    created := false;
+    SELECT * INTO job FROM jobs WHERE idempotency_key = p_idempotency_key;
+END
+$$;
+
+-- Applies one observation: the status moves only forward (job_transition_allowed), provider_state
+-- is merged, the schedule is set (p_next_action_at; NULL keeps
+-- it; terminal clears it), and the caller's lease is released when p_lease_owner holds it.
+-- A provider job id is bound even by an observation that does not move the status (a submit
+-- answer that arrives after an early callback already finished the job).
+CREATE FUNCTION apply_observation(
+    p_job_id text, p_status text, p_source text, p_data jsonb,
+    p_provider_job_id text, p_outputs jsonb, p_error jsonb, p_record_ignored boolean,
+    p_provider_state jsonb, p_next_action_at timestamptz, p_lease_owner text,
+    OUT applied boolean, OUT event_id bigint, OUT job jobs
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_from text;
+    v_release boolean;
+    ev job_events;
+BEGIN
+    SELECT * INTO job FROM jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        applied := false;
+        RETURN;
+    END IF;
+    v_from := job.status;
+    v_release := p_lease_owner IS NOT NULL AND job.lease_owner = p_lease_owner;
+    applied := job_transition_allowed(v_from, p_status);
+    UPDATE jobs SET
+        status          = CASE WHEN applied THEN p_status ELSE jobs.status END,
+        last_seq        = last_seq + CASE WHEN applied OR p_record_ignored THEN 1 ELSE 0 END,
+        provider_job_id = coalesce(jobs.provider_job_id, p_provider_job_id),
+        provider_state  = jobs.provider_state || coalesce(p_provider_state, '{}'::jsonb),
+        submitted_at    = CASE WHEN p_provider_job_id IS NOT NULL
+                               THEN coalesce(jobs.submitted_at, clock_timestamp())
+                               ELSE jobs.submitted_at END,
+        outputs         = CASE WHEN applied THEN coalesce(p_outputs, jobs.outputs) ELSE jobs.outputs END,
+        error           = CASE WHEN applied THEN coalesce(p_error, jobs.error) ELSE jobs.error END,
+        updated_at      = CASE WHEN applied THEN clock_timestamp() ELSE jobs.updated_at END,
+        completed_at    = CASE WHEN applied AND job_status_is_terminal(p_status)
+                               THEN clock_timestamp() ELSE jobs.completed_at END,
+        next_action_at  = CASE
+                              WHEN job_status_is_terminal(CASE WHEN applied THEN p_status ELSE jobs.status END)
+                                  THEN NULL
+                              ELSE coalesce(p_next_action_at, jobs.next_action_at) END,
+        lease_owner     = CASE WHEN v_release THEN NULL ELSE jobs.lease_owner END
+    WHERE id = p_job_id
+    RETURNING * INTO job;
+    IF applied THEN
+        ev := append_job_event(p_job_id, job.last_seq, 'status_changed', v_from, p_status,
+                               p_source, p_data);
+        event_id := ev.id;
+    ELSIF p_record_ignored THEN
+        ev := append_job_event(
+            p_job_id, job.last_seq, 'observation_ignored', NULL, NULL, p_source,
+            coalesce(p_data, '{}'::jsonb) || jsonb_build_object(
+                'observed_status', p_status,
+                'reason', CASE WHEN p_status = v_from THEN 'duplicate' ELSE 'stale' END));
+        event_id := ev.id;
+    END IF;
+END
+$$;
+
+-- Appends an event that records a fact without changing the status (a submission attempt, a
+-- cancel sent, a retry scheduled).
+CREATE FUNCTION record_job_event(
+    p_job_id text, p_type text, p_source text, p_data jsonb
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq integer;
+BEGIN
+    UPDATE jobs SET last_seq = last_seq + 1 WHERE id = p_job_id RETURNING last_seq INTO v_seq;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN (append_job_event(p_job_id, v_seq, p_type, NULL, NULL, p_source, p_data)).id;
+END
+$$;
+
+-- A job is canceled at once only while no submission to the provider has started; otherwise
+-- the cancel is sent to the provider by a worker, which is woken by making the job due now.
+CREATE FUNCTION request_cancel(p_job_id text, OUT outcome text, OUT job jobs)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT * INTO job FROM jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        outcome := 'not_found';
+        RETURN;
+    END IF;
+    IF job_status_is_terminal(job.status) THEN
+        outcome := 'finished';
+        RETURN;
+    END IF;
+    IF job.cancel_requested_at IS NOT NULL THEN
+        outcome := 'already_requested';
+        RETURN;
+    END IF;
+    UPDATE jobs SET cancel_requested_at = clock_timestamp(), last_seq = last_seq + 1,
+                    next_action_at = clock_timestamp()
+    WHERE id = p_job_id RETURNING * INTO job;
+    PERFORM append_job_event(p_job_id, job.last_seq, 'cancel_requested', NULL, NULL, 'api', '{}');
+    outcome := 'requested';
+    IF job.status = 'accepted' AND job.submit_started_at IS NULL THEN
+        UPDATE jobs SET status = 'canceled', last_seq = last_seq + 1, next_action_at = NULL,
+                        updated_at = clock_timestamp(), completed_at = clock_timestamp()
+        WHERE id = p_job_id RETURNING * INTO job;
+        PERFORM append_job_event(p_job_id, job.last_seq, 'status_changed', 'accepted', 'canceled',
+                                 'api', '{"reason": "canceled before submission"}');
+        outcome := 'canceled';
+    END IF;
+END
+$$;
+
+-- Claims up to p_limit due jobs for p_owner: their next action moves p_lease ahead, so no other
+-- instance takes them unless this one dies and the lease runs out. SKIP LOCKED lets instances
+-- claim side by side without waiting for each other.
+CREATE FUNCTION claim_due_jobs(p_owner text, p_limit integer, p_lease interval)
+RETURNS SETOF jobs
+LANGUAGE sql AS $$
+    UPDATE jobs
+    SET lease_owner = p_owner, last_due_at = jobs.next_action_at,
+        next_action_at = clock_timestamp() + p_lease, checks = checks + 1
+    WHERE id IN (
+        SELECT id FROM jobs
+        WHERE next_action_at <= clock_timestamp()
+        ORDER BY next_action_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED)
+    RETURNING *
+$$;
+
+-- Marks a submission as started before anything is sent, storing the hash of the callback
+-- token the request will carry. After this commit a crash leaves a job whose submission
+-- outcome is unknown, never one that is silently sent twice. outcome: 'go', 'canceled'
+-- (a cancel came first), or 'skip' (not this owner's, or no longer to be submitted).
+CREATE FUNCTION begin_submission(
+    p_job_id text, p_owner text, p_token_hash text, OUT outcome text, OUT job jobs
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT * INTO job FROM jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND OR job.status <> 'accepted' OR job.submit_started_at IS NOT NULL
+       OR job.lease_owner IS DISTINCT FROM p_owner THEN
+        outcome := 'skip';
+        RETURN;
+    END IF;
+    IF job.cancel_requested_at IS NOT NULL THEN
+        UPDATE jobs SET status = 'canceled', last_seq = last_seq + 1, next_action_at = NULL,
+                        lease_owner = NULL, updated_at = clock_timestamp(),
+                        completed_at = clock_timestamp()
+        WHERE id = p_job_id RETURNING * INTO job;
+        PERFORM append_job_event(p_job_id, job.last_seq, 'status_changed', 'accepted', 'canceled',
+                                 'system', '{"reason": "canceled before submission"}');
+        outcome := 'canceled';
+        RETURN;
+    END IF;
+    UPDATE jobs SET submit_started_at = clock_timestamp(), callback_token_hash = p_token_hash,
+                    submit_attempts = submit_attempts + 1, last_seq = last_seq + 1
+    WHERE id = p_job_id RETURNING * INTO job;
+    PERFORM append_job_event(p_job_id, job.last_seq, 'submission_started', NULL, NULL, 'system',
+                             jsonb_build_object('attempt', job.submit_attempts));
+    outcome := 'go';
+END
+$$;
+
+-- Gives the job back to the schedule: next action at p_next_action_at, lease released (when
+-- p_owner holds it), the started submission cleared when the request was certainly not sent,
+-- and an event recording why when p_event_type is given.
+CREATE FUNCTION reschedule_job(
+    p_job_id text, p_owner text, p_next_action_at timestamptz, p_clear_submission boolean,
+    p_event_type text, p_source text, p_data jsonb
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    job jobs;
+BEGIN
+    SELECT * INTO job FROM jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND OR job.lease_owner IS DISTINCT FROM p_owner OR job_status_is_terminal(job.status) THEN
+        RETURN false;
+    END IF;
+    UPDATE jobs SET
+        next_action_at    = p_next_action_at,
+        lease_owner       = NULL,
+        submit_started_at = CASE WHEN p_clear_submission THEN NULL ELSE submit_started_at END,
+        last_seq          = last_seq + CASE WHEN p_event_type IS NULL THEN 0 ELSE 1 END
+    WHERE id = p_job_id RETURNING * INTO job;
+    IF p_event_type IS NOT NULL THEN
+        PERFORM append_job_event(p_job_id, job.last_seq, p_event_type, NULL, NULL, p_source, p_data);
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- Records the provider's answer to a cancel, and when to look at the job next.
+CREATE FUNCTION record_cancel_sent(
+    p_job_id text, p_owner text, p_provider_state jsonb, p_next_action_at timestamptz, p_data jsonb
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    job jobs;
+BEGIN
+    SELECT * INTO job FROM jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND OR job_status_is_terminal(job.status) THEN
+        RETURN false;
+    END IF;
+    UPDATE jobs SET
+        cancel_sent_at = clock_timestamp(),
+        provider_state = provider_state || p_provider_state,
+        next_action_at = p_next_action_at,
+        lease_owner    = CASE WHEN lease_owner = p_owner THEN NULL ELSE lease_owner END,
+        last_seq       = last_seq + 1
+    WHERE id = p_job_id RETURNING * INTO job;
+    PERFORM append_job_event(p_job_id, job.last_seq, 'cancel_sent', NULL, NULL, 'system', p_data);
+    RETURN true;
+END
+$$;
+
+-- Observed completion times (submission to success) of one provider's model over the last day:
+-- the base of how long to wait for its webhook before checking by poll.
+CREATE FUNCTION completion_seconds_p95(p_provider text, p_model text, OUT samples bigint, OUT p95 double precision)
+LANGUAGE sql STABLE AS $$
+    SELECT count(*), percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - submitted_at))
+    FROM (
+        SELECT completed_at, submitted_at FROM jobs
+        WHERE provider = p_provider AND model = p_model AND status = 'succeeded'
+          AND submitted_at IS NOT NULL AND completed_at > now() - interval '1 day'
+        ORDER BY completed_at DESC
+        LIMIT 1000
+    ) recent
+$$;
+
+-- Client webhooks: an outbox written by a trigger in the transaction of each status_changed
+-- event, claimed by lease like jobs; every attempt recorded.
+CREATE TABLE webhook_deliveries (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id          text        NOT NULL REFERENCES jobs (id),
+    event_id        bigint      NOT NULL UNIQUE REFERENCES job_events (id),
+    url             text        NOT NULL,
+    job_snapshot    jsonb       NOT NULL,
+    event_type      text        NOT NULL,
+    event_at        timestamptz NOT NULL,
+    state           text        NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'delivered', 'failed', 'stopped')),
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,
+    lease_owner     text,
+    last_error      text,
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at     timestamptz
+);
+
+CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (next_attempt_at)
+    WHERE next_attempt_at IS NOT NULL;
+CREATE INDEX webhook_deliveries_job_idx ON webhook_deliveries (job_id, id);
+
+CREATE TABLE webhook_attempts (
+    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    delivery_id bigint      NOT NULL REFERENCES webhook_deliveries (id),
+    attempt     integer     NOT NULL,
+    started_at  timestamptz NOT NULL,
+    duration_ms double precision NOT NULL,
+    status_code integer,
+    error       text,
+    UNIQUE (delivery_id, attempt)
+);
+
+CREATE FUNCTION enqueue_client_webhook() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO webhook_deliveries (job_id, event_id, url, job_snapshot, event_type, event_at,
+                                    next_attempt_at)
+    SELECT j.id, NEW.id, j.webhook_url, to_jsonb(j), 'job.' || NEW.to_status, NEW.created_at,
+           NEW.created_at
+    FROM jobs j
+    WHERE j.id = NEW.job_id AND j.webhook_url IS NOT NULL AND j.webhook_stopped_at IS NULL;
+    IF FOUND THEN
+        PERFORM pg_notify('webhook_deliveries', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER job_events_enqueue_client_webhook
+    AFTER INSERT ON job_events
+    FOR EACH ROW WHEN (NEW.type = 'status_changed')
+    EXECUTE FUNCTION enqueue_client_webhook();
+
+-- Claims up to p_limit due deliveries for p_owner, pushing their next attempt p_lease ahead.
+CREATE FUNCTION claim_webhook_deliveries(p_owner text, p_limit integer, p_lease interval)
+RETURNS SETOF webhook_deliveries
+LANGUAGE sql AS $$
+    UPDATE webhook_deliveries
+    SET lease_owner = p_owner, next_attempt_at = clock_timestamp() + p_lease
+    WHERE id IN (
+        SELECT id FROM webhook_deliveries
+        WHERE next_attempt_at <= clock_timestamp()
+        ORDER BY next_attempt_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED)
+    RETURNING *
+$$;
+
+-- Records one attempt and what follows it: p_outcome 'delivered', 'retry' (at p_next_at),
+-- 'failed' (no retry left, or a target that is refused), or 'stopped' (410: this delivery and
+-- every pending one of the job stop, and the job announces nothing more).
+CREATE FUNCTION record_webhook_attempt(
+    p_delivery_id bigint, p_owner text, p_started_at timestamptz, p_duration_ms double precision,
+    p_status_code integer, p_error text, p_outcome text, p_next_at timestamptz
+) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    d webhook_deliveries;
+BEGIN
+    UPDATE webhook_deliveries SET
+        attempts        = attempts + 1,
+        state           = CASE p_outcome WHEN 'retry' THEN 'pending' ELSE p_outcome END,
+        next_attempt_at = CASE WHEN p_outcome = 'retry' THEN p_next_at END,
+        lease_owner     = NULL,
+        last_error      = p_error,
+        finished_at     = CASE WHEN p_outcome = 'retry' THEN NULL ELSE clock_timestamp() END
+    WHERE id = p_delivery_id
+    RETURNING * INTO d;
+    INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
+    VALUES (p_delivery_id, d.attempts, p_started_at, p_duration_ms, p_status_code, p_error);
+    IF p_outcome = 'stopped' THEN
+        UPDATE jobs SET webhook_stopped_at = clock_timestamp() WHERE id = d.job_id;
+        UPDATE webhook_deliveries SET state = 'stopped', next_attempt_at = NULL,
+                                      finished_at = clock_timestamp(),
+                                      last_error = 'stopped: the endpoint answered 410'
+        WHERE job_id = d.job_id AND state = 'pending';
+    END IF;
+END
+$$;
+
+-- Batched intake: many observations in one statement and one commit; rows locked in id order
+-- first so concurrent batches cannot deadlock.
+CREATE FUNCTION apply_observations(
+    p_job_ids text[], p_statuses text[], p_sources text[], p_data jsonb[],
+    p_provider_job_ids text[], p_outputs jsonb[], p_errors jsonb[], p_record_ignored boolean[],
+    p_provider_states jsonb[], p_next_action_ats timestamptz[], p_lease_owners text[]
+) RETURNS TABLE (ord integer, applied boolean, event_id bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i integer;
+    r record;
+BEGIN
+    PERFORM 1 FROM jobs WHERE id = ANY (p_job_ids) ORDER BY id FOR UPDATE;
+    FOR i IN 1 .. coalesce(array_length(p_job_ids, 1), 0) LOOP
+        SELECT o.applied, o.event_id INTO r
+        FROM apply_observation(p_job_ids[i], p_statuses[i], p_sources[i], p_data[i],
+                               p_provider_job_ids[i], p_outputs[i], p_errors[i],
+                               p_record_ignored[i], p_provider_states[i], p_next_action_ats[i],
+                               p_lease_owners[i]) o;
+        ord := i;
+        applied := coalesce(r.applied, false);
+        event_id := r.event_id;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- Batched job creation: one statement and one commit per batch; the event-order lock first.
+CREATE FUNCTION create_jobs(
+    p_ids text[], p_providers text[], p_models text[], p_inputs jsonb[], p_metadata jsonb[],
+    p_webhook_urls text[], p_idempotency_keys text[], p_request_hashes text[], p_timeouts_s float8[]
+) RETURNS TABLE (ord integer, created boolean, job jobs)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i integer;
+    r record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7428061943);  -- the event-order lock (see append_job_event)
+    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        SELECT c.created, c.job INTO r
+        FROM create_job(p_ids[i], p_providers[i], p_models[i], p_inputs[i], p_metadata[i],
+                        p_webhook_urls[i], p_idempotency_keys[i], p_request_hashes[i], '{}'::jsonb,
+                        make_interval(secs => p_timeouts_s[i])) c;
+        ord := i;
+        created := r.created;
+        job := r.job;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- The submissions of a claimed batch begun in one statement.
+CREATE FUNCTION begin_submissions(p_job_ids text[], p_owner text, p_token_hashes text[])
+RETURNS TABLE (ord integer, outcome text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i integer;
+BEGIN
+    PERFORM 1 FROM jobs WHERE id = ANY (p_job_ids) ORDER BY id FOR UPDATE;
+    FOR i IN 1 .. coalesce(array_length(p_job_ids, 1), 0) LOOP
+        ord := i;
+        SELECT b.outcome INTO outcome FROM begin_submission(p_job_ids[i], p_owner, p_token_hashes[i]) b;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- Submissions whose outcome is unknown, settled by asking the provider.
+-- Records that the submission's outcome is unknown (once per submission), when to look next,
+-- and releases the caller's lease.
+CREATE FUNCTION record_submission_unknown(
+    p_job_id text, p_owner text, p_next_action_at timestamptz, p_data jsonb
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    job jobs;
+BEGIN
+    SELECT * INTO job FROM jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND OR job.lease_owner IS DISTINCT FROM p_owner OR job.status <> 'accepted'
+       OR job.submit_started_at IS NULL OR job.submit_unknown_at IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    UPDATE jobs SET submit_unknown_at = clock_timestamp(), next_action_at = p_next_action_at,
+                    lease_owner = NULL, last_seq = last_seq + 1
+    WHERE id = p_job_id RETURNING * INTO job;
+    PERFORM append_job_event(p_job_id, job.last_seq, 'submission_outcome_unknown', NULL, NULL,
+                             'system', p_data);
+    RETURN true;
+END
+$$;
+
+-- The provider holds no job from this submission: it never left, so it is due to be sent now.
+CREATE FUNCTION resend_unsent_submission(p_job_id text, p_owner text, p_data jsonb)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    job jobs;
+BEGIN
+    SELECT * INTO job FROM jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND OR job.lease_owner IS DISTINCT FROM p_owner OR job.status <> 'accepted'
+       OR job.submit_started_at IS NULL THEN
+        RETURN false;
+    END IF;
+    UPDATE jobs SET submit_started_at = NULL, submit_unknown_at = NULL,
+                    next_action_at = clock_timestamp(), lease_owner = NULL,
+                    last_seq = last_seq + 1
+    WHERE id = p_job_id RETURNING * INTO job;
+    PERFORM append_job_event(p_job_id, job.last_seq, 'submission_lookup', NULL, NULL, 'system',
+                             p_data);
+    RETURN true;
+END
+$$;
+
+-- The provider holds the job this submission created (found in its job list): bound to this job
+-- as its submission, unless another of our jobs already holds that provider job. The advisory
+-- lock on the provider job makes two binders of one provider job take turns.
+CREATE FUNCTION bind_listed_submission(
+    p_job_id text, p_provider text, p_provider_job_id text, p_owner text,
+    p_next_action_at timestamptz, p_data jsonb
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_provider || ':' || p_provider_job_id, 0));
+    IF EXISTS (SELECT 1 FROM jobs WHERE provider = p_provider
+                                    AND provider_job_id = p_provider_job_id) THEN
+        RETURN false;
+    END IF;
+    RETURN coalesce((SELECT o.applied
+                     FROM apply_observation(p_job_id, 'submitted', 'system', p_data,
+                                            p_provider_job_id, NULL, NULL, true, NULL,
+                                            p_next_action_at, p_owner) o), false);
+END
+$$;
