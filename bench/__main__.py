@@ -204,7 +204,7 @@ class Bench:
         naive_port = free_port()
         self.naive_url = f"http://127.0.0.1:{naive_port}"
         naive = Child("service-naive", [sys.executable, "-m", "service", "serve"],
-                      service_env(naive_port, INTAKE_BATCHING="false", RUN_WORKERS="false"), self.logs)  # fmt: skip
+                      service_env(naive_port, INTAKE_MAX_BATCH="1", RUN_WORKERS="false"), self.logs)  # fmt: skip
         self.children.append(naive)
         await naive.ready(f"{self.naive_url}/readyz")
         trivial_port = free_port()

@@ -55,7 +55,6 @@ class Settings(BaseModel):
     provider_concurrency: int = Field(default=32, ge=1)
     stream_heartbeat_s: float = Field(default=15, gt=0)
     run_workers: bool = True  # false: this instance serves HTTP only (API, callbacks, streams)
-    intake_batching: bool = True
     intake_max_batch: int = Field(default=256, ge=1)
 
     log_level: str = "info"
@@ -122,7 +121,6 @@ class Settings(BaseModel):
             "provider_concurrency": get("PROVIDER_CONCURRENCY"),
             "stream_heartbeat_s": get("STREAM_HEARTBEAT_S"),
             "run_workers": get("RUN_WORKERS"),
-            "intake_batching": get("INTAKE_BATCHING"),
             "intake_max_batch": get("INTAKE_MAX_BATCH"),
             "log_level": get("LOG_LEVEL"),
             "log_format": get("LOG_FORMAT"),

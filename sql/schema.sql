@@ -283,6 +283,7 @@ BEGIN
                     next_action_at = clock_timestamp()
     WHERE id = p_job_id RETURNING * INTO job;
     PERFORM append_job_event(p_job_id, job.last_seq, 'cancel_requested', NULL, NULL, 'api', '{}');
+    PERFORM pg_notify('jobs_due', '');
     outcome := 'requested';
     IF job.status = 'accepted' AND job.submit_started_at IS NULL THEN
         UPDATE jobs SET status = 'canceled', last_seq = last_seq + 1, next_action_at = NULL,
@@ -453,8 +454,15 @@ LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO webhook_deliveries (job_id, event_id, url, job_snapshot, event_type, event_at,
                                     next_attempt_at)
-    SELECT j.id, NEW.id, j.webhook_url, to_jsonb(j), 'job.' || NEW.to_status, NEW.created_at,
-           NEW.created_at
+    SELECT j.id, NEW.id, j.webhook_url,
+           -- The job's public columns only (those the API's job object is built from).
+           jsonb_build_object(
+               'id', j.id, 'provider', j.provider, 'model', j.model, 'status', j.status,
+               'provider_job_id', j.provider_job_id, 'input', j.input, 'metadata', j.metadata,
+               'webhook_url', j.webhook_url, 'outputs', j.outputs, 'error', j.error,
+               'cancel_requested_at', j.cancel_requested_at, 'created_at', j.created_at,
+               'updated_at', j.updated_at, 'completed_at', j.completed_at),
+           'job.' || NEW.to_status, NEW.created_at, NEW.created_at
     FROM jobs j
     WHERE j.id = NEW.job_id AND j.webhook_url IS NOT NULL AND j.webhook_stopped_at IS NULL;
     IF FOUND THEN
@@ -564,6 +572,7 @@ BEGIN
         job := r.job;
         RETURN NEXT;
     END LOOP;
+    PERFORM pg_notify('jobs_due', '');  -- wakes the runners of every instance
 END
 $$;
 
@@ -625,6 +634,7 @@ BEGIN
     WHERE id = p_job_id RETURNING * INTO job;
     PERFORM append_job_event(p_job_id, job.last_seq, 'submission_lookup', NULL, NULL, 'system',
                              p_data);
+    PERFORM pg_notify('jobs_due', '');
     RETURN true;
 END
 $$;

@@ -26,6 +26,7 @@ from service.db.embedded import EmbeddedPostgres
 from service.db.migrations import apply_migrations
 from service.logs import configure_logging
 from service.store import JobStore
+from service.store.postgres import PostgresJobStore
 from service.web.app import create_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ async def database(database_url: str) -> AsyncIterator[Database]:
 
 @pytest.fixture
 def store(database: Database) -> JobStore:
-    return JobStore(database)
+    return PostgresJobStore(database)
 
 
 # Every provider enabled, pointing at a port where nothing listens: API tests never reach them

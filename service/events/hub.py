@@ -20,14 +20,18 @@ from typing import Any
 import asyncpg
 
 from schemas.events import Event
-from service.db.database import Database, connect, is_unavailable_error
+from service.db.database import connect, is_unavailable_error
 from service.errors import DatabaseUnavailable
+from service.events.log import pages_after
 from service.logs import get_logger
-from service.store import event_from_row
+from service.store import JobStore
 
 EVENTS_CHANNEL = "job_events"
+#: NOTIFY of the workers: a job became due (created, cancel requested, to be sent again), a
+#: client webhook delivery was enqueued. Any instance's change wakes every worker instance.
+JOBS_DUE_CHANNEL = "jobs_due"
+WEBHOOKS_DUE_CHANNEL = "webhook_deliveries"
 LISTENER_NAME = "imagejobs-listener"  # application_name of the LISTEN connection
-PAGE = 1000
 
 
 class Subscription:
@@ -58,13 +62,13 @@ class EventHub:
     def __init__(
         self,
         *,
-        database: Database,
+        store: JobStore,
         dsn: str,
         safety_poll_s: float = 1.0,
         max_queued: int = 10_000,
         channels: dict[str, Callable[[], None]] | None = None,
     ) -> None:
-        self.database = database
+        self.store = store
         self.dsn = dsn
         self.safety_poll_s = safety_poll_s
         self.max_queued = max_queued
@@ -111,7 +115,7 @@ class EventHub:
 
     async def start(self) -> None:
         with contextlib.suppress(DatabaseUnavailable):
-            self._last_read = await self.database.fetchval("last_event_id")
+            self._last_read = await self.store.last_event_id()
         self._tasks = [
             asyncio.create_task(self._listen_forever(), name="event-hub-listen"),
             asyncio.create_task(self._read_forever(), name="event-hub-read"),
@@ -193,14 +197,10 @@ class EventHub:
             self._last_read = max(self._last_read, self._notified_max)
             return
         self._interesting = False
-        while True:
-            rows = await self.database.fetch("events_after", self._last_read, PAGE)
-            for row in rows:
-                self._dispatch(event_from_row(row))
-            if rows:
-                self._last_read = rows[-1]["id"]
-            if len(rows) < PAGE:
-                return
+        async for events in pages_after(self.store, self._last_read):
+            for event in events:
+                self._dispatch(event)
+            self._last_read = events[-1].id
 
     def _dispatch(self, event: Event) -> None:
         for subscription in self._all:

@@ -100,7 +100,7 @@ class Observation:
     place in the contract's vocabulary (it is still recorded)."""
 
     status: JobStatus | None
-    provider_status: str
+    provider_status: str | None = None  # None: news of the service itself (a failed submission)
     provider_job_id: str | None = None
     outputs: list[JobOutput] | None = None
     error: JobError | None = None

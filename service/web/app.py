@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -13,10 +13,12 @@ from service.config import Settings
 from service.db.database import Database, connect
 from service.db.migrations import apply_migrations
 from service.errors import DatabaseUnavailable
-from service.events.hub import EventHub
+from service.events.hub import JOBS_DUE_CHANNEL, WEBHOOKS_DUE_CHANNEL, EventHub
 from service.logs import get_logger
 from service.providers.registry import Providers, build_providers
 from service.store import JobStore
+from service.store.outbox import WebhookOutbox
+from service.store.postgres import PostgresJobStore
 from service.web.bodies import CALLBACK_BODY_LIMIT
 from service.web.callbacks_api import CallbacksApi
 from service.web.jobs_api import JobsApi
@@ -87,9 +89,7 @@ def create_app(
         # Bodies are read through service.web.bodies with per-route limits; this is the ceiling.
         client_max_size=CALLBACK_BODY_LIMIT,
     )
-    store = JobStore(
-        database, batching=settings.intake_batching, max_batch=settings.intake_max_batch
-    )
+    store = PostgresJobStore(database, max_batch=settings.intake_max_batch)
     runner = JobRunner(
         store=store,
         adapters=providers.adapters,
@@ -100,9 +100,10 @@ def create_app(
     app[DATABASE_KEY] = database
     app[STORE_KEY] = store
     app[RUNNER_KEY] = runner
+    outbox = WebhookOutbox(database)
     deliverer = (
         WebhookDeliverer(
-            database=database,
+            outbox=outbox,
             secret=settings.client_webhook_secret.get_secret_value(),
             retry_schedule=settings.client_webhook_retry_schedule,
             allow_private=settings.client_webhook_allow_private,
@@ -110,11 +111,14 @@ def create_app(
         if settings.client_webhook_secret is not None
         else None
     )
-    hub = EventHub(
-        database=database,
-        dsn=database.dsn,
-        channels={"webhook_deliveries": deliverer.wake} if deliverer and run_workers else {},
-    )
+    # One LISTEN connection per instance: the log's NOTIFY feeds the streams, and the work
+    # channels wake this instance's workers whichever instance made the work due.
+    channels: dict[str, Callable[[], None]] = {}
+    if run_workers:
+        channels[JOBS_DUE_CHANNEL] = runner.wake
+        if deliverer is not None:
+            channels[WEBHOOKS_DUE_CHANNEL] = deliverer.wake
+    hub = EventHub(store=store, dsn=database.dsn, channels=channels)
     app[HUB_KEY] = hub
     app.add_routes(
         JobsApi(
@@ -122,14 +126,12 @@ def create_app(
             enabled_providers=frozenset(providers.adapters),
             job_timeout_s=settings.job_timeout_s,
             webhooks_enabled=deliverer is not None,
-            on_work=runner.wake,
+            outbox=outbox,
         ).routes()
     )
     app.add_routes(CallbacksApi(store, fal_verifier=providers.fal_verifier).routes())
     app.add_routes(
-        StreamApi(
-            hub=hub, store=store, database=database, heartbeat_s=settings.stream_heartbeat_s
-        ).routes()
+        StreamApi(hub=hub, store=store, heartbeat_s=settings.stream_heartbeat_s).routes()
     )
     app.add_routes(OpsApi(database).routes())
 

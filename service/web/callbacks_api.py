@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import structlog
@@ -100,18 +101,14 @@ class CallbacksApi:
         if observation.status is None:
             CALLBACKS.labels(provider=provider, outcome="ignored").inc()
             return json_response({"status": "ignored"})
+        received = {
+            "received_at": received_at.isoformat(),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }
         result = await self.store.apply_observation(
             job.id,
-            observation.status,
+            replace(observation, data={**observation.data, **received}),
             source="webhook",
-            data={
-                **observation.data,
-                "received_at": received_at.isoformat(),
-                "body_sha256": hashlib.sha256(body).hexdigest(),
-            },
-            provider_job_id=observation.provider_job_id,
-            outputs=observation.outputs,
-            error=observation.error,
             record_ignored=True,
         )
         outcome = "applied" if result.applied else "ignored"

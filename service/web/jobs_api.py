@@ -14,13 +14,14 @@ from aiohttp import web
 from schemas.events import EventList
 from schemas.jobs import IDEMPOTENCY_KEY_PATTERN, PROVIDERS, Job, JobCreate, JobList, JobStatus
 from schemas.model_inputs import MODELS, models_of
+from schemas.webhooks import WebhookDeliveryList
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.logs import get_logger
 from service.metrics import JOBS_CREATED
 from service.store import JobStore, request_hash
+from service.store.outbox import WebhookOutbox
 from service.web.bodies import read_json_object, validate_model
 from service.web.middleware import json_response
-from service.webhooks.delivery import describe_attempts
 
 JOB_ID_PATTERN = re.compile(r"^job_[0-9A-HJKMNP-TV-Z]{26}$")
 DEFAULT_PAGE_SIZE = 50
@@ -61,13 +62,13 @@ class JobsApi:
         enabled_providers: frozenset[str],
         job_timeout_s: Callable[[str], float],
         webhooks_enabled: bool = False,
-        on_work: Callable[[], None] = lambda: None,
+        outbox: WebhookOutbox | None = None,
     ) -> None:
         self.webhooks_enabled = webhooks_enabled
         self.store = store
         self.enabled_providers = enabled_providers
         self.job_timeout_s = job_timeout_s
-        self.on_work = on_work  # wakes this instance's runner: a job was created or canceled
+        self.outbox = outbox
         self._log = get_logger("service.jobs")
 
     def routes(self) -> list[web.RouteDef]:
@@ -102,7 +103,6 @@ class JobsApi:
         structlog.contextvars.bind_contextvars(job_id=job.id, provider=job.provider)
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if result.created:
-            self.on_work()
             JOBS_CREATED.labels(provider=job.provider).inc()
             self._log.info("job_created", model=job.model, idempotent=key is not None)
             return json_response(_job_body(job), status=202, headers=headers)
@@ -156,8 +156,8 @@ class JobsApi:
         job_id = self._job_id(request)
         if not await self.store.job_exists(job_id):
             raise NotFound(f"no job {job_id}")
-        rows = await self.store.db.fetch("list_webhook_deliveries", job_id)
-        return json_response({"deliveries": describe_attempts(rows)})
+        deliveries = await self.outbox.deliveries_of(job_id) if self.outbox else []
+        return json_response(WebhookDeliveryList(deliveries=deliveries).model_dump(mode="json"))
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         job_id = self._job_id(request)
@@ -170,8 +170,6 @@ class JobsApi:
                 f"job {job_id} is already {result.job.status.value}", code="job_finished"
             )
         self._log.info("job_cancel_requested", outcome=result.outcome)
-        if result.outcome == "requested":
-            self.on_work()
         return json_response(_job_body(result.job), status=202)
 
     def _check_provider_input(self, create: JobCreate) -> None:

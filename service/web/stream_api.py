@@ -17,13 +17,12 @@ import orjson
 from aiohttp import web
 
 from schemas.events import Event
-from service.db.database import Database
 from service.errors import NotFound, ValidationFailed
 from service.events.hub import EventHub, Subscription
-from service.store import JobStore, event_from_row
+from service.events.log import pages_after
+from service.store import JobStore
 from service.web.jobs_api import JOB_ID_PATTERN
 
-REPLAY_PAGE = 500
 MAX_EVENT_ID = 2**63 - 1
 
 
@@ -58,12 +57,9 @@ def _resume_point(request: web.Request) -> int | None:
 class StreamApi:
     """The server-sent event stream."""
 
-    def __init__(
-        self, *, hub: EventHub, store: JobStore, database: Database, heartbeat_s: float = 15.0
-    ) -> None:
+    def __init__(self, *, hub: EventHub, store: JobStore, heartbeat_s: float = 15.0) -> None:
         self.hub = hub
         self.store = store
-        self.database = database
         self.heartbeat_s = heartbeat_s
 
     def routes(self) -> list[web.RouteDef]:
@@ -79,7 +75,7 @@ class StreamApi:
         if after is None:
             # "Now" is fixed before subscribing; the replay below covers anything committed
             # between the two, so nothing after "now" can be missed.
-            after = 0 if job_id is not None else int(await self.database.fetchval("last_event_id"))
+            after = 0 if job_id is not None else await self.store.last_event_id()
         subscription = self.hub.subscribe(job_id)
         try:
             response = web.StreamResponse(
@@ -102,16 +98,10 @@ class StreamApi:
 
     async def _replay(self, response: web.StreamResponse, *, job_id: str | None, after: int) -> int:
         last = after
-        while True:
-            if job_id is None:
-                rows = await self.database.fetch("events_after", last, REPLAY_PAGE)
-            else:
-                rows = await self.database.fetch("job_events_after", job_id, last, REPLAY_PAGE)
-            if rows:
-                await response.write(b"".join(format_event(event_from_row(row)) for row in rows))
-                last = rows[-1]["id"]
-            if len(rows) < REPLAY_PAGE:
-                return last
+        async for events in pages_after(self.store, after, job_id=job_id):
+            await response.write(b"".join(format_event(event) for event in events))
+            last = events[-1].id
+        return last
 
     async def _follow(
         self, response: web.StreamResponse, subscription: Subscription, *, last_sent: int

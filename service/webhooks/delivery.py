@@ -22,22 +22,19 @@ import socket
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import asyncpg
 import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from standardwebhooks import Webhook
 
 from schemas.common import format_timestamp
-from service.db.database import Database
 from service.errors import DatabaseUnavailable
 from service.logs import get_logger
 from service.providers.http import parse_retry_after
-from service.store import job_from_row
+from service.store.outbox import Delivery, WebhookOutbox
 from service.workers.claim_loop import ClaimLoop
 
 ATTEMPT_TIMEOUT_S = 15.0
@@ -69,18 +66,13 @@ class PublicOnlyResolver(AbstractResolver):
         await self._inner.close()
 
 
-def webhook_body(delivery: asyncpg.Record) -> bytes:
-    """The signed body: the same bytes on every attempt (built from the stored snapshot)."""
-    snapshot = dict(delivery["job_snapshot"])
-    for column in ("created_at", "updated_at", "completed_at", "cancel_requested_at"):
-        if snapshot.get(column):
-            snapshot[column] = datetime.fromisoformat(snapshot[column])
-    job = job_from_row(snapshot)
+def webhook_body(delivery: Delivery) -> bytes:
+    """The signed body: the same bytes on every attempt (the job as it was at the event)."""
     return orjson.dumps(
         {
-            "type": delivery["event_type"],
-            "timestamp": format_timestamp(delivery["event_at"]),
-            "data": job.model_dump(mode="json"),
+            "type": delivery.event_type,
+            "timestamp": format_timestamp(delivery.event_at),
+            "data": delivery.job.model_dump(mode="json"),
         }
     )
 
@@ -101,13 +93,13 @@ def endpoint_of(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
-class WebhookDeliverer(ClaimLoop[asyncpg.Record]):
+class WebhookDeliverer(ClaimLoop[Delivery]):
     """Claims due deliveries and sends them."""
 
     def __init__(
         self,
         *,
-        database: Database,
+        outbox: WebhookOutbox,
         secret: str,
         retry_schedule: Sequence[float],
         allow_private: bool,
@@ -123,7 +115,7 @@ class WebhookDeliverer(ClaimLoop[asyncpg.Record]):
             idle_wait_s=idle_wait_s,
             log=get_logger("service.webhooks"),
         )
-        self.database = database
+        self.outbox = outbox
         self.signer = Webhook(secret)
         self.retry_schedule = tuple(retry_schedule)
         self.allow_private = allow_private
@@ -142,16 +134,15 @@ class WebhookDeliverer(ClaimLoop[asyncpg.Record]):
             )
         return self._session
 
-    async def claim(self) -> list[asyncpg.Record]:
-        return await self.database.fetch(
-            "claim_webhook_deliveries", self.owner, self.batch_size, self.lease_s
+    async def claim(self) -> list[Delivery]:
+        return await self.outbox.claim(
+            owner=self.owner, limit=self.batch_size, lease_seconds=self.lease_s
         )
 
     async def next_due(self) -> datetime | None:
-        value: datetime | None = await self.database.fetchval("next_webhook_due")
-        return value
+        return await self.outbox.next_due_at()
 
-    async def handle(self, delivery: asyncpg.Record) -> None:
+    async def handle(self, delivery: Delivery) -> None:
         await self._deliver_limited(delivery)
 
     async def close(self) -> None:
@@ -159,19 +150,19 @@ class WebhookDeliverer(ClaimLoop[asyncpg.Record]):
         if self._session is not None:
             await self._session.close()
 
-    async def _deliver_limited(self, delivery: asyncpg.Record) -> None:
+    async def _deliver_limited(self, delivery: Delivery) -> None:
         limit = self._limits.setdefault(
-            endpoint_of(delivery["url"]), asyncio.Semaphore(self.per_endpoint)
+            endpoint_of(delivery.url), asyncio.Semaphore(self.per_endpoint)
         )
         try:
             async with limit:
                 await self._deliver(delivery)
         except DatabaseUnavailable:
             self._log.warning(
-                "webhook_record_deferred_database_unavailable", delivery_id=delivery["id"]
+                "webhook_record_deferred_database_unavailable", delivery_id=delivery.id
             )
         except Exception:
-            self._log.exception("webhook_delivery_crashed", delivery_id=delivery["id"])
+            self._log.exception("webhook_delivery_crashed", delivery_id=delivery.id)
 
     def _refused_literal(self, url: str) -> bool:
         """aiohttp does not resolve IP literals, so those are checked here."""
@@ -183,9 +174,9 @@ class WebhookDeliverer(ClaimLoop[asyncpg.Record]):
         except ValueError:
             return False  # a name: checked by PublicOnlyResolver when connecting
 
-    async def _deliver(self, delivery: asyncpg.Record) -> None:
+    async def _deliver(self, delivery: Delivery) -> None:
         body = webhook_body(delivery)
-        msg_id = f"msg_{delivery['event_id']}"
+        msg_id = f"msg_{delivery.event_id}"
         sent_at = datetime.now(UTC)
         headers = {
             "Content-Type": "application/json",
@@ -195,9 +186,9 @@ class WebhookDeliverer(ClaimLoop[asyncpg.Record]):
             "User-Agent": "imagejobs-webhooks/1",
         }
         started = time.perf_counter()
-        status, retry_after, error, refused = await self._send(delivery["url"], body, headers)
+        status, retry_after, error, refused = await self._send(delivery.url, body, headers)
         duration_ms = (time.perf_counter() - started) * 1000
-        attempts_done = delivery["attempts"] + 1
+        attempts_done = delivery.attempts + 1
         next_at = None
         if status is not None and 200 <= status < 300:
             outcome = "delivered"
@@ -212,19 +203,12 @@ class WebhookDeliverer(ClaimLoop[asyncpg.Record]):
                 next_at = datetime.now(UTC) + timedelta(seconds=delay)
             if error is None:
                 error = f"http {status}"
-        await self.database.fetchval(
-            "record_webhook_attempt",
-            delivery["id"],
-            self.owner,
-            sent_at,
-            duration_ms,
-            status,
-            error,
-            outcome,
-            next_at,
-        )
+        await self.outbox.record_attempt(
+            delivery.id, owner=self.owner, sent_at=sent_at, duration_ms=duration_ms,
+            status=status, error=error, outcome=outcome, next_at=next_at,
+        )  # fmt: skip
         self._log.info(
-            "webhook_attempted", job_id=delivery["job_id"], webhook_id=msg_id, status=status,
+            "webhook_attempted", job_id=delivery.job_id, webhook_id=msg_id, status=status,
             outcome=outcome, attempt=attempts_done,
         )  # fmt: skip
         if next_at is not None:
@@ -264,29 +248,3 @@ class WebhookDeliverer(ClaimLoop[asyncpg.Record]):
                 ],
                 False,
             )
-
-
-def describe_attempts(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
-    """The deliveries of a job with their attempts, as the API returns them."""
-    out = []
-    for row in rows:
-        out.append(
-            {
-                "webhook_id": f"msg_{row['event_id']}",
-                "event_id": row["event_id"],
-                "type": row["event_type"],
-                "url": row["url"],
-                "state": row["state"],
-                "attempts": [
-                    {**a, "started_at": format_timestamp(datetime.fromisoformat(a["started_at"]))}
-                    for a in row["attempt_log"]
-                ],
-                "next_attempt_at": format_timestamp(row["next_attempt_at"])
-                if row["next_attempt_at"] and row["state"] == "pending"
-                else None,
-                "last_error": row["last_error"],
-                "created_at": format_timestamp(row["created_at"]),
-                "finished_at": format_timestamp(row["finished_at"]) if row["finished_at"] else None,
-            }
-        )
-    return out

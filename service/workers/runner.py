@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +34,7 @@ from service.logs import get_logger
 from service.metrics import DUE_LAG, OBSERVATIONS, PROVIDER_REQUESTS, WEBHOOK_MISSES
 from service.providers.base import (
     JobRecord,
+    Observation,
     OutcomeUnknown,
     ProviderAdapter,
     ProviderError,
@@ -42,7 +44,7 @@ from service.providers.base import (
     ProviderServerError,
     ProviderUnreachable,
 )
-from service.store import JobStore
+from service.store import JobStore, Schedule
 from service.workers.claim_loop import ClaimLoop
 from service.workers.schedule import DEFAULT_TIMINGS, GraceRule, ProviderTiming
 from service.workers.unknown import judge, submission_window
@@ -230,21 +232,24 @@ class JobRunner(ClaimLoop[JobRecord]):
             await self._unknown(job, reason=str(exc), detail=exc.detail)
             return
         first_check = await self._first_check_s(job, timing)
-        result = await self.store.apply_observation(
-            job.id,
+        submitted = Observation(
             JobStatus.SUBMITTED,
-            source="system",
+            provider_status=submission.provider_status,
             provider_job_id=submission.provider_job_id,
-            provider_state=submission.provider_state,
-            next_action_at=self._at(job, first_check),
-            lease_owner=self.owner,
-            record_ignored=True,
             data={
                 "request": request,
                 "provider_job_id": submission.provider_job_id,
                 "provider_status": submission.provider_status,
                 "first_check_s": round(first_check, 3),
             },
+        )
+        result = await self.store.apply_observation(
+            job.id,
+            submitted,
+            source="system",
+            record_ignored=True,
+            provider_state=submission.provider_state,
+            schedule=Schedule(self.owner, self._at(job, first_check)),
         )
         self._log.info(
             "job_submitted", provider_job_id=submission.provider_job_id, applied=result.applied
@@ -382,14 +387,13 @@ class JobRunner(ClaimLoop[JobRecord]):
         data: dict[str, Any] | None = None,
     ) -> None:
         self._log.warning("job_failed", code=code, message=message)
-        await self.store.apply_observation(
-            job.id,
+        failed = Observation(
             JobStatus.FAILED,
-            source="system",
             error=JobError(code=code, message=message, provider_detail=detail),
-            lease_owner=self.owner,
-            record_ignored=True,
             data={"code": code, **(data or {})},
+        )
+        await self.store.apply_observation(
+            job.id, failed, source="system", record_ignored=True, schedule=Schedule(self.owner)
         )
 
     # --- cancel and status --------------------------------------------------------------------
@@ -434,17 +438,10 @@ class JobRunner(ClaimLoop[JobRecord]):
         # A webhook provider's terminal state first learned by poll means its webhook was lost
         # (or is late past the grace): recorded on the event and counted per provider.
         missed = timing.webhook_grace_s is not None and observation.status.is_terminal
-        data = {**observation.data, "webhook_missed": True} if missed else observation.data
+        if missed:
+            observation = replace(observation, data={**observation.data, "webhook_missed": True})
         result = await self.store.apply_observation(
-            job.id,
-            observation.status,
-            source="poll",
-            data=data,
-            outputs=observation.outputs,
-            error=observation.error,
-            provider_job_id=observation.provider_job_id,
-            next_action_at=next_at,
-            lease_owner=self.owner,
+            job.id, observation, source="poll", schedule=Schedule(self.owner, next_at)
         )
         OBSERVATIONS.labels(
             provider=job.provider, source="poll", applied=str(result.applied).lower()
@@ -469,9 +466,8 @@ class JobRunner(ClaimLoop[JobRecord]):
             and observation.status.is_terminal
         ):
             await self.store.apply_observation(
-                job.id, observation.status, source="poll", data=observation.data,
-                outputs=observation.outputs, error=observation.error, lease_owner=self.owner,
-            )  # fmt: skip
+                job.id, observation, source="poll", schedule=Schedule(self.owner)
+            )
             return
         await self._fail(
             job,

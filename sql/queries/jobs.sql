@@ -1,13 +1,5 @@
 -- Named queries, loaded once at start by service.db.queries. "-- name: x" starts query x.
 
--- name: create_job
-SELECT created, (job).*
-FROM create_job($1, $2, $3, $4, $5, $6, $7, $8, $9, make_interval(secs => $10));
-
--- name: apply_observation
-SELECT applied, event_id, (job).*
-FROM apply_observation($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11);
-
 -- name: request_cancel
 SELECT outcome, (job).*
 FROM request_cancel($1);
@@ -35,9 +27,6 @@ SELECT * FROM claim_due_jobs($1, $2, make_interval(secs => $3));
 
 -- name: next_due_at
 SELECT min(next_action_at) FROM jobs WHERE next_action_at IS NOT NULL;
-
--- name: begin_submission
-SELECT outcome, (job).* FROM begin_submission($1, $2, $3);
 
 -- name: reschedule_job
 SELECT reschedule_job($1, $2, $3, $4, $5, $6, $7);

@@ -15,7 +15,7 @@ import pytest
 
 from service.db.database import Database
 from service.events.hub import LISTENER_NAME
-from service.web.app import HUB_KEY
+from service.web.app import HUB_KEY, RUNNER_KEY
 from tests.acceptance.stack import Stack, running_stack, stack_settings
 from tests.conftest import start_service
 
@@ -212,6 +212,9 @@ async def test_a_stream_is_correct_while_two_instances_do_the_work(
     the jobs too. B's stream must carry every event, whoever committed it."""
     db_b = await Database.open(database_url, min_size=1, max_size=5)
     b = await start_service(stack_settings(stack.sims), db_b, run_workers=True)
+    # Providers call back through A (both instances share the database); B's runner, woken by
+    # the same NOTIFY as A's, submits some of the jobs.
+    b.app[RUNNER_KEY].callback_base_url = stack.service.url
     try:
         async with httpx.AsyncClient(base_url=b.url, timeout=10) as client_b:
             jobs = [

@@ -11,6 +11,7 @@ import pytest
 
 from schemas.jobs import JobStatus
 from service.metrics import WEBHOOK_MISSES
+from service.providers.base import Observation
 from service.simulators import SimulatorConfig
 from service.web.app import RUNNER_KEY, STORE_KEY
 from service.workers.schedule import GraceRule, PollPolicy, ProviderTiming, RetryPolicy
@@ -143,7 +144,7 @@ async def test_stale_poll_news_never_moves_a_job_back(stack: Stack) -> None:
     assert job["status"] == "succeeded"
     store = stack.service.app[STORE_KEY]
     for stale in (JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.SUBMITTED):
-        result = await store.apply_observation(job["id"], stale, source="poll")
+        result = await store.apply_observation(job["id"], Observation(stale), source="poll")
         assert not result.applied
     assert (await stack.job(job["id"]))["status"] == "succeeded"
     assert await stack.events(job["id"]) == _events

@@ -10,7 +10,9 @@ import pytest
 
 from schemas.jobs import JobCreate, JobError, JobOutput, JobStatus
 from service.db.database import Database
+from service.providers.base import Observation
 from service.store import JobStore
+from service.store.postgres import PostgresJobStore
 
 S = JobStatus
 TERMINAL = {S.SUCCEEDED, S.FAILED, S.CANCELED}
@@ -42,7 +44,7 @@ async def job_in(store: JobStore, status: JobStatus) -> str:
     path = {S.ACCEPTED: [], S.SUBMITTED: [S.SUBMITTED], S.QUEUED: [S.SUBMITTED, S.QUEUED],
             S.RUNNING: [S.SUBMITTED, S.RUNNING]}.get(status, [S.SUBMITTED, status])  # fmt: skip
     for step in path:
-        result = await store.apply_observation(created.job.id, step, source="system")
+        result = await store.apply_observation(created.job.id, Observation(step), source="system")
         assert result.applied
     return created.job.id
 
@@ -65,7 +67,9 @@ async def test_apply_observation_for_every_pair(
 ) -> None:
     job_id = await job_in(store, from_status)
     before = await store.list_events(job_id)
-    result = await store.apply_observation(job_id, to_status, source="webhook", record_ignored=True)
+    result = await store.apply_observation(
+        job_id, Observation(to_status), source="webhook", record_ignored=True
+    )
     after = await store.list_events(job_id)
     job = await store.get_job(job_id)
     assert job is not None
@@ -116,7 +120,7 @@ async def test_the_history_is_append_only(
 
 async def test_a_duplicate_without_record_adds_nothing(store: JobStore) -> None:
     job_id = await job_in(store, S.RUNNING)
-    result = await store.apply_observation(job_id, S.RUNNING, source="poll")
+    result = await store.apply_observation(job_id, Observation(S.RUNNING), source="poll")
     assert not result.applied and result.event_id is None
     assert [e.seq for e in await store.list_events(job_id)] == [1, 2, 3]
 
@@ -125,7 +129,7 @@ async def test_concurrent_identical_observations_change_the_status_once(store: J
     job_id = await job_in(store, S.SUBMITTED)
     outputs = [JobOutput(url="https://cdn.example/a.jpg", content_type="image/jpeg")]
     results = await asyncio.gather(*(
-        store.apply_observation(job_id, S.SUCCEEDED, source="webhook", outputs=outputs, record_ignored=True)
+        store.apply_observation(job_id, Observation(S.SUCCEEDED, outputs=outputs), source="webhook", record_ignored=True)
         for _ in range(10)
     ))  # fmt: skip
     assert sum(r.applied for r in results) == 1
@@ -141,10 +145,12 @@ async def test_terminal_observation_keeps_error_and_provider_job_id(store: JobSt
     created = await store.create_job(request(), idempotency_key=None)
     error = JobError(code="provider_failed", message="boom", provider_detail={"detail": "x"})
     await store.apply_observation(
-        created.job.id, S.SUBMITTED, source="system", provider_job_id="req-1"
+        created.job.id, Observation(S.SUBMITTED, provider_job_id="req-1"), source="system"
     )
     await store.apply_observation(
-        created.job.id, S.FAILED, source="webhook", error=error, provider_job_id="req-2"
+        created.job.id,
+        Observation(S.FAILED, provider_job_id="req-2", error=error),
+        source="webhook",
     )
     job = await store.get_job(created.job.id)
     assert job is not None
@@ -221,13 +227,13 @@ async def test_cancel_at_the_provider_is_recorded_once(store: JobStore) -> None:
 
 
 async def test_batched_observations_apply_in_order_and_never_twice(database: Database) -> None:
-    store = JobStore(database, batching=True, max_batch=64)
+    store = PostgresJobStore(database, max_batch=64)
     try:
         job_ids = [await job_in(store, S.SUBMITTED) for _ in range(12)]
         # Every job observed running then succeeded, three times over, from many concurrent
         # callers: batches overlap on the same rows, and one batch holds duplicates.
         calls = [
-            store.apply_observation(j, status, source="webhook", data={}, record_ignored=True)
+            store.apply_observation(j, Observation(status), source="webhook", record_ignored=True)
             for _ in range(3)
             for j in reversed(job_ids)
             for status in (S.RUNNING, S.SUCCEEDED)
@@ -245,6 +251,6 @@ async def test_batched_observations_apply_in_order_and_never_twice(database: Dat
             ]
             assert [e.seq for e in events] == list(range(1, len(events) + 1))
             assert sum(e.type == "observation_ignored" for e in events) == 4
-        assert store._observations.batches < len(calls)  # they really were combined
+        assert store._applications.batches < len(calls)  # they really were combined
     finally:
         await store.close()

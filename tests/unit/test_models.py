@@ -38,4 +38,4 @@ def test_named_queries_parse() -> None:
     assert parse_queries(text) == {"one": "SELECT 1;", "two": "-- a comment\nSELECT 2;"}
     with pytest.raises(ValueError, match="twice"):
         parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;")
-    assert {"create_job", "apply_observation", "list_jobs"} <= set(load_queries())
+    assert {"create_jobs", "apply_observations", "list_jobs"} <= set(load_queries())

@@ -1,0 +1,37 @@
+"""Client webhook deliveries and their attempts, as `GET /v1/jobs/{id}/webhooks` returns them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from schemas.common import Timestamp
+
+
+class WebhookAttempt(BaseModel):
+    attempt: int
+    started_at: Timestamp
+    duration_ms: float | None
+    status_code: int | None
+    error: str | None
+
+
+class WebhookDelivery(BaseModel):
+    """One message (a status change of the job) to the job's webhook_url; `webhook_id` is the
+    Standard Webhooks `webhook-id`, the same on every attempt."""
+
+    webhook_id: str
+    event_id: int
+    type: str
+    url: str
+    state: Literal["pending", "delivered", "failed", "stopped"]
+    attempts: list[WebhookAttempt]
+    next_attempt_at: Timestamp | None
+    last_error: str | None
+    created_at: Timestamp
+    finished_at: Timestamp | None
+
+
+class WebhookDeliveryList(BaseModel):
+    deliveries: list[WebhookDelivery]

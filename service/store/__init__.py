@@ -1,0 +1,21 @@
+"""The store: the one boundary to what the service keeps (see service.store.base)."""
+
+from service.store.base import (
+    ApplyResult,
+    CancelResult,
+    CreateResult,
+    JobStore,
+    Schedule,
+    new_job_id,
+    request_hash,
+)
+
+__all__ = [
+    "ApplyResult",
+    "CancelResult",
+    "CreateResult",
+    "JobStore",
+    "Schedule",
+    "new_job_id",
+    "request_hash",
+]

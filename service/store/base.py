@@ -1,0 +1,194 @@
+"""What the service keeps of its jobs, as one interface (`JobStore`) with two implementations:
+PostgreSQL (`service.store.postgres`, the real one) and memory (`service.store.memory`, for unit
+tests of the runner's decisions without a database). The same contract tests run against both
+(tests/store).
+
+Every state change is one atomic step: the job, its event with the next per-job `seq`, and the
+forward-only rule (a job's status only moves forward; duplicate or stale news never moves it,
+and may be recorded as `observation_ignored`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+
+from schemas.events import Event, EventSource
+from schemas.jobs import Job, JobCreate
+from service.providers.base import JobRecord, Observation
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_job_id(now_ms: int | None = None) -> str:
+    """`job_` + a ULID: 48 bits of milliseconds then 80 random bits, so ids sort by creation."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    value = (ms << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "job_" + "".join(reversed(chars))
+
+
+def request_hash(request: JobCreate) -> str:
+    """Fingerprint of a create request, to tell a retry from a reuse of an idempotency key."""
+    canonical = orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    job: Job
+    created: bool
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """Outcome of one observation: whether it moved the job, and the event it added (if any)."""
+
+    applied: bool
+    event_id: int | None
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    outcome: str  # not_found | finished | already_requested | requested | canceled
+    job: Job | None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A worker's part in a change: its lease on the job is released, and the job's next
+    action is set (None keeps it; a terminal status clears it)."""
+
+    owner: str
+    next_action_at: datetime | None = None
+
+
+class JobStore(Protocol):
+    """Reads and state changes of jobs and their history."""
+
+    # --- the jobs API ------------------------------------------------------------------------
+    async def create_job(
+        self,
+        request: JobCreate,
+        *,
+        idempotency_key: str | None,
+        timeout_s: float = 3600.0,
+        job_id: str | None = None,
+    ) -> CreateResult:
+        """Creates the job and its first event (due at once), or returns the job that holds
+        the same idempotency key."""  # fmt: skip
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def list_jobs(
+        self, *, provider: str | None, status: str | None, limit: int, before_id: str | None
+    ) -> tuple[list[Job], str | None]:
+        """A page of jobs, newest first, and the cursor of the next page (None at the end)."""
+
+    async def job_exists(self, job_id: str) -> bool: ...
+
+    async def request_cancel(self, job_id: str) -> CancelResult:
+        """Canceled at once before any submission started; otherwise recorded and made due,
+        so that a worker sends the cancel to the provider."""
+
+    # --- the log -----------------------------------------------------------------------------
+    async def list_events(self, job_id: str) -> list[Event]: ...
+
+    async def events_after(self, after: int, *, job_id: str | None, limit: int) -> list[Event]:
+        """Up to `limit` events with ids above `after`, in id order (ids grow in commit order,
+        so a reader resuming after an id misses nothing committed later)."""
+
+    async def last_event_id(self) -> int: ...
+
+    # --- provider news -----------------------------------------------------------------------
+    async def lookup(self, job_id: str) -> JobRecord | None:
+        """The job's internal record (callback receivers and tests)."""
+
+    async def apply_observation(
+        self,
+        job_id: str,
+        observation: Observation,
+        *,
+        source: EventSource,
+        record_ignored: bool = False,
+        provider_state: dict[str, Any] | None = None,
+        schedule: Schedule | None = None,
+    ) -> ApplyResult:
+        """Records what a webhook, a poll, the API or the system saw of the job's status. A
+        provider job id is bound even by news that does not move the status."""  # fmt: skip
+
+    # --- the workers -------------------------------------------------------------------------
+    async def claim_due(self, *, owner: str, limit: int, lease_seconds: float) -> list[JobRecord]:
+        """Up to `limit` due jobs, leased to `owner` for `lease_seconds` (their next action is
+        pushed that far ahead), never to two owners at once."""
+
+    async def next_due_at(self) -> datetime | None: ...
+
+    async def completion_p95(self, provider: str, model: str) -> tuple[int, float | None]:
+        """How many successes of the model the last day saw, and the p95 of their submission
+        to completion time in seconds."""
+
+    async def begin_submission(self, job_id: str, *, owner: str, token_hash: str) -> str:
+        """Marks the submission started (committed before anything is sent): 'go', 'canceled'
+        (a cancel came first) or 'skip' (not this owner's, or not to be submitted)."""
+
+    async def reschedule(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        at: datetime,
+        clear_submission: bool = False,
+        event_type: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> bool:
+        """Gives the job back to the schedule (lease released), optionally clearing a
+        submission that certainly did not leave, and recording why."""  # fmt: skip
+
+    async def record_cancel_sent(
+        self, job_id: str, *, owner: str, provider_state: dict[str, Any],
+        next_action_at: datetime, data: dict[str, Any],
+    ) -> bool: ...  # fmt: skip
+
+    async def record_event(
+        self, job_id: str, *, type: str, source: EventSource, data: dict[str, Any]
+    ) -> int | None:
+        """An event that records a fact without changing the status."""
+
+    async def record_submission_unknown(
+        self, job_id: str, *, owner: str, next_action_at: datetime, data: dict[str, Any]
+    ) -> bool:
+        """Once per submission: its outcome is unknown; when to look again."""
+
+    async def resend_unsent_submission(
+        self, job_id: str, *, owner: str, data: dict[str, Any]
+    ) -> bool:
+        """The provider holds no job from the started submission: due to be sent now."""
+
+    async def bind_listed_submission(
+        self,
+        job_id: str,
+        *,
+        provider: str,
+        provider_job_id: str,
+        owner: str,
+        next_action_at: datetime,
+        data: dict[str, Any],
+    ) -> bool:
+        """Binds the provider job found for the started submission (-> submitted), unless
+        another of our jobs holds it."""  # fmt: skip
+
+    async def bound_provider_job_ids(self, provider: str, provider_job_ids: list[str]) -> set[str]:
+        """Those of `provider_job_ids` that are bound to one of our jobs."""
+
+    async def close(self) -> None: ...

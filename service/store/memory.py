@@ -1,0 +1,394 @@
+"""The JobStore in memory: the same contract as PostgreSQL's (tests/store runs one suite against
+both), so that the runner's decisions can be unit-tested without a database. One process, no
+durability; each method is atomic because nothing in it awaits. The status rule is the one in
+sql/ (`job_transition_allowed`): ranks only rise, terminal statuses are final."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas.events import Event, EventSource
+from schemas.jobs import Job, JobCreate, JobError, JobOutput, JobStatus
+from service.providers.base import JobRecord, Observation
+from service.store.base import (
+    ApplyResult,
+    CancelResult,
+    CreateResult,
+    Schedule,
+    new_job_id,
+    request_hash,
+)
+
+_RANK = {
+    JobStatus.ACCEPTED: 0, JobStatus.SUBMITTED: 1, JobStatus.QUEUED: 2, JobStatus.RUNNING: 3,
+    JobStatus.SUCCEEDED: 4, JobStatus.FAILED: 4, JobStatus.CANCELED: 4,
+}  # fmt: skip
+
+
+def transition_allowed(from_status: JobStatus, to_status: JobStatus) -> bool:
+    return not from_status.is_terminal and _RANK[to_status] > _RANK[from_status]
+
+
+@dataclass
+class _Row:
+    """One job, with the columns of the `jobs` table that the contract needs."""
+
+    id: str
+    request: JobCreate
+    idempotency_key: str | None
+    request_hash: str
+    deadline_at: datetime
+    created_at: datetime
+    status: JobStatus = JobStatus.ACCEPTED
+    provider_job_id: str | None = None
+    outputs: list[JobOutput] | None = None
+    error: JobError | None = None
+    updated_at: datetime | None = None
+    completed_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
+    provider_state: dict[str, Any] = field(default_factory=dict)
+    callback_token_hash: str | None = None
+    next_action_at: datetime | None = None
+    lease_owner: str | None = None
+    checks: int = 0
+    submit_attempts: int = 0
+    submit_started_at: datetime | None = None
+    submit_unknown_at: datetime | None = None
+    submitted_at: datetime | None = None
+    cancel_sent_at: datetime | None = None
+    last_due_at: datetime | None = None
+    events: list[Event] = field(default_factory=list)
+
+    def job(self) -> Job:
+        return Job(
+            id=self.id, provider=self.request.provider, model=self.request.model,
+            status=self.status, provider_job_id=self.provider_job_id, input=self.request.input,
+            metadata=self.request.metadata, webhook_url=self.request.webhook_url,
+            outputs=list(self.outputs or []), error=self.error,
+            cancel_requested=self.cancel_requested_at is not None, created_at=self.created_at,
+            updated_at=self.updated_at or self.created_at, completed_at=self.completed_at,
+        )  # fmt: skip
+
+    def record(self) -> JobRecord:
+        return JobRecord(
+            id=self.id, provider=self.request.provider, model=self.request.model,
+            status=self.status, provider_job_id=self.provider_job_id, input=self.request.input,
+            provider_state=dict(self.provider_state),
+            cancel_requested=self.cancel_requested_at is not None,
+            submit_started_at=self.submit_started_at, submitted_at=self.submitted_at,
+            attempts=self.checks, created_at=self.created_at,
+            submit_attempts=self.submit_attempts, cancel_sent=self.cancel_sent_at is not None,
+            callback_token_hash=self.callback_token_hash, deadline_at=self.deadline_at,
+            due_at=self.last_due_at, submit_unknown_at=self.submit_unknown_at,
+        )  # fmt: skip
+
+
+class MemoryJobStore:
+    """The JobStore in one process's memory (see service.store.base for each method)."""
+
+    def __init__(self, *, clock: Any = None) -> None:
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._jobs: dict[str, _Row] = {}
+        self._by_key: dict[str, str] = {}
+        self._log: list[Event] = []
+
+    def now(self) -> datetime:
+        now: datetime = self._clock()
+        return now
+
+    async def close(self) -> None:
+        return None
+
+    def _append(
+        self, row: _Row, type: str, source: EventSource, data: dict[str, Any] | None = None,
+        *, from_status: JobStatus | None = None, to_status: JobStatus | None = None,
+    ) -> Event:  # fmt: skip
+        event = Event(
+            id=len(self._log) + 1, job_id=row.id, seq=len(row.events) + 1, type=type,
+            from_status=from_status, to_status=to_status, source=source, data=dict(data or {}),
+            created_at=self.now(),
+        )  # fmt: skip
+        row.events.append(event)
+        self._log.append(event)
+        return event
+
+    def _move(self, row: _Row, to: JobStatus, source: EventSource, data: dict[str, Any]) -> Event:
+        event = self._append(
+            row, "status_changed", source, data, from_status=row.status, to_status=to
+        )
+        row.status, row.updated_at = to, self.now()
+        if to.is_terminal:
+            row.completed_at, row.next_action_at = self.now(), None
+        return event
+
+    def _leased(self, job_id: str, owner: str) -> _Row | None:
+        row = self._jobs.get(job_id)
+        return row if row is not None and row.lease_owner == owner else None
+
+    # --- the jobs API ------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        request: JobCreate,
+        *,
+        idempotency_key: str | None,
+        timeout_s: float = 3600.0,
+        job_id: str | None = None,
+    ) -> CreateResult:
+        if idempotency_key is not None and idempotency_key in self._by_key:
+            held = self._jobs[self._by_key[idempotency_key]]
+            return CreateResult(held.job(), created=False, request_hash=held.request_hash)
+        now = self.now()
+        row = _Row(
+            id=job_id or new_job_id(), request=request, idempotency_key=idempotency_key,
+            request_hash=request_hash(request), deadline_at=now + timedelta(seconds=timeout_s),
+            created_at=now, next_action_at=now,
+        )  # fmt: skip
+        self._jobs[row.id] = row
+        if idempotency_key is not None:
+            self._by_key[idempotency_key] = row.id
+        self._append(row, "status_changed", "api", to_status=JobStatus.ACCEPTED)
+        return CreateResult(row.job(), created=True, request_hash=row.request_hash)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = self._jobs.get(job_id)
+        return row.job() if row else None
+
+    async def list_jobs(
+        self, *, provider: str | None, status: str | None, limit: int, before_id: str | None
+    ) -> tuple[list[Job], str | None]:
+        rows = sorted(self._jobs.values(), key=lambda r: r.id, reverse=True)
+        rows = [
+            r for r in rows
+            if (provider is None or r.request.provider == provider)
+            and (status is None or r.status == status)
+            and (before_id is None or r.id < before_id)
+        ]  # fmt: skip
+        jobs = [r.job() for r in rows[:limit]]
+        return jobs, jobs[-1].id if len(rows) > limit else None
+
+    async def job_exists(self, job_id: str) -> bool:
+        return job_id in self._jobs
+
+    async def request_cancel(self, job_id: str) -> CancelResult:
+        row = self._jobs.get(job_id)
+        if row is None:
+            return CancelResult("not_found", None)
+        if row.status.is_terminal:
+            return CancelResult("finished", row.job())
+        if row.cancel_requested_at is not None:
+            return CancelResult("already_requested", row.job())
+        row.cancel_requested_at = row.next_action_at = self.now()
+        self._append(row, "cancel_requested", "api")
+        if row.status is JobStatus.ACCEPTED and row.submit_started_at is None:
+            self._move(row, JobStatus.CANCELED, "api", {"reason": "canceled before submission"})
+            return CancelResult("canceled", row.job())
+        return CancelResult("requested", row.job())
+
+    # --- the log -----------------------------------------------------------------------------
+
+    async def list_events(self, job_id: str) -> list[Event]:
+        row = self._jobs.get(job_id)
+        return list(row.events) if row else []
+
+    async def events_after(self, after: int, *, job_id: str | None, limit: int) -> list[Event]:
+        found = [e for e in self._log[after:] if job_id is None or e.job_id == job_id]
+        return found[:limit]
+
+    async def last_event_id(self) -> int:
+        return len(self._log)
+
+    # --- provider news -----------------------------------------------------------------------
+
+    async def lookup(self, job_id: str) -> JobRecord | None:
+        row = self._jobs.get(job_id)
+        return row.record() if row else None
+
+    async def apply_observation(
+        self,
+        job_id: str,
+        observation: Observation,
+        *,
+        source: EventSource,
+        record_ignored: bool = False,
+        provider_state: dict[str, Any] | None = None,
+        schedule: Schedule | None = None,
+    ) -> ApplyResult:
+        status = observation.status
+        assert status is not None, "an observation without a status changes nothing"
+        row = self._jobs.get(job_id)
+        if row is None:
+            return ApplyResult(applied=False, event_id=None)
+        applied = transition_allowed(row.status, status)
+        if row.provider_job_id is None and observation.provider_job_id is not None:
+            row.provider_job_id = observation.provider_job_id
+        if observation.provider_job_id is not None and row.submitted_at is None:
+            row.submitted_at = self.now()
+        row.provider_state = {**row.provider_state, **(provider_state or {})}
+        if schedule is not None and schedule.next_action_at is not None:
+            row.next_action_at = schedule.next_action_at
+        if schedule is not None and row.lease_owner == schedule.owner:
+            row.lease_owner = None
+        event: Event | None = None
+        if applied:
+            row.outputs = observation.outputs if observation.outputs is not None else row.outputs
+            row.error = observation.error or row.error
+            event = self._move(row, status, source, observation.data)
+        elif record_ignored:
+            reason = "duplicate" if status == row.status else "stale"
+            data = {**observation.data, "observed_status": status.value, "reason": reason}
+            event = self._append(row, "observation_ignored", source, data)
+        if row.status.is_terminal:
+            row.next_action_at = None
+        return ApplyResult(applied=applied, event_id=event.id if event else None)
+
+    # --- the workers -------------------------------------------------------------------------
+
+    async def claim_due(self, *, owner: str, limit: int, lease_seconds: float) -> list[JobRecord]:
+        now = self.now()
+        due = sorted(
+            (r for r in self._jobs.values() if r.next_action_at and r.next_action_at <= now),
+            key=lambda r: r.next_action_at or now,
+        )[:limit]
+        for row in due:
+            row.lease_owner, row.last_due_at = owner, row.next_action_at
+            row.next_action_at = now + timedelta(seconds=lease_seconds)
+            row.checks += 1
+        return [row.record() for row in due]
+
+    async def next_due_at(self) -> datetime | None:
+        times = [r.next_action_at for r in self._jobs.values() if r.next_action_at is not None]
+        return min(times, default=None)
+
+    async def completion_p95(self, provider: str, model: str) -> tuple[int, float | None]:
+        since = self.now() - timedelta(days=1)
+        durations = sorted(
+            (r.completed_at - r.submitted_at).total_seconds()
+            for r in self._jobs.values()
+            if r.request.provider == provider and r.request.model == model
+            and r.status is JobStatus.SUCCEEDED and r.submitted_at and r.completed_at
+            and r.completed_at > since
+        )  # fmt: skip
+        return len(durations), _percentile(durations, 0.95)
+
+    async def begin_submission(self, job_id: str, *, owner: str, token_hash: str) -> str:
+        row = self._leased(job_id, owner)
+        if row is None or row.status is not JobStatus.ACCEPTED or row.submit_started_at:
+            return "skip"
+        if row.cancel_requested_at is not None:
+            self._move(row, JobStatus.CANCELED, "system", {"reason": "canceled before submission"})
+            row.lease_owner = None
+            return "canceled"
+        row.submit_started_at, row.callback_token_hash = self.now(), token_hash
+        row.submit_attempts += 1
+        self._append(row, "submission_started", "system", {"attempt": row.submit_attempts})
+        return "go"
+
+    async def reschedule(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        at: datetime,
+        clear_submission: bool = False,
+        event_type: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> bool:
+        row = self._leased(job_id, owner)
+        if row is None or row.status.is_terminal:
+            return False
+        row.next_action_at, row.lease_owner = at, None
+        if clear_submission:
+            row.submit_started_at = None
+        if event_type is not None:
+            self._append(row, event_type, "system", data)
+        return True
+
+    async def record_cancel_sent(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        provider_state: dict[str, Any],
+        next_action_at: datetime,
+        data: dict[str, Any],
+    ) -> bool:
+        row = self._jobs.get(job_id)
+        if row is None or row.status.is_terminal:
+            return False
+        row.cancel_sent_at, row.next_action_at = self.now(), next_action_at
+        row.provider_state = {**row.provider_state, **provider_state}
+        if row.lease_owner == owner:
+            row.lease_owner = None
+        self._append(row, "cancel_sent", "system", data)
+        return True
+
+    async def record_event(
+        self, job_id: str, *, type: str, source: EventSource, data: dict[str, Any]
+    ) -> int | None:
+        row = self._jobs.get(job_id)
+        return self._append(row, type, source, data).id if row else None
+
+    async def record_submission_unknown(
+        self, job_id: str, *, owner: str, next_action_at: datetime, data: dict[str, Any]
+    ) -> bool:
+        row = self._leased(job_id, owner)
+        if (row is None or row.status is not JobStatus.ACCEPTED or row.submit_started_at is None
+                or row.submit_unknown_at is not None):  # fmt: skip
+            return False
+        row.submit_unknown_at, row.next_action_at, row.lease_owner = (
+            self.now(),
+            next_action_at,
+            None,
+        )
+        self._append(row, "submission_outcome_unknown", "system", data)
+        return True
+
+    async def resend_unsent_submission(
+        self, job_id: str, *, owner: str, data: dict[str, Any]
+    ) -> bool:
+        row = self._leased(job_id, owner)
+        if row is None or row.status is not JobStatus.ACCEPTED or row.submit_started_at is None:
+            return False
+        row.submit_started_at = row.submit_unknown_at = row.lease_owner = None
+        row.next_action_at = self.now()
+        self._append(row, "submission_lookup", "system", data)
+        return True
+
+    async def bind_listed_submission(
+        self,
+        job_id: str,
+        *,
+        provider: str,
+        provider_job_id: str,
+        owner: str,
+        next_action_at: datetime,
+        data: dict[str, Any],
+    ) -> bool:
+        if await self.bound_provider_job_ids(provider, [provider_job_id]):
+            return False
+        observed = Observation(JobStatus.SUBMITTED, provider_job_id=provider_job_id, data=data)
+        result = await self.apply_observation(
+            job_id, observed, source="system", record_ignored=True,
+            schedule=Schedule(owner=owner, next_action_at=next_action_at),
+        )  # fmt: skip
+        return result.applied
+
+    async def bound_provider_job_ids(self, provider: str, provider_job_ids: list[str]) -> set[str]:
+        wanted = set(provider_job_ids)
+        return {
+            r.provider_job_id for r in self._jobs.values()
+            if r.request.provider == provider and r.provider_job_id in wanted
+        }  # fmt: skip
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks, as PostgreSQL's percentile_cont."""
+    if not values:
+        return None
+    position = q * (len(values) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return values[low] + (values[high] - values[low]) * (position - low)
