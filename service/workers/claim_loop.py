@@ -11,7 +11,6 @@ to wake (the loop chose its sleep while the item still carried its lease) calls
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -106,7 +105,12 @@ class ClaimLoop(ABC, Generic[T]):
         return min(max((next_due - now()).total_seconds(), 0.005), self.idle_wait_s)
 
     async def _sleep(self, seconds: float) -> None:
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives just
+        # after the event was set, and a loop that missed its cancel never ends (shutdown hangs).
         self._planned_wake = now() + timedelta(seconds=seconds)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({woken}, timeout=seconds)
+        finally:
+            woken.cancel()
         self._planned_wake = None
