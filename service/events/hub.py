@@ -175,8 +175,13 @@ class EventHub:
 
     async def _read_forever(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.safety_poll_s)
+            # Not asyncio.wait_for, which on Python 3.11 loses a cancel that comes right after
+            # a NOTIFY set the event (close() would then wait for this loop forever).
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({woken}, timeout=self.safety_poll_s)
+            finally:
+                woken.cancel()
             self._wake.clear()
             try:
                 await self._catch_up(safety=not self._interesting and self.subscriber_count > 0)
