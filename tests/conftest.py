@@ -7,6 +7,7 @@ DATABASE_URL is set, in which case that server hosts the template and the per-te
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +25,7 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.embedded import EmbeddedPostgres
 from service.db.migrations import apply_migrations
-from service.logs import configure_logging
+from service.logs import QUIET_LOGGERS, configure_logging
 from service.store import JobStore
 from service.store.postgres import PostgresJobStore
 from service.web.app import create_app
@@ -40,7 +41,15 @@ def dsn_with_database(dsn: str, database: str) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
-    configure_logging(level="warning", fmt="console")
+    """The service's logging pipeline at TEST_LOG_LEVEL (default warning) and TEST_LOG_FORMAT
+    (default console). At debug every library logger is opened up too (httpx, aiohttp.access,
+    asyncio...): that is how tests/security reads the logs, as an attacker would."""
+    level = os.environ.get("TEST_LOG_LEVEL", "warning").lower()
+    configure_logging(level=level, fmt=os.environ.get("TEST_LOG_FORMAT", "console"))
+    if level == "debug":
+        logging.getLogger().setLevel(logging.DEBUG)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 from pydantic import BaseModel, ValidationError
 
+from service.logs import REDACTED, get_logger
 from service.providers.base import (
     OutcomeUnknown,
     ProviderProtocolError,
@@ -49,6 +50,28 @@ def make_client(
         timeout=timeout,
         transport=transport
         or AiohttpTransport(limits=httpx.Limits(max_connections=max_connections)),
+        event_hooks={"response": [_log_response]},
+    )
+
+
+def loggable_url(url: httpx.URL) -> str:
+    """A request's URL with no password and no query values (fal's `fal_webhook` carries the
+    job's callback token): the parameters' names are kept."""
+    names = dict.fromkeys(name for name, _ in url.params.multi_items())
+    query = "&".join(f"{name}={REDACTED}" for name in names)
+    bare = f"{url.scheme}://{url.netloc.decode('ascii')}{url.path}"
+    return f"{bare}?{query}" if query else bare
+
+
+async def _log_response(response: httpx.Response) -> None:
+    """The service's own line per provider request (httpx's own INFO line is turned off: it
+    prints the whole URL)."""
+    request = response.request
+    get_logger("service.providers").debug(
+        "provider_http_request",
+        method=request.method,
+        url=loggable_url(request.url),
+        status=response.status_code,
     )
 
 

@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import Sequence
 
+from service.logs import install_record_redaction
 from service.simulators import SimulatorConfig, start_simulators
 
 
@@ -75,6 +76,8 @@ async def run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `python -m service.simulators`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # The access log (--access-log) prints fal submissions' `fal_webhook`, callback tokens included.
+    install_record_redaction()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(parse_args(argv)))
 

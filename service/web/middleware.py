@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from service.errors import ServiceError, Unauthorized
-from service.logs import get_logger
+from service.logs import REDACTED, get_logger, is_secret_key
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -49,6 +49,16 @@ def error_response(
     )
 
 
+def loggable_path(request: web.Request) -> str:
+    """The request's path with its secret route variables (a callback's `{token}`) masked: a
+    callback URL in a log line would let its reader forge that job's callbacks."""
+    path = request.path
+    for name, value in request.match_info.items():
+        if value and is_secret_key(name):
+            path = path.replace(value, REDACTED)
+    return path
+
+
 @web.middleware
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Binds request_id (the caller's X-Request-Id when sane) to every log line of the request."""
@@ -62,7 +72,7 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     get_logger("service.http").debug(
         "request_handled",
         method=request.method,
-        path=request.path,
+        path=loggable_path(request),
         status=response.status,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
     )
@@ -77,9 +87,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ServiceError as exc:
         if exc.status >= 500:
-            log.warning("request_failed", code=exc.code, status=exc.status, path=request.path)
+            log.warning(
+                "request_failed", code=exc.code, status=exc.status, path=loggable_path(request)
+            )
         else:
-            log.info("request_rejected", code=exc.code, status=exc.status, path=request.path)
+            log.info(
+                "request_rejected", code=exc.code, status=exc.status, path=loggable_path(request)
+            )
         return error_response(exc.status, exc.code, exc.message, exc.details)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -91,7 +105,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:
-        log.exception("request_crashed", path=request.path)
+        log.exception("request_crashed", path=loggable_path(request))
         return error_response(500, "internal_error", "internal error")
 
 
