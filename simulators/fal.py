@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.simulators.common import (
+from simulators.common import (
     Lifecycle,
     Outcome,
     ProviderSimulator,
@@ -35,7 +35,7 @@ from service.simulators.common import (
     json_response,
     read_json,
 )
-from service.simulators.images import ImageFormat
+from simulators.images import ImageFormat
 
 # App ids under these namespaces have one more leading segment (fal-client's APP_NAMESPACES).
 NAMESPACES = ("workflows", "comfy")

@@ -28,7 +28,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.simulators.images import MAX_SIDE, ImageFormat, render_image
+from simulators.images import MAX_SIDE, ImageFormat, render_image
 
 log = logging.getLogger(__name__)
 

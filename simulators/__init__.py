@@ -13,7 +13,7 @@ from types import TracebackType
 from aiohttp import web
 from aiohttp.log import access_logger
 
-from service.simulators.common import (
+from simulators.common import (
     DROP_CALLBACK_MARKER,
     EARLY_MARKER,
     FAIL_MARKER,
@@ -21,9 +21,9 @@ from service.simulators.common import (
     SimulatorConfig,
     get_simulator,
 )
-from service.simulators.fal import FalSimulator, create_fal_app
-from service.simulators.krea import KreaSimulator, create_krea_app
-from service.simulators.scenario import ScenarioSimulator, create_scenario_app
+from simulators.fal import FalSimulator, create_fal_app
+from simulators.krea import KreaSimulator, create_krea_app
+from simulators.scenario import ScenarioSimulator, create_scenario_app
 
 __all__ = [
     "DROP_CALLBACK_MARKER",

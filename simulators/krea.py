@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.simulators.common import (
+from simulators.common import (
     Lifecycle,
     ProviderSimulator,
     SimJob,

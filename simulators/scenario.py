@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from service.simulators.common import (
+from simulators.common import (
     Lifecycle,
     ProviderSimulator,
     SimJob,
