@@ -9,19 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
 from aiohttp.log import access_logger
 
-from simulators.common import (
-    DROP_CALLBACK_MARKER,
-    EARLY_MARKER,
-    FAIL_MARKER,
-    ProviderSimulator,
-    SimulatorConfig,
-    get_simulator,
-)
+from simulators.base import ProviderSimulator, get_simulator
+from simulators.config import SimulatorConfig
 from simulators.fal import FalSimulator, create_fal_app
+from simulators.faults import DROP_CALLBACK_MARKER, EARLY_MARKER, FAIL_MARKER
 from simulators.krea import KreaSimulator, create_krea_app
 from simulators.scenario import ScenarioSimulator, create_scenario_app
 
@@ -68,9 +64,9 @@ class RunningSimulators:
         """Base of a simulator's control API, e.g. `{root}/_sim` (config, stats, jobs, reset)."""
         return f"{self.roots[provider]}/_sim"
 
-    def simulator(self, provider: str) -> ProviderSimulator:
+    def simulator(self, provider: str) -> ProviderSimulator[Any]:
         """The in-process simulator object behind a provider name, for direct inspection."""
-        sims: dict[str, ProviderSimulator] = {
+        sims: dict[str, ProviderSimulator[Any]] = {
             "krea": self.krea,
             "fal": self.fal,
             "scenario": self.scenario,
@@ -133,7 +129,7 @@ async def start_simulators(
     krea = KreaSimulator(base_config)
     fal = FalSimulator(base_config)
     scenario = ScenarioSimulator(base_config)
-    sims: dict[str, ProviderSimulator] = {"krea": krea, "fal": fal, "scenario": scenario}
+    sims: dict[str, ProviderSimulator[Any]] = {"krea": krea, "fal": fal, "scenario": scenario}
     runners: list[web.AppRunner] = []
     roots: dict[str, str] = {}
     try:

@@ -21,21 +21,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from simulators.common import (
-    Lifecycle,
-    Outcome,
-    ProviderSimulator,
-    SimJob,
-    SimulatorConfig,
-    clamp_side,
-    file_url,
-    fingerprint,
-    is_http_url,
-    iso_ms,
-    json_response,
-    read_json,
-)
-from simulators.images import ImageFormat
+from simulators.base import ProviderSimulator
+from simulators.config import SimulatorConfig
+from simulators.images import ImageFormat, clamp_side, file_url
+from simulators.jobs import Lifecycle, Outcome, SimJob, fingerprint
+from simulators.wire import is_http_url, iso_ms, json_response, read_json
 
 # App ids under these namespaces have one more leading segment (fal-client's APP_NAMESPACES).
 NAMESPACES = ("workflows", "comfy")
@@ -167,7 +157,7 @@ def public_jwk(key: Ed25519PrivateKey) -> dict[str, str]:
     }
 
 
-class FalSimulator(ProviderSimulator):
+class FalSimulator(ProviderSimulator[SimulatorConfig]):
     """Simulates queue.fal.run (+ the JWKS of rest.fal.ai) for one account."""
 
     name: ClassVar[str] = "fal"
@@ -183,7 +173,7 @@ class FalSimulator(ProviderSimulator):
     default_callback_attempts: ClassVar[int] = 10
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
-        super().__init__(config)
+        super().__init__(config or SimulatorConfig())
         # Published keys, newest (the signing one) first.
         self._keys: list[Ed25519PrivateKey] = [Ed25519PrivateKey.generate()]
         # Never published: signs webhooks when the bad-signature fault is on.
@@ -387,7 +377,7 @@ class FalSimulator(ProviderSimulator):
         owner_alias = parts[len(namespace) : len(namespace) + 2]
         if len(owner_alias) < 2 or not all(owner_alias):
             return self.error_response(404, f"Application '{app_id}' not found")
-        fault = self.submit_fault()
+        fault = self.faults.before_submit()
         if fault is not None:
             return fault
         body, error = await read_json(request)
@@ -430,7 +420,7 @@ class FalSimulator(ProviderSimulator):
             drop_callbacks=plan.drop_callbacks,
             callback_url=webhook_url,
             fingerprint=fingerprint(app_id, body, webhook_url),
-            seed=seed if isinstance(seed, int) else self._rng.randrange(2**31),
+            seed=seed if isinstance(seed, int) else self.config_state.rng.randrange(2**31),
             width=width,
             height=height,
             num_images=num_images if isinstance(num_images, int) and 1 <= num_images <= 4 else 1,
@@ -451,7 +441,7 @@ class FalSimulator(ProviderSimulator):
             await self.deliver_callbacks(job)
         else:
             self.schedule_callback(job)
-        fault = self.after_submit_fault(request)
+        fault = self.faults.after_submit(request)
         if fault is not None:
             return fault
         return json_response(answer, headers={"x-fal-request-id": job.id})
@@ -460,7 +450,7 @@ class FalSimulator(ProviderSimulator):
         self.stats["status_requests"] += 1
         if not self._authorized(request):
             return self._unauthorized()
-        fault = self.poll_fault()
+        fault = self.faults.before_read()
         if fault is not None:
             return fault
         job = self._find(request)
@@ -500,7 +490,7 @@ class FalSimulator(ProviderSimulator):
         self.stats["result_requests"] += 1
         if not self._authorized(request):
             return self._unauthorized()
-        fault = self.poll_fault()
+        fault = self.faults.before_read()
         if fault is not None:
             return fault
         job = self._find(request)

@@ -14,19 +14,11 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from simulators.common import (
-    Lifecycle,
-    ProviderSimulator,
-    SimJob,
-    SimulatorConfig,
-    clamp_side,
-    file_url,
-    fingerprint,
-    is_http_url,
-    iso_ms,
-    json_response,
-    read_json,
-)
+from simulators.base import ProviderSimulator
+from simulators.config import SimulatorConfig
+from simulators.images import clamp_side, file_url
+from simulators.jobs import Lifecycle, SimJob, fingerprint
+from simulators.wire import is_http_url, iso_ms, json_response, read_json
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FAILURE_MESSAGE = "simulated generation failure"
@@ -95,7 +87,7 @@ def _parse_cursor(cursor: str) -> int:
     return (parsed - _EPOCH) // timedelta(microseconds=1)
 
 
-class KreaSimulator(ProviderSimulator):
+class KreaSimulator(ProviderSimulator[SimulatorConfig]):
     """Simulates api.krea.ai: Bearer auth, pending-job answers, terminal-state webhooks."""
 
     name: ClassVar[str] = "krea"
@@ -117,7 +109,7 @@ class KreaSimulator(ProviderSimulator):
     default_callback_attempts: ClassVar[int] = 1
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
-        super().__init__(config)
+        super().__init__(config or SimulatorConfig())
         # Creation order doubles as time order (creation times strictly increase), which lets
         # the list endpoint find a cursor by bisection.
         self._order: list[KreaJob] = []
@@ -132,8 +124,7 @@ class KreaSimulator(ProviderSimulator):
     ) -> web.Response:
         return json_response({"error": message}, status=status, headers=headers)
 
-    def rate_limit_message(self) -> str:
-        return "maximum concurrent jobs reached"
+    rate_limit_message: ClassVar[str] = "maximum concurrent jobs reached"
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/generate/image/{model:.+}", self._generate)
@@ -189,7 +180,7 @@ class KreaSimulator(ProviderSimulator):
         self.stats["submits"] += 1
         if not self._authorized(request):
             return self._unauthorized()
-        fault = self.submit_fault()
+        fault = self.faults.before_submit()
         if fault is not None:
             return fault
         model = request.match_info["model"]
@@ -240,14 +231,14 @@ class KreaSimulator(ProviderSimulator):
             await self.deliver_callbacks(job)
         else:
             self.schedule_callback(job)
-        fault = self.after_submit_fault(request)
+        fault = self.faults.after_submit(request)
         return fault if fault is not None else json_response(answer)
 
     async def _get_job(self, request: web.Request) -> web.Response:
         self.stats["status_requests"] += 1
         if not self._authorized(request):
             return self._unauthorized()
-        fault = self.poll_fault()
+        fault = self.faults.before_read()
         if fault is not None:
             return fault
         job = self.jobs.get(request.match_info["job_id"])
@@ -259,7 +250,7 @@ class KreaSimulator(ProviderSimulator):
         self.stats["list_requests"] += 1
         if not self._authorized(request):
             return self._unauthorized()
-        fault = self.poll_fault()
+        fault = self.faults.before_read()
         if fault is not None:
             return fault
         query = request.query

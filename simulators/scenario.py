@@ -18,18 +18,11 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from simulators.common import (
-    Lifecycle,
-    ProviderSimulator,
-    SimJob,
-    SimulatorConfig,
-    clamp_side,
-    file_url,
-    fingerprint,
-    iso_ms,
-    json_response,
-    read_json,
-)
+from simulators.base import ProviderSimulator
+from simulators.config import SimulatorConfig
+from simulators.images import clamp_side, file_url
+from simulators.jobs import Lifecycle, SimJob, fingerprint
+from simulators.wire import iso_ms, json_response, read_json
 
 PREFIX = "/v1"
 CU_PER_OUTPUT = 5
@@ -75,7 +68,7 @@ class ScenarioJob(SimJob):
     height: int
 
 
-class ScenarioSimulator(ProviderSimulator):
+class ScenarioSimulator(ProviderSimulator[SimulatorConfig]):
     """Simulates api.cloud.scenario.com/v1 for one project, authenticated by key:secret."""
 
     name: ClassVar[str] = "scenario"
@@ -95,7 +88,7 @@ class ScenarioSimulator(ProviderSimulator):
     )
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
-        super().__init__(config)
+        super().__init__(config or SimulatorConfig())
         self._order: list[ScenarioJob] = []
         self._assets: dict[str, tuple[ScenarioJob, int]] = {}
         # Signs the temporary asset URLs; only their look matters, the files are public.
@@ -114,8 +107,7 @@ class ScenarioSimulator(ProviderSimulator):
             body["details"] = {"actionName": "generate", "actionLimit": 10}
         return json_response(body, status=status, headers=headers)
 
-    def rate_limit_message(self) -> str:
-        return "Too many requests"
+    rate_limit_message: ClassVar[str] = "Too many requests"
 
     def add_control_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/_sim/bulk_jobs", self._bulk_jobs)
@@ -265,7 +257,7 @@ class ScenarioSimulator(ProviderSimulator):
         self.stats["submits"] += 1
         if not self._authorized(request):
             return self._unauthorized()
-        fault = self.submit_fault()
+        fault = self.faults.before_submit()
         if fault is not None:
             return fault
         model_id = request.match_info["model_id"]
@@ -310,14 +302,14 @@ class ScenarioSimulator(ProviderSimulator):
             "creativeUnitsCost": CU_PER_OUTPUT * len(job.asset_ids),
             "creativeUnitsDiscount": 0,
         }
-        fault = self.after_submit_fault(request)
+        fault = self.faults.after_submit(request)
         return fault if fault is not None else json_response(answer)
 
     async def _get_job(self, request: web.Request) -> web.Response:
         self.stats["status_requests"] += 1
         if not self._authorized(request):
             return self._unauthorized()
-        fault = self.poll_fault()
+        fault = self.faults.before_read()
         if fault is not None:
             return fault
         job = self.jobs.get(request.match_info["job_id"])
@@ -329,7 +321,7 @@ class ScenarioSimulator(ProviderSimulator):
         self.stats["list_requests"] += 1
         if not self._authorized(request):
             return self._unauthorized()
-        fault = self.poll_fault()
+        fault = self.faults.before_read()
         if fault is not None:
             return fault
         query = request.query
@@ -378,7 +370,7 @@ class ScenarioSimulator(ProviderSimulator):
         self.stats["asset_requests"] += 1
         if not self._authorized(request):
             return self._unauthorized()
-        fault = self.poll_fault()
+        fault = self.faults.before_read()
         if fault is not None:
             return fault
         found = self._assets.get(request.match_info["asset_id"])
