@@ -36,8 +36,9 @@ class ProviderSimulator(ABC, Generic[C]):
     verbose_lifecycle: ClassVar[Lifecycle]
     # Attempts per webhook when config.callback_max_attempts is None.
     default_callback_attempts: ClassVar[int] = 1
-    # Message of the injected 429, in the provider's words.
+    # Messages of the injected 429 and of the 401, in the provider's words.
     rate_limit_message: ClassVar[str] = "rate limit exceeded"
+    unauthorized_message: ClassVar[str] = "unauthorized"
 
     def __init__(self, config: C) -> None:
         self.config_state = ConfigState(config)
@@ -146,6 +147,10 @@ class ProviderSimulator(ABC, Generic[C]):
     @abstractmethod
     def add_routes(self, router: web.UrlDispatcher) -> None:
         """Register the provider's API routes."""
+
+    @abstractmethod
+    def authorized(self, request: web.Request) -> bool:
+        """Whether the request carries the credentials in force (see `@authenticated`)."""
 
     def add_control_routes(self, router: web.UrlDispatcher) -> None:
         """Let a provider add its own `/_sim` routes before the API's catch-all ones."""

@@ -23,9 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simulators.base import ProviderSimulator
 from simulators.config import SimulatorConfig
+from simulators.handlers import authenticated, counted, poll_faults, submit_faults
 from simulators.images import ImageFormat, clamp_side, file_url
 from simulators.jobs import Lifecycle, Outcome, SimJob, fingerprint
-from simulators.wire import is_http_url, iso_ms, json_response, read_json
+from simulators.wire import is_http_url, iso_ms, json_response, read_json, read_json_object
 
 # App ids under these namespaces have one more leading segment (fal-client's APP_NAMESPACES).
 NAMESPACES = ("workflows", "comfy")
@@ -130,6 +131,16 @@ def validation_detail(app_id: str, body: Mapping[str, Any]) -> list[dict[str, An
                 detail.append({"loc": loc, "msg": err["msg"], "type": err["type"]})
         return detail
     return None
+
+
+def app_base_path(app_id: str) -> str | None:
+    """`owner/alias` (or `namespace/owner/alias`) of an app id, None when it names no app."""
+    parts = app_id.split("/")
+    namespace = [parts[0]] if parts[0] in NAMESPACES else []
+    owner_alias = parts[len(namespace) : len(namespace) + 2]
+    if len(owner_alias) < 2 or not all(owner_alias):
+        return None
+    return "/".join(namespace + owner_alias)
 
 
 def _output_size(image_size: Any) -> tuple[int, int]:
@@ -341,12 +352,10 @@ class FalSimulator(ProviderSimulator[SimulatorConfig]):
 
     # ----- handlers ----------------------------------------------------------------------
 
-    def _authorized(self, request: web.Request) -> bool:
-        return request.headers.get("Authorization") == f"Key {self.config.fal_key}"
+    unauthorized_message: ClassVar[str] = "Invalid or missing API key"
 
-    def _unauthorized(self) -> web.Response:
-        self.stats["auth_failures"] += 1
-        return self.error_response(401, "Invalid or missing API key")
+    def authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Key {self.config.fal_key}"
 
     def _find(self, request: web.Request) -> FalJob | None:
         job = self.jobs.get(request.match_info["request_id"])
@@ -355,9 +364,9 @@ class FalSimulator(ProviderSimulator[SimulatorConfig]):
             return job
         return None
 
-    async def _get_jwks(self, request: web.Request) -> web.Response:
+    @counted("jwks_requests")
+    async def _get_jwks(self, request: web.Request) -> web.StreamResponse:
         del request
-        self.stats["jwks_requests"] += 1
         return json_response(self.jwks(), headers={"Cache-Control": "max-age=86400"})
 
     async def _rotate_key(self, request: web.Request) -> web.Response:
@@ -365,29 +374,29 @@ class FalSimulator(ProviderSimulator[SimulatorConfig]):
         keep_old = bool(patch.get("keep_old")) if isinstance(patch, dict) else False
         return json_response(self.rotate_key(keep_old=keep_old))
 
-    async def _submit(self, request: web.Request) -> web.Response:
-        self.stats["submits"] += 1
+    @counted("submits")
+    async def _submit(self, request: web.Request) -> web.StreamResponse:
         app_id = request.match_info["app_id"].strip("/")
         if app_id.startswith("_sim"):
             return self.error_response(404, "Not found")
-        if not self._authorized(request):
-            return self._unauthorized()
-        parts = app_id.split("/")
-        namespace = [parts[0]] if parts[0] in NAMESPACES else []
-        owner_alias = parts[len(namespace) : len(namespace) + 2]
-        if len(owner_alias) < 2 or not all(owner_alias):
+        return await self._submit_to_app(request, app_id)
+
+    @authenticated
+    async def _submit_to_app(self, request: web.Request, app_id: str) -> web.StreamResponse:
+        base_path = app_base_path(app_id)
+        if base_path is None:
             return self.error_response(404, f"Application '{app_id}' not found")
-        fault = self.faults.before_submit()
-        if fault is not None:
-            return fault
-        body, error = await read_json(request)
-        if error is None and not isinstance(body, dict):
-            error = "request body must be a JSON object"
+        return await self._enqueue(request, app_id, base_path)
+
+    @submit_faults
+    async def _enqueue(
+        self, request: web.Request, app_id: str, base_path: str
+    ) -> web.StreamResponse:
+        body, error = await read_json_object(request)
         if error is not None:
             self.stats["validation_errors"] += 1
             body_error = [{"loc": ["body"], "msg": error, "type": "value_error.jsondecode"}]
             return json_response({"detail": body_error}, status=422)
-        assert isinstance(body, dict)
         webhook_url = request.query.get("fal_webhook")
         if webhook_url is not None and not is_http_url(webhook_url):
             self.stats["validation_errors"] += 1
@@ -410,7 +419,7 @@ class FalSimulator(ProviderSimulator[SimulatorConfig]):
             prompt=prompt,
             input=body,
             base_url=self.base_url(request),
-            base_path="/".join(namespace + owner_alias),
+            base_path=base_path,
             created_mono=time.monotonic(),
             created_wall=self.next_wall_us() / 1e6,
             queue_s=plan.queue_s,
@@ -441,18 +450,12 @@ class FalSimulator(ProviderSimulator[SimulatorConfig]):
             await self.deliver_callbacks(job)
         else:
             self.schedule_callback(job)
-        fault = self.faults.after_submit(request)
-        if fault is not None:
-            return fault
         return json_response(answer, headers={"x-fal-request-id": job.id})
 
-    async def _status(self, request: web.Request) -> web.Response:
-        self.stats["status_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.faults.before_read()
-        if fault is not None:
-            return fault
+    @counted("status_requests")
+    @authenticated
+    @poll_faults
+    async def _status(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)
         if job is None:
             return self.error_response(404, "Request not found")
@@ -460,10 +463,9 @@ class FalSimulator(ProviderSimulator[SimulatorConfig]):
         body = self.status_json(job, time.monotonic(), with_logs=with_logs)
         return json_response(body, status=200 if body["status"] == "COMPLETED" else 202)
 
+    @counted("status_stream_requests")
+    @authenticated
     async def _status_stream(self, request: web.Request) -> web.StreamResponse:
-        self.stats["status_stream_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
         job = self._find(request)
         if job is None:
             return self.error_response(404, "Request not found")
@@ -486,13 +488,10 @@ class FalSimulator(ProviderSimulator[SimulatorConfig]):
         await response.write_eof()
         return response
 
-    async def _result(self, request: web.Request) -> web.Response:
-        self.stats["result_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.faults.before_read()
-        if fault is not None:
-            return fault
+    @counted("result_requests")
+    @authenticated
+    @poll_faults
+    async def _result(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)
         if job is None:
             return self.error_response(404, "Request not found")
@@ -506,10 +505,9 @@ class FalSimulator(ProviderSimulator[SimulatorConfig]):
         headers["X-Fal-Error-Type"] = failure.error_type
         return json_response(failure.body, status=failure.http_status, headers=headers)
 
-    async def _cancel(self, request: web.Request) -> web.Response:
-        self.stats["cancels"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
+    @counted("cancels")
+    @authenticated
+    async def _cancel(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)
         if job is None:
             return json_response({"status": "NOT_FOUND"}, status=404)

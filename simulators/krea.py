@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simulators.base import ProviderSimulator
 from simulators.config import SimulatorConfig
+from simulators.handlers import authenticated, counted, poll_faults, submit_faults
 from simulators.images import clamp_side, file_url
 from simulators.jobs import Lifecycle, SimJob, fingerprint
 from simulators.wire import is_http_url, iso_ms, json_response, read_json
@@ -132,12 +133,10 @@ class KreaSimulator(ProviderSimulator[SimulatorConfig]):
         router.add_get("/jobs/{job_id}", self._get_job)
         router.add_delete("/jobs/{job_id}", self._cancel_job)
 
-    def _authorized(self, request: web.Request) -> bool:
-        return request.headers.get("Authorization") == f"Bearer {self.config.krea_token}"
+    unauthorized_message: ClassVar[str] = "invalid or missing API token"
 
-    def _unauthorized(self) -> web.Response:
-        self.stats["auth_failures"] += 1
-        return self.error_response(401, "invalid or missing API token")
+    def authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.config.krea_token}"
 
     def job_json(self, job: KreaJob, now: float, *, as_submitted: bool = False) -> dict[str, Any]:
         """Render the job object exactly as `GET /jobs/{id}` and the webhook carry it.
@@ -176,13 +175,10 @@ class KreaSimulator(ProviderSimulator[SimulatorConfig]):
         now = max(time.monotonic(), job.terminal_mono)
         return orjson.dumps(self.job_json(job, now)), {"Content-Type": "application/json"}
 
-    async def _generate(self, request: web.Request) -> web.Response:
-        self.stats["submits"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.faults.before_submit()
-        if fault is not None:
-            return fault
+    @counted("submits")
+    @authenticated
+    @submit_faults
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
         model = request.match_info["model"]
         body, error = await read_json(request)
         if error is None and not isinstance(body, dict):
@@ -231,28 +227,21 @@ class KreaSimulator(ProviderSimulator[SimulatorConfig]):
             await self.deliver_callbacks(job)
         else:
             self.schedule_callback(job)
-        fault = self.faults.after_submit(request)
-        return fault if fault is not None else json_response(answer)
+        return json_response(answer)
 
-    async def _get_job(self, request: web.Request) -> web.Response:
-        self.stats["status_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.faults.before_read()
-        if fault is not None:
-            return fault
+    @counted("status_requests")
+    @authenticated
+    @poll_faults
+    async def _get_job(self, request: web.Request) -> web.StreamResponse:
         job = self.jobs.get(request.match_info["job_id"])
         if not isinstance(job, KreaJob):
             return self.error_response(404, "job not found")
         return json_response(self.job_json(job, time.monotonic()))
 
-    async def _list_jobs(self, request: web.Request) -> web.Response:
-        self.stats["list_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.faults.before_read()
-        if fault is not None:
-            return fault
+    @counted("list_requests")
+    @authenticated
+    @poll_faults
+    async def _list_jobs(self, request: web.Request) -> web.StreamResponse:
         query = request.query
         try:
             limit = int(query.get("limit", "100"))
@@ -281,10 +270,9 @@ class KreaSimulator(ProviderSimulator[SimulatorConfig]):
             last_us = job.created_us
         return json_response({"items": items, "next_cursor": next_cursor})
 
-    async def _cancel_job(self, request: web.Request) -> web.Response:
-        self.stats["cancels"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
+    @counted("cancels")
+    @authenticated
+    async def _cancel_job(self, request: web.Request) -> web.StreamResponse:
         job = self.jobs.get(request.match_info["job_id"])
         if not isinstance(job, KreaJob):
             return self.error_response(404, "job not found")

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from simulators.base import ProviderSimulator
 from simulators.config import SimulatorConfig
+from simulators.handlers import authenticated, counted, poll_faults, submit_faults
 from simulators.images import clamp_side, file_url
 from simulators.jobs import Lifecycle, SimJob, fingerprint
 from simulators.wire import iso_ms, json_response, read_json
@@ -148,7 +149,9 @@ class ScenarioSimulator(ProviderSimulator[SimulatorConfig]):
         router.add_post(f"{PREFIX}/jobs/{{job_id}}/action", self._job_action)
         router.add_get(f"{PREFIX}/assets/{{asset_id}}", self._get_asset)
 
-    def _authorized(self, request: web.Request) -> bool:
+    unauthorized_message: ClassVar[str] = "Unauthorized"
+
+    def authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
@@ -159,10 +162,6 @@ class ScenarioSimulator(ProviderSimulator[SimulatorConfig]):
             return False
         expected = f"{self.config.scenario_api_key}:{self.config.scenario_api_secret}"
         return hmac.compare_digest(decoded, expected)
-
-    def _unauthorized(self) -> web.Response:
-        self.stats["auth_failures"] += 1
-        return self.error_response(401, "Unauthorized")
 
     def job_json(
         self, job: ScenarioJob, now: float, *, as_submitted: bool = False
@@ -253,13 +252,10 @@ class ScenarioSimulator(ProviderSimulator[SimulatorConfig]):
             return "numOutputs must be an integer between 1 and 8"
         return None
 
-    async def _generate(self, request: web.Request) -> web.Response:
-        self.stats["submits"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.faults.before_submit()
-        if fault is not None:
-            return fault
+    @counted("submits")
+    @authenticated
+    @submit_faults
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
         model_id = request.match_info["model_id"]
         body, error = await read_json(request)
         if error is None and not isinstance(body, dict):
@@ -302,28 +298,21 @@ class ScenarioSimulator(ProviderSimulator[SimulatorConfig]):
             "creativeUnitsCost": CU_PER_OUTPUT * len(job.asset_ids),
             "creativeUnitsDiscount": 0,
         }
-        fault = self.faults.after_submit(request)
-        return fault if fault is not None else json_response(answer)
+        return json_response(answer)
 
-    async def _get_job(self, request: web.Request) -> web.Response:
-        self.stats["status_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.faults.before_read()
-        if fault is not None:
-            return fault
+    @counted("status_requests")
+    @authenticated
+    @poll_faults
+    async def _get_job(self, request: web.Request) -> web.StreamResponse:
         job = self.jobs.get(request.match_info["job_id"])
         if not isinstance(job, ScenarioJob):
             return self.error_response(404, "Job not found")
         return json_response({"job": self.job_json(job, time.monotonic())})
 
-    async def _list_jobs(self, request: web.Request) -> web.Response:
-        self.stats["list_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.faults.before_read()
-        if fault is not None:
-            return fault
+    @counted("list_requests")
+    @authenticated
+    @poll_faults
+    async def _list_jobs(self, request: web.Request) -> web.StreamResponse:
         query = request.query
         try:
             page_size = int(query.get("pageSize", "50"))
@@ -348,10 +337,9 @@ class ScenarioSimulator(ProviderSimulator[SimulatorConfig]):
             body["nextPaginationToken"] = next_token
         return json_response(body)
 
-    async def _job_action(self, request: web.Request) -> web.Response:
-        self.stats["cancels"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
+    @counted("cancels")
+    @authenticated
+    async def _job_action(self, request: web.Request) -> web.StreamResponse:
         job = self.jobs.get(request.match_info["job_id"])
         if not isinstance(job, ScenarioJob):
             return self.error_response(404, "Job not found")
@@ -366,13 +354,10 @@ class ScenarioSimulator(ProviderSimulator[SimulatorConfig]):
         self.cancel_job(job, now)
         return json_response({"job": self.job_json(job, now)})
 
-    async def _get_asset(self, request: web.Request) -> web.Response:
-        self.stats["asset_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.faults.before_read()
-        if fault is not None:
-            return fault
+    @counted("asset_requests")
+    @authenticated
+    @poll_faults
+    async def _get_asset(self, request: web.Request) -> web.StreamResponse:
         found = self._assets.get(request.match_info["asset_id"])
         # An asset exists only once its job succeeded.
         if found is None or found[0].outcome(time.monotonic()) != "succeeded":
