@@ -16,19 +16,22 @@ from aiohttp.log import access_logger
 
 from simulators.base import ProviderSimulator, get_simulator
 from simulators.config import SimulatorConfig
-from simulators.fal import FalSimulator, create_fal_app
+from simulators.fal import FalConfig, FalSimulator, create_fal_app
 from simulators.faults import DROP_CALLBACK_MARKER, EARLY_MARKER, FAIL_MARKER
-from simulators.krea import KreaSimulator, create_krea_app
-from simulators.scenario import ScenarioSimulator, create_scenario_app
+from simulators.krea import KreaConfig, KreaSimulator, create_krea_app
+from simulators.scenario import ScenarioConfig, ScenarioSimulator, create_scenario_app
 
 __all__ = [
     "DROP_CALLBACK_MARKER",
     "EARLY_MARKER",
     "FAIL_MARKER",
+    "FalConfig",
     "FalSimulator",
+    "KreaConfig",
     "KreaSimulator",
     "ProviderSimulator",
     "RunningSimulators",
+    "ScenarioConfig",
     "ScenarioSimulator",
     "SimulatorConfig",
     "create_fal_app",
@@ -122,13 +125,13 @@ async def start_simulators(
     """Serve the three simulators in this event loop, each on its own port.
 
     `ports` maps "krea" / "fal" / "scenario" to a port (missing or 0: pick a free one).
-    Each simulator gets its own copy of `config`, so faults set on one never affect another.
+    Each simulator gets its own copy of `config`, so faults set on one never affect another,
+    with its provider's defaults (credentials) for the rest (see `SimulatorConfig.adopt`).
     """
-    base_config = config or SimulatorConfig()
     ports = ports or {}
-    krea = KreaSimulator(base_config)
-    fal = FalSimulator(base_config)
-    scenario = ScenarioSimulator(base_config)
+    krea = KreaSimulator(config)
+    fal = FalSimulator(config)
+    scenario = ScenarioSimulator(config)
     sims: dict[str, ProviderSimulator[Any]] = {"krea": krea, "fal": fal, "scenario": scenario}
     runners: list[web.AppRunner] = []
     roots: dict[str, str] = {}
@@ -151,11 +154,11 @@ async def start_simulators(
         fal_url=roots["fal"],
         scenario_url=f"{roots['scenario']}/v1",
         fal_jwks_url=f"{roots['fal']}/.well-known/jwks.json",
-        krea_token=base_config.krea_token,
-        fal_key=base_config.fal_key,
-        fal_user_id=base_config.fal_user_id,
-        scenario_api_key=base_config.scenario_api_key,
-        scenario_api_secret=base_config.scenario_api_secret,
+        krea_token=krea.config.krea_token,
+        fal_key=fal.config.fal_key,
+        fal_user_id=fal.config.fal_user_id,
+        scenario_api_key=scenario.config.scenario_api_key,
+        scenario_api_secret=scenario.config.scenario_api_secret,
         krea=krea,
         fal=fal,
         scenario=scenario,

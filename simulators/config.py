@@ -1,17 +1,23 @@
 """A simulator's settings and injected faults, changeable at run time, and the state around them:
-the config to go back to on reset, the fault counters being used up, the seeded random draws."""
+the config to go back to on reset, the fault counters being used up, the seeded random draws.
+
+`SimulatorConfig` holds what every simulator understands; each provider's module extends it
+with its own settings (credentials, fal's signing faults): `KreaConfig`, `FalConfig`,
+`ScenarioConfig`. Keys stay flat, so `POST /_sim/config` takes `{"queue_seconds": 1,
+"krea_token": "..."}` as it always has; a simulator refuses another provider's keys.
+"""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class SimulatorConfig(BaseModel):
-    """Timing, credentials and injected faults of one simulator; changeable at run time."""
+    """Timing and injected faults every simulator understands; changeable at run time."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -25,14 +31,6 @@ class SimulatorConfig(BaseModel):
         None, description="base of URLs the simulator hands out; default: the request's host"
     )
     random_seed: int | None = Field(None, description="seed for fail_rate / drop_rate draws")
-
-    # Credentials the simulators accept; anything else gets 401. Fake by design: they only
-    # ever unlock a local simulator.
-    krea_token: str = "sim-krea-token"  # noqa: S105
-    fal_key: str = "sim-fal-key"
-    fal_user_id: str = "sim-user"
-    scenario_api_key: str = "sim-scenario-key"
-    scenario_api_secret: str = "sim-scenario-secret"  # noqa: S105
 
     # Job outcome faults.
     fail_rate: float = Field(0.0, ge=0, le=1)
@@ -49,7 +47,7 @@ class SimulatorConfig(BaseModel):
     poll_error_next: int = Field(0, ge=0)
     slow_seconds: float = Field(0.0, ge=0, description="delay before answering any API request")
 
-    # Webhook faults.
+    # Webhook faults (providers that send webhooks; fal adds its signing faults).
     callback_duplicates: int = Field(0, ge=0)
     callback_drop_rate: float = Field(0.0, ge=0, le=1)
     callback_delay_seconds: float = Field(0.0, ge=0)
@@ -57,8 +55,6 @@ class SimulatorConfig(BaseModel):
     callback_on_cancel: bool = Field(
         True, description="send the terminal webhook of a cancelled job (fal: an ERROR one)"
     )
-    callback_bad_signature: bool = False
-    callback_timestamp_skew_seconds: float = 0.0
 
     # Webhook delivery policy; None means the provider's documented policy (fal 10, Krea 1).
     callback_max_attempts: int | None = Field(None, ge=1)
@@ -66,9 +62,15 @@ class SimulatorConfig(BaseModel):
     callback_retry_max_seconds: float = Field(5.0, ge=0)
     callback_timeout_seconds: float = Field(15.0, gt=0)
 
-    # fal validates input when the runner starts (so a bad body is an ERROR result/webhook);
-    # set this to answer 422 at submit instead.
-    fal_validate_on_submit: bool = False
+    @classmethod
+    def adopt(cls, config: SimulatorConfig | None) -> Self:
+        """This provider's config from a shared one: its common settings, this class's defaults
+        for the rest (a config of this very class is copied whole)."""
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config.model_copy()
+        return cls.model_validate(config.model_dump(include=set(SimulatorConfig.model_fields)))
 
 
 C = TypeVar("C", bound=SimulatorConfig)

@@ -88,6 +88,20 @@ class PromptInput(BaseModel):
 INPUT_MODELS: dict[str, type[BaseModel]] = {"fal-ai/flux/krea": FluxKreaInput}
 
 
+class FalConfig(SimulatorConfig):
+    """The fal simulator's config: the common one plus its account and fal's own faults."""
+
+    # Fake by design, as every simulator credential: they only ever unlock a local simulator.
+    fal_key: str = "sim-fal-key"
+    fal_user_id: str = "sim-user"
+    # Signed-webhook faults: a signature no published key verifies, a stale timestamp.
+    callback_bad_signature: bool = False
+    callback_timestamp_skew_seconds: float = 0.0
+    # fal validates input when the runner starts (so a bad body is an ERROR result/webhook);
+    # set this to answer 422 at submit instead.
+    fal_validate_on_submit: bool = False
+
+
 @dataclass(slots=True, kw_only=True, eq=False)
 class FalJob(SimJob):
     """A queued fal request plus what its result will contain."""
@@ -168,7 +182,7 @@ def public_jwk(key: Ed25519PrivateKey) -> dict[str, str]:
     }
 
 
-class FalSimulator(ProviderSimulator[SimulatorConfig]):
+class FalSimulator(ProviderSimulator[FalConfig]):
     """Simulates queue.fal.run (+ the JWKS of rest.fal.ai) for one account."""
 
     name: ClassVar[str] = "fal"
@@ -184,7 +198,7 @@ class FalSimulator(ProviderSimulator[SimulatorConfig]):
     default_callback_attempts: ClassVar[int] = 10
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
-        super().__init__(config or SimulatorConfig())
+        super().__init__(FalConfig.adopt(config))
         # Published keys, newest (the signing one) first.
         self._keys: list[Ed25519PrivateKey] = [Ed25519PrivateKey.generate()]
         # Never published: signs webhooks when the bad-signature fault is on.

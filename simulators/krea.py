@@ -61,6 +61,13 @@ class GenericBody(BaseModel):
 STRICT_BODIES: dict[str, type[BaseModel]] = {"bfl/flux-1-dev": FluxDevBody}
 
 
+class KreaConfig(SimulatorConfig):
+    """The Krea simulator's config: the common one plus the API token it accepts."""
+
+    # Fake by design, as every simulator credential: it only ever unlocks a local simulator.
+    krea_token: str = "sim-krea-token"  # noqa: S105
+
+
 @dataclass(slots=True, kw_only=True, eq=False)
 class KreaJob(SimJob):
     """A Krea job plus the output size it will advertise."""
@@ -88,7 +95,7 @@ def _parse_cursor(cursor: str) -> int:
     return (parsed - _EPOCH) // timedelta(microseconds=1)
 
 
-class KreaSimulator(ProviderSimulator[SimulatorConfig]):
+class KreaSimulator(ProviderSimulator[KreaConfig]):
     """Simulates api.krea.ai: Bearer auth, pending-job answers, terminal-state webhooks."""
 
     name: ClassVar[str] = "krea"
@@ -110,7 +117,7 @@ class KreaSimulator(ProviderSimulator[SimulatorConfig]):
     default_callback_attempts: ClassVar[int] = 1
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
-        super().__init__(config or SimulatorConfig())
+        super().__init__(KreaConfig.adopt(config))
         # Creation order doubles as time order (creation times strictly increase), which lets
         # the list endpoint find a cursor by bisection.
         self._order: list[KreaJob] = []

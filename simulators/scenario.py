@@ -50,6 +50,14 @@ ASPECT_SIZES: dict[str, tuple[int, int]] = {
 }
 
 
+class ScenarioConfig(SimulatorConfig):
+    """The Scenario simulator's config: the common one plus the key pair it accepts."""
+
+    # Fake by design, as every simulator credential: they only ever unlock a local simulator.
+    scenario_api_key: str = "sim-scenario-key"
+    scenario_api_secret: str = "sim-scenario-secret"  # noqa: S105
+
+
 def scenario_id(prefix: str) -> str:
     """Scenario-style id, e.g. `job_ocZCnG1Df35XRL1QyCZSRxAG8`: prefix plus base62 text."""
     number = uuid.uuid4().int
@@ -69,7 +77,7 @@ class ScenarioJob(SimJob):
     height: int
 
 
-class ScenarioSimulator(ProviderSimulator[SimulatorConfig]):
+class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
     """Simulates api.cloud.scenario.com/v1 for one project, authenticated by key:secret."""
 
     name: ClassVar[str] = "scenario"
@@ -89,7 +97,7 @@ class ScenarioSimulator(ProviderSimulator[SimulatorConfig]):
     )
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
-        super().__init__(config or SimulatorConfig())
+        super().__init__(ScenarioConfig.adopt(config))
         self._order: list[ScenarioJob] = []
         self._assets: dict[str, tuple[ScenarioJob, int]] = {}
         # Signs the temporary asset URLs; only their look matters, the files are public.
