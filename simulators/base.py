@@ -10,22 +10,25 @@ route handlers share (auth, fault gates, counters).
 from __future__ import annotations
 
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar, Generic
+from typing import Any, ClassVar, Generic, TypeVar
 
 from aiohttp import web
 
 from simulators.config import C, ConfigState
 from simulators.control import ControlApi
 from simulators.faults import Faults
-from simulators.jobs import JobPlan, JobStore, Lifecycle, SimJob
+from simulators.handlers import Answer, answer_early
+from simulators.jobs import J, JobPlan, JobStore, Lifecycle, NewJob, SimJob, fingerprint
 from simulators.pauses import Pauses
 from simulators.webhooks import WebhookSender
 from simulators.wire import CONTROL_PREFIX, iso_ms
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 class ProviderSimulator(ABC, Generic[C]):
@@ -48,17 +51,14 @@ class ProviderSimulator(ABC, Generic[C]):
         # webhook backoff) ends at once instead of holding the server.
         self.pauses = Pauses()
         self.faults = Faults(
-            self.config_state,
-            self.stats,
-            self.error_response,
-            rate_limit_message=self.rate_limit_message,
+            self.config_state, self.stats, self.error_response, self.rate_limit_message
         )
         self.webhooks = WebhookSender(
             self.config_state,
             self.stats,
             self.pauses,
             self.render_callback,
-            default_attempts=self.default_callback_attempts,
+            self.default_callback_attempts,
         )
 
     # ----- state -------------------------------------------------------------------------
@@ -102,15 +102,79 @@ class ProviderSimulator(ABC, Generic[C]):
         # Interned: every job keeps its base URL, and they are nearly always the same text.
         return sys.intern(f"{request.scheme}://{request.host}")
 
-    def next_wall_us(self) -> int:
-        """Wall-clock creation time of a new job in whole microseconds, strictly increasing."""
-        return self.store.next_wall_us()
-
     def plan_job(self, prompt: str) -> JobPlan:
         """Decide a new job's timing and faults from the config and the prompt's markers."""
         return self.faults.plan_job(prompt)
 
+    def status_is(self, wanted: str | None, now: float) -> Callable[[SimJob], bool]:
+        """A filter on the provider's status name at `now` (None: every job)."""
+        return lambda job: wanted is None or self.public_status(job, now) == wanted
+
+    def find_job(self, kind: type[J], job_id: str, *, missing: str) -> J:
+        """The provider's job of that id, else a 404 with `missing` (raises `Answer`)."""
+        job = self.jobs.get(job_id)
+        if not isinstance(job, kind):
+            raise Answer(self.error_response(404, missing))
+        return job
+
+    def page_query(
+        self,
+        request: web.Request,
+        size: tuple[str, int, int],
+        cursor: tuple[str, Callable[[str], T]],
+    ) -> tuple[int, T | None]:
+        """Read a list endpoint's page size and cursor, or answer 400 (raises `Answer`).
+
+        `size` is (parameter, default, maximum); `cursor` is (parameter, parser).
+        """
+        (size_name, default, maximum), (cursor_name, parse) = size, cursor
+        query = request.query
+        try:
+            limit = int(query.get(size_name, str(default)))
+            position = parse(query[cursor_name]) if cursor_name in query else None
+        except ValueError:
+            raise Answer(
+                self.error_response(400, f"invalid {size_name} or {cursor_name}")
+            ) from None
+        if not 1 <= limit <= maximum:
+            raise Answer(self.error_response(400, f"{size_name} must be between 1 and {maximum}"))
+        return limit, position
+
+    def rejected(self, message: str, *, status: int = 400) -> web.Response:
+        """Refuse an invalid request in the provider's shape, counted as `validation_errors`."""
+        self.stats["validation_errors"] += 1
+        return self.error_response(status, message)
+
     # ----- job lifecycle -----------------------------------------------------------------
+
+    def new_job(
+        self,
+        request: web.Request,
+        plan: JobPlan,
+        *,
+        job_id: str,
+        model: str,
+        prompt: str,
+        body: dict[str, Any],
+        callback_url: str | None = None,
+        submission: str | None = None,
+    ) -> NewJob:
+        """The common fields of a job created now; `submission` overrides the fingerprint."""
+        return NewJob(
+            id=job_id,
+            model=model,
+            prompt=prompt,
+            input=body,
+            base_url=self.base_url(request),
+            created_mono=time.monotonic(),
+            created_us=self.store.next_wall_us(),
+            queue_s=plan.queue_s,
+            run_s=plan.run_s,
+            will_fail=plan.will_fail,
+            drop_callbacks=plan.drop_callbacks,
+            callback_url=callback_url,
+            fingerprint=submission or fingerprint(model, body, callback_url),
+        )
 
     def register(self, job: SimJob) -> None:
         """Store a new job and count its submission (repeats share a fingerprint)."""
@@ -119,13 +183,13 @@ class ProviderSimulator(ABC, Generic[C]):
         if repeat:
             self.stats["duplicate_submits"] += 1
 
-    def schedule_callback(self, job: SimJob) -> None:
-        """Arrange delivery of the job's webhook when it reaches its terminal state."""
-        self.webhooks.schedule(job)
-
-    async def deliver_callbacks(self, job: SimJob) -> None:
-        """Deliver (or drop) the job's webhook now, plus the configured duplicates."""
-        await self.webhooks.deliver(job)
+    async def start_job(self, job: SimJob, plan: JobPlan) -> None:
+        """Register a job, then send its webhook now (the early fault) or when it ends."""
+        self.register(job)
+        if plan.early and job.callback_url is not None:
+            await self.webhooks.deliver(job)
+        else:
+            self.webhooks.schedule(job)
 
     def cancel_job(self, job: SimJob, now: float) -> None:
         """Cancel a pending job now; its webhook follows unless `callback_on_cancel` is off."""
@@ -192,7 +256,7 @@ class ProviderSimulator(ABC, Generic[C]):
                 await self.pauses.pause(slow)
             return await handler(request)
 
-        app = web.Application(middlewares=[slow_down])
+        app = web.Application(middlewares=[slow_down, answer_early])
         app[SIMULATOR_KEY] = self
         ControlApi(self).add_routes(app.router)
         self.add_control_routes(app.router)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import time
 import uuid
@@ -23,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simulators.base import ProviderSimulator
 from simulators.config import SimulatorConfig
-from simulators.handlers import authenticated, counted, poll_faults, submit_faults
+from simulators.handlers import Answer, authenticated, counted, poll_faults, submit_faults
 from simulators.images import ImageFormat, clamp_side, file_url
-from simulators.jobs import Lifecycle, Outcome, SimJob, fingerprint
+from simulators.jobs import JobPlan, Lifecycle, Outcome, SimJob
 from simulators.wire import is_http_url, iso_ms, json_response, read_json, read_json_object
 
 # App ids under these namespaces have one more leading segment (fal-client's APP_NAMESPACES).
@@ -119,6 +120,11 @@ class FalJob(SimJob):
         """The result URL; status and cancel URLs append `/status` and `/cancel`."""
         return f"{self.base_url}/{self.base_path}/requests/{self.id}"
 
+    def urls(self) -> dict[str, str]:
+        """The request's URLs as the submit and status answers carry them."""
+        url = self.response_url
+        return {"response_url": url, "status_url": f"{url}/status", "cancel_url": f"{url}/cancel"}
+
 
 @dataclass(frozen=True, slots=True)
 class FalFailure:
@@ -155,6 +161,10 @@ def app_base_path(app_id: str) -> str | None:
     if len(owner_alias) < 2 or not all(owner_alias):
         return None
     return "/".join(namespace + owner_alias)
+
+
+def _wants_logs(request: web.Request) -> bool:
+    return request.query.get("logs", "").lower() in ("1", "true")
 
 
 def _output_size(image_size: Any) -> tuple[int, int]:
@@ -194,6 +204,7 @@ class FalSimulator(ProviderSimulator[FalConfig]):
         cancelled="COMPLETED",
     )
     verbose_lifecycle: ClassVar[Lifecycle] = lifecycle
+    unauthorized_message: ClassVar[str] = "Invalid or missing API key"
     # fal retries a webhook up to 10 times.
     default_callback_attempts: ClassVar[int] = 10
 
@@ -314,14 +325,7 @@ class FalSimulator(ProviderSimulator[FalConfig]):
     def status_json(self, job: FalJob, now: float, *, with_logs: bool) -> dict[str, Any]:
         """The status endpoint's body (the HTTP code follows from its `status`)."""
         status = self.public_status(job, now)
-        url = job.response_url
-        body: dict[str, Any] = {
-            "status": status,
-            "request_id": job.id,
-            "response_url": url,
-            "status_url": f"{url}/status",
-            "cancel_url": f"{url}/cancel",
-        }
+        body: dict[str, Any] = {"status": status, "request_id": job.id, **job.urls()}
         if status == "IN_QUEUE":
             # Position is not tracked per job (that would cost O(n) per poll): always "next".
             body["queue_position"] = 0
@@ -366,17 +370,16 @@ class FalSimulator(ProviderSimulator[FalConfig]):
 
     # ----- handlers ----------------------------------------------------------------------
 
-    unauthorized_message: ClassVar[str] = "Invalid or missing API key"
-
     def authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Key {self.config.fal_key}"
 
-    def _find(self, request: web.Request) -> FalJob | None:
+    def _find(self, request: web.Request, *, missing: web.Response | None = None) -> FalJob:
+        """The request the URL names, else a 404 (`missing`, or the usual body)."""
         job = self.jobs.get(request.match_info["request_id"])
         # The status/result/cancel URLs carry owner/alias only: a sub-path there is a 404.
         if isinstance(job, FalJob) and job.base_path == request.match_info["base"]:
             return job
-        return None
+        raise Answer(missing or self.error_response(404, "Request not found"))
 
     @counted("jwks_requests")
     async def _get_jwks(self, request: web.Request) -> web.StreamResponse:
@@ -413,36 +416,47 @@ class FalSimulator(ProviderSimulator[FalConfig]):
             return json_response({"detail": body_error}, status=422)
         webhook_url = request.query.get("fal_webhook")
         if webhook_url is not None and not is_http_url(webhook_url):
-            self.stats["validation_errors"] += 1
-            return self.error_response(400, "fal_webhook must be an http(s) URL")
+            return self.rejected("fal_webhook must be an http(s) URL")
         detail = validation_detail(app_id, body)
         if detail is not None:
             self.stats["validation_errors"] += 1
             if self.config.fal_validate_on_submit:
                 return json_response({"detail": detail}, status=422)
 
+        job, plan = self._new_job(request, app_id, base_path, body, webhook_url, detail)
+        await self.start_job(job, plan)
+        answer = {"request_id": job.id, "status": "IN_QUEUE", "queue_position": 0, **job.urls()}
+        return json_response(answer, headers={"x-fal-request-id": job.id})
+
+    def _new_job(
+        self,
+        request: web.Request,
+        app_id: str,
+        base_path: str,
+        body: dict[str, Any],
+        webhook_url: str | None,
+        detail: list[dict[str, Any]] | None,
+    ) -> tuple[FalJob, JobPlan]:
         prompt = body.get("prompt")
         prompt = prompt if isinstance(prompt, str) else ""
         plan = self.plan_job(prompt)
-        width, height = _output_size(body.get("image_size"))
-        num_images = body.get("num_images")
-        seed = body.get("seed")
-        job = FalJob(
-            id=str(uuid.uuid4()),
+        if detail is not None:
+            # An invalid body fails as soon as a runner picks it up.
+            plan = dataclasses.replace(plan, run_s=0.0, will_fail=True)
+        common = self.new_job(
+            request,
+            plan,
+            job_id=str(uuid.uuid4()),
             model=app_id,
             prompt=prompt,
-            input=body,
-            base_url=self.base_url(request),
-            base_path=base_path,
-            created_mono=time.monotonic(),
-            created_wall=self.next_wall_us() / 1e6,
-            queue_s=plan.queue_s,
-            # An invalid body fails as soon as a runner picks it up.
-            run_s=0.0 if detail is not None else plan.run_s,
-            will_fail=plan.will_fail or detail is not None,
-            drop_callbacks=plan.drop_callbacks,
+            body=body,
             callback_url=webhook_url,
-            fingerprint=fingerprint(app_id, body, webhook_url),
+        )
+        width, height = _output_size(body.get("image_size"))
+        num_images, seed = body.get("num_images"), body.get("seed")
+        job = FalJob(
+            **common,
+            base_path=base_path,
             seed=seed if isinstance(seed, int) else self.config_state.rng.randrange(2**31),
             width=width,
             height=height,
@@ -450,40 +464,21 @@ class FalSimulator(ProviderSimulator[FalConfig]):
             output_format="png" if body.get("output_format") == "png" else "jpeg",
             validation_detail=detail,
         )
-        self.register(job)
-        url = job.response_url
-        answer = {
-            "request_id": job.id,
-            "status": "IN_QUEUE",
-            "queue_position": 0,
-            "response_url": url,
-            "status_url": f"{url}/status",
-            "cancel_url": f"{url}/cancel",
-        }
-        if plan.early and webhook_url is not None:
-            await self.deliver_callbacks(job)
-        else:
-            self.schedule_callback(job)
-        return json_response(answer, headers={"x-fal-request-id": job.id})
+        return job, plan
 
     @counted("status_requests")
     @authenticated
     @poll_faults
     async def _status(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)
-        if job is None:
-            return self.error_response(404, "Request not found")
-        with_logs = request.query.get("logs", "").lower() in ("1", "true")
-        body = self.status_json(job, time.monotonic(), with_logs=with_logs)
+        body = self.status_json(job, time.monotonic(), with_logs=_wants_logs(request))
         return json_response(body, status=200 if body["status"] == "COMPLETED" else 202)
 
     @counted("status_stream_requests")
     @authenticated
     async def _status_stream(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)
-        if job is None:
-            return self.error_response(404, "Request not found")
-        with_logs = request.query.get("logs", "").lower() in ("1", "true")
+        with_logs = _wants_logs(request)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -507,8 +502,6 @@ class FalSimulator(ProviderSimulator[FalConfig]):
     @poll_faults
     async def _result(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)
-        if job is None:
-            return self.error_response(404, "Request not found")
         outcome = job.outcome(time.monotonic())
         if outcome is None:
             return self.error_response(400, "Request is still in progress")
@@ -522,9 +515,7 @@ class FalSimulator(ProviderSimulator[FalConfig]):
     @counted("cancels")
     @authenticated
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
-        job = self._find(request)
-        if job is None:
-            return json_response({"status": "NOT_FOUND"}, status=404)
+        job = self._find(request, missing=json_response({"status": "NOT_FOUND"}, status=404))
         now = time.monotonic()
         if job.outcome(now) is not None:
             return json_response({"status": "ALREADY_COMPLETED"}, status=400)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -33,66 +34,59 @@ class ErrorResponder(Protocol):
     ) -> web.Response: ...
 
 
+@dataclass
 class Faults:
     """Decides, from the config in force, which faults strike a request or a new job."""
 
-    def __init__(
-        self,
-        config: ConfigState[Any],
-        stats: Counter[str],
-        error_response: ErrorResponder,
-        *,
-        rate_limit_message: str,
-    ) -> None:
-        self._config = config
-        self._stats = stats
-        self._error_response = error_response
-        self._rate_limit_message = rate_limit_message
+    config_state: ConfigState[Any]
+    stats: Counter[str]
+    error_response: ErrorResponder
+    rate_limit_message: str
 
     def before_submit(self) -> web.Response | None:
         """An injected 429 or 5xx for this submit request, if one is armed."""
-        cfg = self._config
-        if cfg.consume("rate_limit_next"):
-            self._stats["rate_limited"] += 1
-            retry_after = format_seconds(cfg.current.retry_after_seconds)
-            return self._error_response(
-                429, self._rate_limit_message, headers={"Retry-After": retry_after}
+        state = self.config_state
+        if state.consume("rate_limit_next"):
+            self.stats["rate_limited"] += 1
+            retry_after = format_seconds(state.current.retry_after_seconds)
+            return self.error_response(
+                429, self.rate_limit_message, headers={"Retry-After": retry_after}
             )
-        if cfg.consume("server_error_next"):
-            self._stats["server_errors"] += 1
-            return self._error_response(cfg.current.server_error_status, SERVER_ERROR_MESSAGE)
+        if state.consume("server_error_next"):
+            self.stats["server_errors"] += 1
+            return self.error_response(state.current.server_error_status, SERVER_ERROR_MESSAGE)
         return None
 
     def before_read(self) -> web.Response | None:
         """An injected 5xx for this status, result, list or asset request, if one is armed."""
-        if self._config.consume("poll_error_next"):
-            self._stats["poll_errors"] += 1
-            status = self._config.current.server_error_status
-            return self._error_response(status, SERVER_ERROR_MESSAGE)
+        if self.config_state.consume("poll_error_next"):
+            self.stats["poll_errors"] += 1
+            status = self.config_state.current.server_error_status
+            return self.error_response(status, SERVER_ERROR_MESSAGE)
         return None
 
     def after_submit(self, request: web.Request) -> web.Response | None:
         """Hide a created job behind a 5xx or a dropped connection: an unknown outcome."""
-        cfg = self._config
-        if not cfg.consume("error_after_submit_next"):
+        state = self.config_state
+        if not state.consume("error_after_submit_next"):
             return None
-        self._stats["errors_after_submit"] += 1
-        if cfg.current.error_after_submit_mode == "drop":
+        self.stats["errors_after_submit"] += 1
+        if state.current.error_after_submit_mode == "drop":
             # Aborting the transport makes the client see the connection close with no answer;
             # the empty response below is never written.
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=500)
-        return self._error_response(cfg.current.error_after_submit_status, SERVER_ERROR_MESSAGE)
+        return self.error_response(state.current.error_after_submit_status, SERVER_ERROR_MESSAGE)
 
     def plan_job(self, prompt: str) -> JobPlan:
         """Decide a new job's timing and faults from the config and the prompt's markers."""
-        cfg = self._config.current
+        cfg = self.config_state.current
         early = cfg.callback_early or EARLY_MARKER in prompt
         return JobPlan(
             queue_s=0.0 if early else cfg.queue_seconds,
             run_s=0.0 if early else cfg.run_seconds,
-            will_fail=FAIL_MARKER in prompt or self._config.draw(cfg.fail_rate),
+            will_fail=FAIL_MARKER in prompt or self.config_state.draw(cfg.fail_rate),
             early=early,
             drop_callbacks=DROP_CALLBACK_MARKER in prompt,
         )

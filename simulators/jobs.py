@@ -11,8 +11,8 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypedDict, TypeVar
 
 import orjson
 
@@ -30,7 +30,8 @@ class SimJob:
     input: dict[str, Any]
     base_url: str
     created_mono: float
-    created_wall: float
+    # Wall-clock creation time in whole microseconds (see `JobStore.next_wall_us`).
+    created_us: int
     queue_s: float
     run_s: float
     will_fail: bool
@@ -41,6 +42,11 @@ class SimJob:
     callback_state: CallbackState = "none"
     callback_attempts: int = 0
     callbacks_delivered: int = 0
+
+    @property
+    def created_wall(self) -> float:
+        """Wall-clock creation time in seconds."""
+        return self.created_us / 1e6
 
     @property
     def run_start_mono(self) -> float:
@@ -71,6 +77,24 @@ class SimJob:
 
 
 J = TypeVar("J", bound=SimJob)
+
+
+class NewJob(TypedDict):
+    """The fields every provider's job starts with; a provider's job class adds its own."""
+
+    id: str
+    model: str
+    prompt: str
+    input: dict[str, Any]
+    base_url: str
+    created_mono: float
+    created_us: int
+    queue_s: float
+    run_s: float
+    will_fail: bool
+    drop_callbacks: bool
+    callback_url: str | None
+    fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +132,10 @@ class Lifecycle:
     def status(self, job: SimJob, now: float) -> str:
         """The provider's status name for the job at `now`."""
         return self.history(job, now)[-1][1]
+
+    def with_steps(self, queue_steps: Sequence[str], run_steps: Sequence[str]) -> Lifecycle:
+        """The same terminal names with other intermediate steps (a verbose walk-through)."""
+        return replace(self, queue_steps=queue_steps, run_steps=run_steps)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,8 @@ from simulators.base import ProviderSimulator
 from simulators.config import SimulatorConfig
 from simulators.handlers import authenticated, counted, poll_faults, submit_faults
 from simulators.images import clamp_side, file_url
-from simulators.jobs import Lifecycle, SimJob, fingerprint
-from simulators.wire import iso_ms, json_response, read_json
+from simulators.jobs import JobPlan, Lifecycle, SimJob, newest_first
+from simulators.wire import iso_ms, json_response, read_json, read_json_object
 
 PREFIX = "/v1"
 CU_PER_OUTPUT = 5
@@ -88,13 +88,11 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
         failed="failure",
         cancelled="canceled",
     )
-    verbose_lifecycle: ClassVar[Lifecycle] = Lifecycle(
-        queue_steps=("pending", "queued"),
-        run_steps=("warming-up", "in-progress", "finalizing"),
-        succeeded="success",
-        failed="failure",
-        cancelled="canceled",
+    verbose_lifecycle: ClassVar[Lifecycle] = lifecycle.with_steps(
+        ("pending", "queued"), ("warming-up", "in-progress", "finalizing")
     )
+    rate_limit_message: ClassVar[str] = "Too many requests"
+    unauthorized_message: ClassVar[str] = "Unauthorized"
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
         super().__init__(ScenarioConfig.adopt(config))
@@ -116,8 +114,6 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
             body["details"] = {"actionName": "generate", "actionLimit": 10}
         return json_response(body, status=status, headers=headers)
 
-    rate_limit_message: ClassVar[str] = "Too many requests"
-
     def add_control_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/_sim/bulk_jobs", self._bulk_jobs)
 
@@ -133,22 +129,40 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
         ):
             return self.error_response(400, error or "body must be {count: int, ...}")
         model_id = str(body.get("model", "model_flux-krea-dev"))
-        queue_s = float(body.get("queue_seconds", self.config.queue_seconds))
-        run_s = float(body.get("run_seconds", self.config.run_seconds))
-        now_mono, base_url = time.monotonic(), self.base_url(request)
+        plan = JobPlan(
+            queue_s=float(body.get("queue_seconds", self.config.queue_seconds)),
+            run_s=float(body.get("run_seconds", self.config.run_seconds)),
+            will_fail=False,
+            early=False,
+            drop_callbacks=False,
+        )
         ids = []
         for n in range(body["count"]):
+            prompt, job_id = f"bulk {n}", scenario_id("job")
             job = ScenarioJob(
-                id=scenario_id("job"), model=model_id, prompt=f"bulk {n}", input={"prompt": f"bulk {n}"},
-                base_url=base_url, created_mono=now_mono, created_wall=self.next_wall_us() / 1e6,
-                queue_s=queue_s, run_s=run_s, will_fail=False, drop_callbacks=False, callback_url=None,
-                fingerprint=f"bulk-{n}-{now_mono}", asset_ids=[scenario_id("asset")], width=1024, height=768,
-            )  # fmt: skip
+                **self.new_job(
+                    request,
+                    plan,
+                    job_id=job_id,
+                    model=model_id,
+                    prompt=prompt,
+                    body={"prompt": prompt},
+                    submission=f"bulk-{job_id}",  # never counted as a repeat
+                ),
+                asset_ids=[scenario_id("asset")],
+                width=1024,
+                height=768,
+            )
+            self._index(job)
             self.register(job)
-            self._order.append(job)
-            self._assets[job.asset_ids[0]] = (job, 0)
             ids.append(job.id)
         return json_response({"job_ids": ids})
+
+    def _index(self, job: ScenarioJob) -> None:
+        """Keep a new job in creation order (for the list) and its assets by id."""
+        self._order.append(job)
+        for index, asset_id in enumerate(job.asset_ids):
+            self._assets[asset_id] = (job, index)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post(f"{PREFIX}/generate/custom/{{model_id}}", self._generate)
@@ -156,8 +170,6 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
         router.add_get(f"{PREFIX}/jobs/{{job_id}}", self._get_job)
         router.add_post(f"{PREFIX}/jobs/{{job_id}}/action", self._job_action)
         router.add_get(f"{PREFIX}/assets/{{asset_id}}", self._get_asset)
-
-    unauthorized_message: ClassVar[str] = "Unauthorized"
 
     def authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -265,42 +277,24 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
     @submit_faults
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         model_id = request.match_info["model_id"]
-        body, error = await read_json(request)
-        if error is None and not isinstance(body, dict):
-            error = "request body must be a JSON object"
-        if error is None:
-            assert isinstance(body, dict)
-            error = self._check_body(model_id, body)
+        body, error = await read_json_object(request)
+        error = error or self._check_body(model_id, body)
         if error is not None:
-            self.stats["validation_errors"] += 1
-            return self.error_response(400, error)
-        assert isinstance(body, dict)
+            return self.rejected(error)
 
         prompt = body.get("prompt", "")
         plan = self.plan_job(prompt)
         width, height = ASPECT_SIZES.get(str(body.get("aspectRatio", "4:3")), ASPECT_SIZES["4:3"])
         job = ScenarioJob(
-            id=scenario_id("job"),
-            model=model_id,
-            prompt=prompt,
-            input=body,
-            base_url=self.base_url(request),
-            created_mono=time.monotonic(),
-            created_wall=self.next_wall_us() / 1e6,
-            queue_s=plan.queue_s,
-            run_s=plan.run_s,
-            will_fail=plan.will_fail,
-            drop_callbacks=plan.drop_callbacks,
-            callback_url=None,
-            fingerprint=fingerprint(model_id, body, None),
+            **self.new_job(
+                request, plan, job_id=scenario_id("job"), model=model_id, prompt=prompt, body=body
+            ),
             asset_ids=[scenario_id("asset") for _ in range(body.get("numOutputs", 1))],
             width=clamp_side(body.get("width"), width),
             height=clamp_side(body.get("height"), height),
         )
-        self.register(job)
-        self._order.append(job)
-        for index, asset_id in enumerate(job.asset_ids):
-            self._assets[asset_id] = (job, index)
+        self._index(job)
+        await self.start_job(job, plan)  # Scenario sends no webhooks: this only registers it
         answer = {
             "job": self.job_json(job, job.created_mono, as_submitted=True),
             "creativeUnitsCost": CU_PER_OUTPUT * len(job.asset_ids),
@@ -312,45 +306,28 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
     @authenticated
     @poll_faults
     async def _get_job(self, request: web.Request) -> web.StreamResponse:
-        job = self.jobs.get(request.match_info["job_id"])
-        if not isinstance(job, ScenarioJob):
-            return self.error_response(404, "Job not found")
+        job = self.find_job(ScenarioJob, request.match_info["job_id"], missing="Job not found")
         return json_response({"job": self.job_json(job, time.monotonic())})
 
     @counted("list_requests")
     @authenticated
     @poll_faults
     async def _list_jobs(self, request: web.Request) -> web.StreamResponse:
-        query = request.query
-        try:
-            page_size = int(query.get("pageSize", "50"))
-            # The token is the creation index to continue from (newest first); opaque to clients.
-            start = int(query["paginationToken"]) if "paginationToken" in query else None
-        except ValueError:
-            return self.error_response(400, "invalid pageSize or paginationToken")
-        if not 1 <= page_size <= 100:
-            return self.error_response(400, "pageSize must be between 1 and 100")
-        wanted_status = query.get("status")
+        # The token is the creation index to continue from (newest first); opaque to clients.
+        page_size, start = self.page_query(request, ("pageSize", 50, 100), ("paginationToken", int))
         now = time.monotonic()
-        index = len(self._order) - 1 if start is None else min(start, len(self._order) - 1)
-        jobs: list[dict[str, Any]] = []
-        while index >= 0 and len(jobs) < page_size:
-            job = self._order[index]
-            index -= 1
-            if wanted_status is None or self.public_status(job, now) == wanted_status:
-                jobs.append(self.job_json(job, now))
-        next_token = str(index) if index >= 0 and len(jobs) == page_size else None
-        body: dict[str, Any] = {"jobs": jobs}
-        if next_token is not None:
-            body["nextPaginationToken"] = next_token
+        end = len(self._order) if start is None else min(start + 1, len(self._order))
+        wanted = self.status_is(request.query.get("status"), now)
+        page, rest = newest_first(self._order, end, wanted, page_size)
+        body: dict[str, Any] = {"jobs": [self.job_json(job, now) for job in page]}
+        if rest >= 0 and len(page) == page_size:
+            body["nextPaginationToken"] = str(rest)
         return json_response(body)
 
     @counted("cancels")
     @authenticated
     async def _job_action(self, request: web.Request) -> web.StreamResponse:
-        job = self.jobs.get(request.match_info["job_id"])
-        if not isinstance(job, ScenarioJob):
-            return self.error_response(404, "Job not found")
+        job = self.find_job(ScenarioJob, request.match_info["job_id"], missing="Job not found")
         body, _ = await read_json(request)
         if not isinstance(body, dict) or body.get("action") != "cancel":
             return self.error_response(400, "Unsupported action: only 'cancel' is supported")

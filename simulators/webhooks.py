@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -26,27 +27,19 @@ log = logging.getLogger(__name__)
 Render = Callable[[SimJob], tuple[bytes, dict[str, str]]]
 
 
+@dataclass
 class WebhookSender:
     """Schedules, delivers and retries the webhooks of one simulator's jobs."""
 
-    def __init__(
-        self,
-        config: ConfigState[Any],
-        stats: Counter[str],
-        pauses: Pauses,
-        render: Render,
-        *,
-        default_attempts: int,
-    ) -> None:
-        self._config = config
-        self._stats = stats
-        self._pauses = pauses
-        self._render = render
-        # Attempts per webhook when config.callback_max_attempts is None.
-        self._default_attempts = default_attempts
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._session: aiohttp.ClientSession | None = None
+    config_state: ConfigState[Any]
+    stats: Counter[str]
+    pauses: Pauses
+    render: Render
+    # Attempts per webhook when config.callback_max_attempts is None.
+    default_attempts: int
+    _timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict, init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _session: aiohttp.ClientSession | None = field(default=None, init=False)
 
     @property
     def pending(self) -> int:
@@ -59,7 +52,7 @@ class WebhookSender:
             return
         self._drop_timer(job)
         delay = max(0.0, job.terminal_mono - time.monotonic())
-        delay += self._config.current.callback_delay_seconds
+        delay += self.config_state.current.callback_delay_seconds
         loop = asyncio.get_running_loop()
         # An empty context: a copy of the request's would keep request objects alive per job.
         self._timers[job.id] = loop.call_later(
@@ -89,44 +82,44 @@ class WebhookSender:
         """Deliver (or drop) the job's webhook now, plus the configured duplicates."""
         if job.callback_url is None:
             return
-        cfg = self._config.current
+        cfg = self.config_state.current
         job.callback_state = "delivering"
-        if job.drop_callbacks or self._config.draw(cfg.callback_drop_rate):
-            self._stats["callbacks_dropped"] += 1
+        if job.drop_callbacks or self.config_state.draw(cfg.callback_drop_rate):
+            self.stats["callbacks_dropped"] += 1
             job.callback_state = "dropped"
             return
         for copy in range(1 + cfg.callback_duplicates):
             if copy:
-                self._stats["callbacks_duplicated"] += 1
+                self.stats["callbacks_duplicated"] += 1
             await self._deliver_one(job, job.callback_url)
         job.callback_state = "delivered" if job.callbacks_delivered else "failed"
 
     async def _deliver_one(self, job: SimJob, url: str) -> bool:
         """POST one webhook, retrying non-2xx answers and timeouts per the provider's policy."""
-        cfg = self._config.current
-        attempts = cfg.callback_max_attempts or self._default_attempts
+        cfg = self.config_state.current
+        attempts = cfg.callback_max_attempts or self.default_attempts
         backoff = cfg.callback_retry_base_seconds
-        generation = self._pauses.generation
+        generation = self.pauses.generation
         for attempt in range(1, attempts + 1):
-            if generation != self._pauses.generation:
+            if generation != self.pauses.generation:
                 break  # reset or shutting down: this job is gone
             job.callback_attempts += 1
-            self._stats["callback_attempts"] += 1
+            self.stats["callback_attempts"] += 1
             if await self._post(job, url):
-                self._stats["callbacks_sent"] += 1
+                self.stats["callbacks_sent"] += 1
                 job.callbacks_delivered += 1
                 return True
-            self._stats["callbacks_failed"] += 1
+            self.stats["callbacks_failed"] += 1
             if attempt < attempts:
-                await self._pauses.pause(min(backoff, cfg.callback_retry_max_seconds))
+                await self.pauses.pause(min(backoff, cfg.callback_retry_max_seconds))
                 backoff *= 2
-        self._stats["callbacks_abandoned"] += 1
+        self.stats["callbacks_abandoned"] += 1
         return False
 
     async def _post(self, job: SimJob, url: str) -> bool:
         """One attempt; True when the receiver answered 2xx in time."""
-        timeout = aiohttp.ClientTimeout(total=self._config.current.callback_timeout_seconds)
-        body, headers = self._render(job)
+        timeout = aiohttp.ClientTimeout(total=self.config_state.current.callback_timeout_seconds)
+        body, headers = self.render(job)
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         try:
