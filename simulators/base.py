@@ -102,10 +102,6 @@ class ProviderSimulator(ABC, Generic[C]):
         # Interned: every job keeps its base URL, and they are nearly always the same text.
         return sys.intern(f"{request.scheme}://{request.host}")
 
-    def plan_job(self, prompt: str) -> JobPlan:
-        """Decide a new job's timing and faults from the config and the prompt's markers."""
-        return self.faults.plan_job(prompt)
-
     def status_is(self, wanted: str | None, now: float) -> Callable[[SimJob], bool]:
         """A filter on the provider's status name at `now` (None: every job)."""
         return lambda job: wanted is None or self.public_status(job, now) == wanted

@@ -439,7 +439,7 @@ class FalSimulator(ProviderSimulator[FalConfig]):
     ) -> tuple[FalJob, JobPlan]:
         prompt = body.get("prompt")
         prompt = prompt if isinstance(prompt, str) else ""
-        plan = self.plan_job(prompt)
+        plan = self.faults.plan_job(prompt)
         if detail is not None:
             # An invalid body fails as soon as a runner picks it up.
             plan = dataclasses.replace(plan, run_s=0.0, will_fail=True)

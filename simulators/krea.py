@@ -192,7 +192,7 @@ class KreaSimulator(ProviderSimulator[KreaConfig]):
             return self.rejected("X-Webhook-URL must be an http(s) URL")
 
         prompt = str(body["prompt"])
-        plan = self.plan_job(prompt)
+        plan = self.faults.plan_job(prompt)
         job = KreaJob(
             **self.new_job(
                 request,

@@ -283,7 +283,7 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
             return self.rejected(error)
 
         prompt = body.get("prompt", "")
-        plan = self.plan_job(prompt)
+        plan = self.faults.plan_job(prompt)
         width, height = ASPECT_SIZES.get(str(body.get("aspectRatio", "4:3")), ASPECT_SIZES["4:3"])
         job = ScenarioJob(
             **self.new_job(
@@ -294,7 +294,7 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
             height=clamp_side(body.get("height"), height),
         )
         self._index(job)
-        await self.start_job(job, plan)  # Scenario sends no webhooks: this only registers it
+        self.register(job)  # Scenario is polled: no webhook to schedule
         answer = {
             "job": self.job_json(job, job.created_mono, as_submitted=True),
             "creativeUnitsCost": CU_PER_OUTPUT * len(job.asset_ids),
