@@ -163,7 +163,7 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
         self.sim_ports = {p: free_port() for p in ("krea", "fal", "scenario")}
         self.sims = {p: f"http://127.0.0.1:{port}" for p, port in self.sim_ports.items()}
-        sims = Child("simulators", [sys.executable, "-m", "service.simulators",
+        sims = Child("simulators", [sys.executable, "-m", "simulators",
                                     "--krea-port", str(self.sim_ports["krea"]), "--fal-port", str(self.sim_ports["fal"]),
                                     "--scenario-port", str(self.sim_ports["scenario"])], env, self.logs)  # fmt: skip
         self.children.append(sims)

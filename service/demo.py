@@ -15,6 +15,7 @@ import secrets
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -22,8 +23,10 @@ from pydantic import SecretStr
 
 from service.config import Settings
 from service.logs import get_logger
-from service.simulators import RunningSimulators, SimulatorConfig, start_simulators
 from service.web.app import build_app
+
+if TYPE_CHECKING:
+    from simulators import RunningSimulators
 
 
 def _kept_secret(data_dir: Path, name: str, make: Callable[[], str]) -> str:
@@ -108,6 +111,16 @@ async def start_demo_simulators(
     ]
     if not missing:
         return settings, None, {}
+    # The simulators live beside the service in the repository, not in its wheel.
+    try:
+        from simulators import SimulatorConfig, start_simulators
+    except ModuleNotFoundError as exc:
+        if exc.name != "simulators":
+            raise
+        raise SystemExit(
+            f"the demo simulates {', '.join(missing)} (no credentials configured) and so needs "
+            "a source checkout (make run): the `simulators` package is not importable"
+        ) from exc
     sims = await start_simulators(config=SimulatorConfig(queue_seconds=1.0, run_seconds=2.0))
     update: dict[str, object] = {}
     urls: dict[str, str] = {}

@@ -15,9 +15,9 @@ import httpx
 
 from service.config import Settings
 from service.db.database import Database
-from service.simulators import RunningSimulators, SimulatorConfig, start_simulators
 from service.web.app import HUB_KEY, RUNNER_KEY
 from service.workers.schedule import DEFAULT_TIMINGS, PollPolicy, ProviderTiming
+from simulators import RunningSimulators, SimulatorConfig, start_simulators
 from tests.conftest import Service, start_service
 
 TERMINAL = {"succeeded", "failed", "canceled"}

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from service.simulators import SimulatorConfig
+from simulators import SimulatorConfig
 from tests.acceptance.stack import Stack, running_stack
 
 SLOW = SimulatorConfig(queue_seconds=60, run_seconds=60)

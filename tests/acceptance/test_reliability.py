@@ -12,9 +12,9 @@ import pytest
 from schemas.jobs import JobStatus
 from service.metrics import WEBHOOK_MISSES
 from service.providers.base import Observation
-from service.simulators import SimulatorConfig
 from service.web.app import RUNNER_KEY, STORE_KEY
 from service.workers.schedule import GraceRule, PollPolicy, ProviderTiming, RetryPolicy
+from simulators import SimulatorConfig
 from tests.acceptance.stack import FAST_TIMINGS, Stack, running_stack
 
 MODEL = {"krea": "bfl/flux-1-dev", "fal": "fal-ai/flux/krea", "scenario": "model_flux-krea-dev"}

@@ -71,7 +71,7 @@ class Chaos:
             [
                 python(),
                 "-m",
-                "service.simulators",
+                "simulators",
                 "--krea-port",
                 str(self.sim_ports["krea"]),
                 "--fal-port",

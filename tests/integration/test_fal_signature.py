@@ -11,7 +11,7 @@ import pytest
 from service.providers.base import InvalidCallback
 from service.providers.fal_signature import FalWebhookVerifier
 from service.providers.http import make_client
-from service.simulators import RunningSimulators, SimulatorConfig, start_simulators
+from simulators import RunningSimulators, SimulatorConfig, start_simulators
 
 
 class FakeMonotonic:

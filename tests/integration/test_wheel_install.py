@@ -28,7 +28,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service.simulators import SimulatorConfig, start_simulators
+from simulators import SimulatorConfig, start_simulators
 from tests.conftest import dsn_with_database
 
 REPO = Path(__file__).resolve().parents[2]

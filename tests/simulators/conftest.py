@@ -8,7 +8,7 @@ import httpx
 import pytest_asyncio
 from aiohttp import web
 
-from service.simulators import RunningSimulators, start_simulators
+from simulators import RunningSimulators, start_simulators
 from tests.simulators.helpers import DEADLINE_SECONDS, TEST_CONFIG, WebhookReceiver
 
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from service.simulators import RunningSimulators, SimulatorConfig
+from simulators import RunningSimulators, SimulatorConfig
 
 T = TypeVar("T")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.simulators import RunningSimulators
-from service.simulators.__main__ import parse_args
-from service.simulators.images import solid_jpeg, solid_png
+from simulators import RunningSimulators
+from simulators.__main__ import parse_args
+from simulators.images import solid_jpeg, solid_png
 from tests.simulators.helpers import DEADLINE_SECONDS, configure, stats
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +125,7 @@ async def test_cli_serves_until_interrupted(http: httpx.AsyncClient) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "service.simulators",
+        "simulators",
         "--krea-port=0",
         "--fal-port=0",
         "--scenario-port=0",

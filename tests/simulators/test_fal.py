@@ -18,7 +18,7 @@ import pytest_asyncio
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from service.simulators import RunningSimulators
+from simulators import RunningSimulators
 from tests.simulators.helpers import (
     Delivery,
     WebhookReceiver,

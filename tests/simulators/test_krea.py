@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.simulators import RunningSimulators
+from simulators import RunningSimulators
 from tests.simulators.helpers import (
     WebhookReceiver,
     callbacks_settled,

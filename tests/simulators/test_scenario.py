@@ -12,7 +12,7 @@ import pytest_asyncio
 import scenario_sdk
 from scenario_sdk import AsyncScenario, Scenario
 
-from service.simulators import RunningSimulators
+from simulators import RunningSimulators
 from tests.simulators.helpers import configure, stats, wait_until
 
 MODEL = "model_flux-krea-dev"

@@ -9,30 +9,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.log import access_logger
 
-from service.simulators.common import (
-    DROP_CALLBACK_MARKER,
-    EARLY_MARKER,
-    FAIL_MARKER,
-    ProviderSimulator,
-    SimulatorConfig,
-    get_simulator,
-)
-from service.simulators.fal import FalSimulator, create_fal_app
-from service.simulators.krea import KreaSimulator, create_krea_app
-from service.simulators.scenario import ScenarioSimulator, create_scenario_app
+from simulators.base import ProviderSimulator, get_simulator
+from simulators.config import SimulatorConfig
+from simulators.fal import FalConfig, FalSimulator, create_fal_app
+from simulators.faults import DROP_CALLBACK_MARKER, EARLY_MARKER, FAIL_MARKER
+from simulators.krea import KreaConfig, KreaSimulator, create_krea_app
+from simulators.scenario import ScenarioConfig, ScenarioSimulator, create_scenario_app
 
 __all__ = [
     "DROP_CALLBACK_MARKER",
     "EARLY_MARKER",
     "FAIL_MARKER",
+    "FalConfig",
     "FalSimulator",
+    "KreaConfig",
     "KreaSimulator",
     "ProviderSimulator",
     "RunningSimulators",
+    "ScenarioConfig",
     "ScenarioSimulator",
     "SimulatorConfig",
     "create_fal_app",
@@ -68,9 +68,9 @@ class RunningSimulators:
         """Base of a simulator's control API, e.g. `{root}/_sim` (config, stats, jobs, reset)."""
         return f"{self.roots[provider]}/_sim"
 
-    def simulator(self, provider: str) -> ProviderSimulator:
+    def simulator(self, provider: str) -> ProviderSimulator[Any]:
         """The in-process simulator object behind a provider name, for direct inspection."""
-        sims: dict[str, ProviderSimulator] = {
+        sims: dict[str, ProviderSimulator[Any]] = {
             "krea": self.krea,
             "fal": self.fal,
             "scenario": self.scenario,
@@ -100,10 +100,24 @@ class RunningSimulators:
         await self.close()
 
 
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """Method, path and status only: a query string can carry a callback URL with its token
+    (fal's `fal_webhook`), which has no place in a log."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %.1fms", request.method, request.path, response.status, time * 1000
+        )
+
+
 async def _serve(
     app: web.Application, host: str, port: int, *, access_log: bool
 ) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=access_logger if access_log else None)
+    runner = web.AppRunner(
+        app,
+        access_log=access_logger if access_log else None,
+        access_log_class=PathOnlyAccessLogger,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -126,14 +140,14 @@ async def start_simulators(
     """Serve the three simulators in this event loop, each on its own port.
 
     `ports` maps "krea" / "fal" / "scenario" to a port (missing or 0: pick a free one).
-    Each simulator gets its own copy of `config`, so faults set on one never affect another.
+    Each simulator gets its own copy of `config`, so faults set on one never affect another,
+    with its provider's defaults (credentials) for the rest (see `SimulatorConfig.adopt`).
     """
-    base_config = config or SimulatorConfig()
     ports = ports or {}
-    krea = KreaSimulator(base_config)
-    fal = FalSimulator(base_config)
-    scenario = ScenarioSimulator(base_config)
-    sims: dict[str, ProviderSimulator] = {"krea": krea, "fal": fal, "scenario": scenario}
+    krea = KreaSimulator(config)
+    fal = FalSimulator(config)
+    scenario = ScenarioSimulator(config)
+    sims: dict[str, ProviderSimulator[Any]] = {"krea": krea, "fal": fal, "scenario": scenario}
     runners: list[web.AppRunner] = []
     roots: dict[str, str] = {}
     try:
@@ -155,11 +169,11 @@ async def start_simulators(
         fal_url=roots["fal"],
         scenario_url=f"{roots['scenario']}/v1",
         fal_jwks_url=f"{roots['fal']}/.well-known/jwks.json",
-        krea_token=base_config.krea_token,
-        fal_key=base_config.fal_key,
-        fal_user_id=base_config.fal_user_id,
-        scenario_api_key=base_config.scenario_api_key,
-        scenario_api_secret=base_config.scenario_api_secret,
+        krea_token=krea.config.krea_token,
+        fal_key=fal.config.fal_key,
+        fal_user_id=fal.config.fal_user_id,
+        scenario_api_key=scenario.config.scenario_api_key,
+        scenario_api_secret=scenario.config.scenario_api_secret,
         krea=krea,
         fal=fal,
         scenario=scenario,

@@ -18,18 +18,12 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from service.simulators.common import (
-    Lifecycle,
-    ProviderSimulator,
-    SimJob,
-    SimulatorConfig,
-    clamp_side,
-    file_url,
-    fingerprint,
-    iso_ms,
-    json_response,
-    read_json,
-)
+from simulators.base import ProviderSimulator
+from simulators.config import SimulatorConfig
+from simulators.handlers import authenticated, counted, poll_faults, submit_faults
+from simulators.images import clamp_side, file_url
+from simulators.jobs import JobPlan, Lifecycle, SimJob, newest_first
+from simulators.wire import iso_ms, json_response, read_json, read_json_object
 
 PREFIX = "/v1"
 CU_PER_OUTPUT = 5
@@ -56,6 +50,14 @@ ASPECT_SIZES: dict[str, tuple[int, int]] = {
 }
 
 
+class ScenarioConfig(SimulatorConfig):
+    """The Scenario simulator's config: the common one plus the key pair it accepts."""
+
+    # Fake by design, as every simulator credential: they only ever unlock a local simulator.
+    scenario_api_key: str = "sim-scenario-key"
+    scenario_api_secret: str = "sim-scenario-secret"  # noqa: S105
+
+
 def scenario_id(prefix: str) -> str:
     """Scenario-style id, e.g. `job_ocZCnG1Df35XRL1QyCZSRxAG8`: prefix plus base62 text."""
     number = uuid.uuid4().int
@@ -75,7 +77,7 @@ class ScenarioJob(SimJob):
     height: int
 
 
-class ScenarioSimulator(ProviderSimulator):
+class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
     """Simulates api.cloud.scenario.com/v1 for one project, authenticated by key:secret."""
 
     name: ClassVar[str] = "scenario"
@@ -86,16 +88,14 @@ class ScenarioSimulator(ProviderSimulator):
         failed="failure",
         cancelled="canceled",
     )
-    verbose_lifecycle: ClassVar[Lifecycle] = Lifecycle(
-        queue_steps=("pending", "queued"),
-        run_steps=("warming-up", "in-progress", "finalizing"),
-        succeeded="success",
-        failed="failure",
-        cancelled="canceled",
+    verbose_lifecycle: ClassVar[Lifecycle] = lifecycle.with_steps(
+        ("pending", "queued"), ("warming-up", "in-progress", "finalizing")
     )
+    rate_limit_message: ClassVar[str] = "Too many requests"
+    unauthorized_message: ClassVar[str] = "Unauthorized"
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
-        super().__init__(config)
+        super().__init__(ScenarioConfig.adopt(config))
         self._order: list[ScenarioJob] = []
         self._assets: dict[str, tuple[ScenarioJob, int]] = {}
         # Signs the temporary asset URLs; only their look matters, the files are public.
@@ -114,9 +114,6 @@ class ScenarioSimulator(ProviderSimulator):
             body["details"] = {"actionName": "generate", "actionLimit": 10}
         return json_response(body, status=status, headers=headers)
 
-    def rate_limit_message(self) -> str:
-        return "Too many requests"
-
     def add_control_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/_sim/bulk_jobs", self._bulk_jobs)
 
@@ -132,22 +129,40 @@ class ScenarioSimulator(ProviderSimulator):
         ):
             return self.error_response(400, error or "body must be {count: int, ...}")
         model_id = str(body.get("model", "model_flux-krea-dev"))
-        queue_s = float(body.get("queue_seconds", self.config.queue_seconds))
-        run_s = float(body.get("run_seconds", self.config.run_seconds))
-        now_mono, base_url = time.monotonic(), self.base_url(request)
+        plan = JobPlan(
+            queue_s=float(body.get("queue_seconds", self.config.queue_seconds)),
+            run_s=float(body.get("run_seconds", self.config.run_seconds)),
+            will_fail=False,
+            early=False,
+            drop_callbacks=False,
+        )
         ids = []
         for n in range(body["count"]):
+            prompt, job_id = f"bulk {n}", scenario_id("job")
             job = ScenarioJob(
-                id=scenario_id("job"), model=model_id, prompt=f"bulk {n}", input={"prompt": f"bulk {n}"},
-                base_url=base_url, created_mono=now_mono, created_wall=self.next_wall_us() / 1e6,
-                queue_s=queue_s, run_s=run_s, will_fail=False, drop_callbacks=False, callback_url=None,
-                fingerprint=f"bulk-{n}-{now_mono}", asset_ids=[scenario_id("asset")], width=1024, height=768,
-            )  # fmt: skip
+                **self.new_job(
+                    request,
+                    plan,
+                    job_id=job_id,
+                    model=model_id,
+                    prompt=prompt,
+                    body={"prompt": prompt},
+                    submission=f"bulk-{job_id}",  # never counted as a repeat
+                ),
+                asset_ids=[scenario_id("asset")],
+                width=1024,
+                height=768,
+            )
+            self._index(job)
             self.register(job)
-            self._order.append(job)
-            self._assets[job.asset_ids[0]] = (job, 0)
             ids.append(job.id)
         return json_response({"job_ids": ids})
+
+    def _index(self, job: ScenarioJob) -> None:
+        """Keep a new job in creation order (for the list) and its assets by id."""
+        self._order.append(job)
+        for index, asset_id in enumerate(job.asset_ids):
+            self._assets[asset_id] = (job, index)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post(f"{PREFIX}/generate/custom/{{model_id}}", self._generate)
@@ -156,7 +171,7 @@ class ScenarioSimulator(ProviderSimulator):
         router.add_post(f"{PREFIX}/jobs/{{job_id}}/action", self._job_action)
         router.add_get(f"{PREFIX}/assets/{{asset_id}}", self._get_asset)
 
-    def _authorized(self, request: web.Request) -> bool:
+    def authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
@@ -167,10 +182,6 @@ class ScenarioSimulator(ProviderSimulator):
             return False
         expected = f"{self.config.scenario_api_key}:{self.config.scenario_api_secret}"
         return hmac.compare_digest(decoded, expected)
-
-    def _unauthorized(self) -> web.Response:
-        self.stats["auth_failures"] += 1
-        return self.error_response(401, "Unauthorized")
 
     def job_json(
         self, job: ScenarioJob, now: float, *, as_submitted: bool = False
@@ -261,108 +272,62 @@ class ScenarioSimulator(ProviderSimulator):
             return "numOutputs must be an integer between 1 and 8"
         return None
 
-    async def _generate(self, request: web.Request) -> web.Response:
-        self.stats["submits"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.submit_fault()
-        if fault is not None:
-            return fault
+    @counted("submits")
+    @authenticated
+    @submit_faults
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
         model_id = request.match_info["model_id"]
-        body, error = await read_json(request)
-        if error is None and not isinstance(body, dict):
-            error = "request body must be a JSON object"
-        if error is None:
-            assert isinstance(body, dict)
-            error = self._check_body(model_id, body)
+        body, error = await read_json_object(request)
+        error = error or self._check_body(model_id, body)
         if error is not None:
-            self.stats["validation_errors"] += 1
-            return self.error_response(400, error)
-        assert isinstance(body, dict)
+            return self.rejected(error)
 
         prompt = body.get("prompt", "")
-        plan = self.plan_job(prompt)
+        plan = self.faults.plan_job(prompt)
         width, height = ASPECT_SIZES.get(str(body.get("aspectRatio", "4:3")), ASPECT_SIZES["4:3"])
         job = ScenarioJob(
-            id=scenario_id("job"),
-            model=model_id,
-            prompt=prompt,
-            input=body,
-            base_url=self.base_url(request),
-            created_mono=time.monotonic(),
-            created_wall=self.next_wall_us() / 1e6,
-            queue_s=plan.queue_s,
-            run_s=plan.run_s,
-            will_fail=plan.will_fail,
-            drop_callbacks=plan.drop_callbacks,
-            callback_url=None,
-            fingerprint=fingerprint(model_id, body, None),
+            **self.new_job(
+                request, plan, job_id=scenario_id("job"), model=model_id, prompt=prompt, body=body
+            ),
             asset_ids=[scenario_id("asset") for _ in range(body.get("numOutputs", 1))],
             width=clamp_side(body.get("width"), width),
             height=clamp_side(body.get("height"), height),
         )
-        self.register(job)
-        self._order.append(job)
-        for index, asset_id in enumerate(job.asset_ids):
-            self._assets[asset_id] = (job, index)
+        self._index(job)
+        self.register(job)  # Scenario is polled: no webhook to schedule
         answer = {
             "job": self.job_json(job, job.created_mono, as_submitted=True),
             "creativeUnitsCost": CU_PER_OUTPUT * len(job.asset_ids),
             "creativeUnitsDiscount": 0,
         }
-        fault = self.after_submit_fault(request)
-        return fault if fault is not None else json_response(answer)
+        return json_response(answer)
 
-    async def _get_job(self, request: web.Request) -> web.Response:
-        self.stats["status_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.poll_fault()
-        if fault is not None:
-            return fault
-        job = self.jobs.get(request.match_info["job_id"])
-        if not isinstance(job, ScenarioJob):
-            return self.error_response(404, "Job not found")
+    @counted("status_requests")
+    @authenticated
+    @poll_faults
+    async def _get_job(self, request: web.Request) -> web.StreamResponse:
+        job = self.find_job(ScenarioJob, request.match_info["job_id"], missing="Job not found")
         return json_response({"job": self.job_json(job, time.monotonic())})
 
-    async def _list_jobs(self, request: web.Request) -> web.Response:
-        self.stats["list_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.poll_fault()
-        if fault is not None:
-            return fault
-        query = request.query
-        try:
-            page_size = int(query.get("pageSize", "50"))
-            # The token is the creation index to continue from (newest first); opaque to clients.
-            start = int(query["paginationToken"]) if "paginationToken" in query else None
-        except ValueError:
-            return self.error_response(400, "invalid pageSize or paginationToken")
-        if not 1 <= page_size <= 100:
-            return self.error_response(400, "pageSize must be between 1 and 100")
-        wanted_status = query.get("status")
+    @counted("list_requests")
+    @authenticated
+    @poll_faults
+    async def _list_jobs(self, request: web.Request) -> web.StreamResponse:
+        # The token is the creation index to continue from (newest first); opaque to clients.
+        page_size, start = self.page_query(request, ("pageSize", 50, 100), ("paginationToken", int))
         now = time.monotonic()
-        index = len(self._order) - 1 if start is None else min(start, len(self._order) - 1)
-        jobs: list[dict[str, Any]] = []
-        while index >= 0 and len(jobs) < page_size:
-            job = self._order[index]
-            index -= 1
-            if wanted_status is None or self.public_status(job, now) == wanted_status:
-                jobs.append(self.job_json(job, now))
-        next_token = str(index) if index >= 0 and len(jobs) == page_size else None
-        body: dict[str, Any] = {"jobs": jobs}
-        if next_token is not None:
-            body["nextPaginationToken"] = next_token
+        end = len(self._order) if start is None else min(start + 1, len(self._order))
+        wanted = self.status_is(request.query.get("status"), now)
+        page, rest = newest_first(self._order, end, wanted, page_size)
+        body: dict[str, Any] = {"jobs": [self.job_json(job, now) for job in page]}
+        if rest >= 0 and len(page) == page_size:
+            body["nextPaginationToken"] = str(rest)
         return json_response(body)
 
-    async def _job_action(self, request: web.Request) -> web.Response:
-        self.stats["cancels"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        job = self.jobs.get(request.match_info["job_id"])
-        if not isinstance(job, ScenarioJob):
-            return self.error_response(404, "Job not found")
+    @counted("cancels")
+    @authenticated
+    async def _job_action(self, request: web.Request) -> web.StreamResponse:
+        job = self.find_job(ScenarioJob, request.match_info["job_id"], missing="Job not found")
         body, _ = await read_json(request)
         if not isinstance(body, dict) or body.get("action") != "cancel":
             return self.error_response(400, "Unsupported action: only 'cancel' is supported")
@@ -374,13 +339,10 @@ class ScenarioSimulator(ProviderSimulator):
         self.cancel_job(job, now)
         return json_response({"job": self.job_json(job, now)})
 
-    async def _get_asset(self, request: web.Request) -> web.Response:
-        self.stats["asset_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.poll_fault()
-        if fault is not None:
-            return fault
+    @counted("asset_requests")
+    @authenticated
+    @poll_faults
+    async def _get_asset(self, request: web.Request) -> web.StreamResponse:
         found = self._assets.get(request.match_info["asset_id"])
         # An asset exists only once its job succeeded.
         if found is None or found[0].outcome(time.monotonic()) != "succeeded":

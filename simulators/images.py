@@ -1,13 +1,25 @@
-"""Tiny but valid JPEG and PNG files of any size, served as the simulators' outputs."""
+"""Tiny but valid JPEG and PNG files of any size, served as the simulators' outputs.
+
+Outputs are served by the simulator itself at `/_sim/files/{stem}-{w}x{h}.{png|jpg}`: the
+name carries the size and format, so any URL handed out stays valid without storing anything.
+"""
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
+
+from aiohttp import web
+
+from simulators.wire import CONTROL_PREFIX, json_response
 
 ImageFormat = Literal["jpeg", "png"]
+
+FILES_PATH = f"{CONTROL_PREFIX}/files"
+_FILE_NAME = re.compile(r"^(?P<stem>[\w.-]+?)(?:-(?P<w>\d+)x(?P<h>\d+))?\.(?P<ext>jpe?g|png)$")
 
 # Outputs are solid-colour, so even large images stay a few kilobytes; the cap only bounds
 # the work one request can cause.
@@ -69,3 +81,33 @@ def render_image(fmt: ImageFormat, width: int, height: int) -> bytes:
 def _check_size(width: int, height: int) -> None:
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
         raise ValueError(f"image size {width}x{height} outside 1..{MAX_SIDE}")
+
+
+def file_url(base_url: str, stem: str, *, width: int, height: int, fmt: ImageFormat) -> str:
+    """URL of an output image served by the simulator itself."""
+    ext = "png" if fmt == "png" else "jpg"
+    return f"{base_url}{FILES_PATH}/{stem}-{width}x{height}.{ext}"
+
+
+def clamp_side(value: Any, default: int) -> int:
+    """Read a requested image side leniently (numbers only), kept within what we can render."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return max(1, min(MAX_SIDE, int(value)))
+
+
+def file_response(name: str) -> web.Response:
+    """Answer `GET /_sim/files/{name}`: the image the name describes (64x64 without a size)."""
+    match = _FILE_NAME.match(name)
+    if match is None:
+        return json_response({"error": "file not found"}, status=404)
+    width = int(match["w"] or 64)
+    height = int(match["h"] or 64)
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        return json_response({"error": "file not found"}, status=404)
+    fmt: ImageFormat = "png" if match["ext"] == "png" else "jpeg"
+    return web.Response(
+        body=render_image(fmt, width, height),
+        content_type=f"image/{fmt}",
+        headers={"Cache-Control": "max-age=86400"},
+    )

@@ -1,6 +1,6 @@
 """Run the three provider simulators until interrupted, for the demo and manual testing.
 
-    python -m service.simulators --host 127.0.0.1 --krea-port 9101 --fal-port 9102 \
+    python -m simulators --host 127.0.0.1 --krea-port 9101 --fal-port 9102 \
         --scenario-port 9103 [--queue-seconds 0.2] [--run-seconds 0.5]
 """
 
@@ -13,14 +13,13 @@ import logging
 import signal
 from collections.abc import Sequence
 
-from service.logs import install_record_redaction
-from service.simulators import SimulatorConfig, start_simulators
+from simulators import SimulatorConfig, start_simulators
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line (kept separate so it can be tested)."""
     parser = argparse.ArgumentParser(
-        prog="python -m service.simulators",
+        prog="python -m simulators",
         description="Serve local Krea, fal and Scenario simulators until Ctrl-C.",
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -74,10 +73,8 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of `python -m service.simulators`."""
+    """Entry point of `python -m simulators`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    # The access log (--access-log) prints fal submissions' `fal_webhook`, callback tokens included.
-    install_record_redaction()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(parse_args(argv)))
 

@@ -14,19 +14,12 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.simulators.common import (
-    Lifecycle,
-    ProviderSimulator,
-    SimJob,
-    SimulatorConfig,
-    clamp_side,
-    file_url,
-    fingerprint,
-    is_http_url,
-    iso_ms,
-    json_response,
-    read_json,
-)
+from simulators.base import ProviderSimulator
+from simulators.config import SimulatorConfig
+from simulators.handlers import authenticated, counted, poll_faults, submit_faults
+from simulators.images import clamp_side, file_url
+from simulators.jobs import Lifecycle, SimJob, newest_first
+from simulators.wire import is_http_url, iso_ms, json_response, read_json_object
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FAILURE_MESSAGE = "simulated generation failure"
@@ -68,13 +61,19 @@ class GenericBody(BaseModel):
 STRICT_BODIES: dict[str, type[BaseModel]] = {"bfl/flux-1-dev": FluxDevBody}
 
 
+class KreaConfig(SimulatorConfig):
+    """The Krea simulator's config: the common one plus the API token it accepts."""
+
+    # Fake by design, as every simulator credential: it only ever unlocks a local simulator.
+    krea_token: str = "sim-krea-token"  # noqa: S105
+
+
 @dataclass(slots=True, kw_only=True, eq=False)
 class KreaJob(SimJob):
     """A Krea job plus the output size it will advertise."""
 
     width: int
     height: int
-    created_us: int
 
 
 def _summarise(exc: ValidationError) -> str:
@@ -95,7 +94,7 @@ def _parse_cursor(cursor: str) -> int:
     return (parsed - _EPOCH) // timedelta(microseconds=1)
 
 
-class KreaSimulator(ProviderSimulator):
+class KreaSimulator(ProviderSimulator[KreaConfig]):
     """Simulates api.krea.ai: Bearer auth, pending-job answers, terminal-state webhooks."""
 
     name: ClassVar[str] = "krea"
@@ -106,18 +105,16 @@ class KreaSimulator(ProviderSimulator):
         failed="failed",
         cancelled="cancelled",
     )
-    verbose_lifecycle: ClassVar[Lifecycle] = Lifecycle(
-        queue_steps=("backlogged", "queued", "scheduled"),
-        run_steps=("processing", "sampling", "intermediate-complete"),
-        succeeded="completed",
-        failed="failed",
-        cancelled="cancelled",
+    verbose_lifecycle: ClassVar[Lifecycle] = lifecycle.with_steps(
+        ("backlogged", "queued", "scheduled"), ("processing", "sampling", "intermediate-complete")
     )
+    rate_limit_message: ClassVar[str] = "maximum concurrent jobs reached"
+    unauthorized_message: ClassVar[str] = "invalid or missing API token"
     # Krea documents no webhook retry: one attempt unless the config asks for more.
     default_callback_attempts: ClassVar[int] = 1
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
-        super().__init__(config)
+        super().__init__(KreaConfig.adopt(config))
         # Creation order doubles as time order (creation times strictly increase), which lets
         # the list endpoint find a cursor by bisection.
         self._order: list[KreaJob] = []
@@ -132,21 +129,14 @@ class KreaSimulator(ProviderSimulator):
     ) -> web.Response:
         return json_response({"error": message}, status=status, headers=headers)
 
-    def rate_limit_message(self) -> str:
-        return "maximum concurrent jobs reached"
-
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/generate/image/{model:.+}", self._generate)
         router.add_get("/jobs", self._list_jobs)
         router.add_get("/jobs/{job_id}", self._get_job)
         router.add_delete("/jobs/{job_id}", self._cancel_job)
 
-    def _authorized(self, request: web.Request) -> bool:
+    def authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bearer {self.config.krea_token}"
-
-    def _unauthorized(self) -> web.Response:
-        self.stats["auth_failures"] += 1
-        return self.error_response(401, "invalid or missing API token")
 
     def job_json(self, job: KreaJob, now: float, *, as_submitted: bool = False) -> dict[str, Any]:
         """Render the job object exactly as `GET /jobs/{id}` and the webhook carry it.
@@ -185,118 +175,72 @@ class KreaSimulator(ProviderSimulator):
         now = max(time.monotonic(), job.terminal_mono)
         return orjson.dumps(self.job_json(job, now)), {"Content-Type": "application/json"}
 
-    async def _generate(self, request: web.Request) -> web.Response:
-        self.stats["submits"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.submit_fault()
-        if fault is not None:
-            return fault
+    @counted("submits")
+    @authenticated
+    @submit_faults
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
         model = request.match_info["model"]
-        body, error = await read_json(request)
-        if error is None and not isinstance(body, dict):
-            error = "request body must be a JSON object"
+        body, error = await read_json_object(request)
         if error is not None:
-            self.stats["validation_errors"] += 1
-            return self.error_response(400, error)
-        assert isinstance(body, dict)
+            return self.rejected(error)
         try:
             STRICT_BODIES.get(model, GenericBody).model_validate(body)
         except ValidationError as exc:
-            self.stats["validation_errors"] += 1
-            return self.error_response(400, _summarise(exc))
+            return self.rejected(_summarise(exc))
         callback_url = request.headers.get("X-Webhook-URL")
         if callback_url is not None and not is_http_url(callback_url):
-            self.stats["validation_errors"] += 1
-            return self.error_response(400, "X-Webhook-URL must be an http(s) URL")
+            return self.rejected("X-Webhook-URL must be an http(s) URL")
 
         prompt = str(body["prompt"])
-        plan = self.plan_job(prompt)
-        created_us = self.next_wall_us()
+        plan = self.faults.plan_job(prompt)
         job = KreaJob(
-            id=str(uuid.uuid4()),
-            model=model,
-            prompt=prompt,
-            input=body,
-            base_url=self.base_url(request),
-            created_mono=time.monotonic(),
-            created_wall=created_us / 1e6,
-            created_us=created_us,
-            queue_s=plan.queue_s,
-            run_s=plan.run_s,
-            will_fail=plan.will_fail,
-            drop_callbacks=plan.drop_callbacks,
-            callback_url=callback_url,
-            fingerprint=fingerprint(model, body, callback_url),
+            **self.new_job(
+                request,
+                plan,
+                job_id=str(uuid.uuid4()),
+                model=model,
+                prompt=prompt,
+                body=body,
+                callback_url=callback_url,
+            ),
             width=clamp_side(body.get("width"), 1024),
             height=clamp_side(body.get("height"), 1024),
         )
-        self.register(job)
         self._order.append(job)
-        self._order_us.append(created_us)
+        self._order_us.append(job.created_us)
         # Rendered before any early webhook, as the real API answers with the pending job.
         answer = self.job_json(job, job.created_mono, as_submitted=True)
-        if plan.early and callback_url is not None:
-            await self.deliver_callbacks(job)
-        else:
-            self.schedule_callback(job)
-        fault = self.after_submit_fault(request)
-        return fault if fault is not None else json_response(answer)
+        await self.start_job(job, plan)
+        return json_response(answer)
 
-    async def _get_job(self, request: web.Request) -> web.Response:
-        self.stats["status_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.poll_fault()
-        if fault is not None:
-            return fault
-        job = self.jobs.get(request.match_info["job_id"])
-        if not isinstance(job, KreaJob):
-            return self.error_response(404, "job not found")
+    @counted("status_requests")
+    @authenticated
+    @poll_faults
+    async def _get_job(self, request: web.Request) -> web.StreamResponse:
+        job = self.find_job(KreaJob, request.match_info["job_id"], missing="job not found")
         return json_response(self.job_json(job, time.monotonic()))
 
-    async def _list_jobs(self, request: web.Request) -> web.Response:
-        self.stats["list_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.poll_fault()
-        if fault is not None:
-            return fault
-        query = request.query
-        try:
-            limit = int(query.get("limit", "100"))
-            before_us = _parse_cursor(query["cursor"]) if "cursor" in query else None
-        except ValueError:
-            return self.error_response(400, "invalid limit or cursor")
-        if not 1 <= limit <= 1000:
-            return self.error_response(400, "limit must be between 1 and 1000")
-        wanted_status = query.get("status")
+    @counted("list_requests")
+    @authenticated
+    @poll_faults
+    async def _list_jobs(self, request: web.Request) -> web.StreamResponse:
+        limit, before_us = self.page_query(request, ("limit", 100, 1000), ("cursor", _parse_cursor))
         now = time.monotonic()
-        end = (
-            len(self._order) if before_us is None else bisect.bisect_left(self._order_us, before_us)
-        )
-        items: list[dict[str, Any]] = []
-        next_cursor: str | None = None
-        last_us = 0
-        # Newest first; the cursor is the creation time of the last job on the page.
-        for index in range(end - 1, -1, -1):
-            job = self._order[index]
-            if wanted_status is not None and self.public_status(job, now) != wanted_status:
-                continue
-            if len(items) == limit:
-                next_cursor = _iso_us(last_us)
-                break
-            items.append(self.job_json(job, now))
-            last_us = job.created_us
+        end = len(self._order)
+        if before_us is not None:
+            end = bisect.bisect_left(self._order_us, before_us)
+        # Newest first, one more than asked for to learn whether another page follows; the
+        # cursor is the creation time of the last job on the page.
+        wanted = self.status_is(request.query.get("status"), now)
+        page, _ = newest_first(self._order, end, wanted, limit + 1)
+        next_cursor = _iso_us(page[limit - 1].created_us) if len(page) > limit else None
+        items = [self.job_json(job, now) for job in page[:limit]]
         return json_response({"items": items, "next_cursor": next_cursor})
 
-    async def _cancel_job(self, request: web.Request) -> web.Response:
-        self.stats["cancels"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        job = self.jobs.get(request.match_info["job_id"])
-        if not isinstance(job, KreaJob):
-            return self.error_response(404, "job not found")
+    @counted("cancels")
+    @authenticated
+    async def _cancel_job(self, request: web.Request) -> web.StreamResponse:
+        job = self.find_job(KreaJob, request.match_info["job_id"], missing="job not found")
         now = time.monotonic()
         if job.outcome(now) is not None:
             # Krea only cancels queued or processing jobs; the exact code is undocumented.

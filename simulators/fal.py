@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import time
 import uuid
@@ -21,21 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.simulators.common import (
-    Lifecycle,
-    Outcome,
-    ProviderSimulator,
-    SimJob,
-    SimulatorConfig,
-    clamp_side,
-    file_url,
-    fingerprint,
-    is_http_url,
-    iso_ms,
-    json_response,
-    read_json,
-)
-from service.simulators.images import ImageFormat
+from simulators.base import ProviderSimulator
+from simulators.config import SimulatorConfig
+from simulators.handlers import Answer, authenticated, counted, poll_faults, submit_faults
+from simulators.images import ImageFormat, clamp_side, file_url
+from simulators.jobs import JobPlan, Lifecycle, Outcome, SimJob
+from simulators.wire import is_http_url, iso_ms, json_response, read_json, read_json_object
 
 # App ids under these namespaces have one more leading segment (fal-client's APP_NAMESPACES).
 NAMESPACES = ("workflows", "comfy")
@@ -97,6 +89,20 @@ class PromptInput(BaseModel):
 INPUT_MODELS: dict[str, type[BaseModel]] = {"fal-ai/flux/krea": FluxKreaInput}
 
 
+class FalConfig(SimulatorConfig):
+    """The fal simulator's config: the common one plus its account and fal's own faults."""
+
+    # Fake by design, as every simulator credential: they only ever unlock a local simulator.
+    fal_key: str = "sim-fal-key"
+    fal_user_id: str = "sim-user"
+    # Signed-webhook faults: a signature no published key verifies, a stale timestamp.
+    callback_bad_signature: bool = False
+    callback_timestamp_skew_seconds: float = 0.0
+    # fal validates input when the runner starts (so a bad body is an ERROR result/webhook);
+    # set this to answer 422 at submit instead.
+    fal_validate_on_submit: bool = False
+
+
 @dataclass(slots=True, kw_only=True, eq=False)
 class FalJob(SimJob):
     """A queued fal request plus what its result will contain."""
@@ -113,6 +119,11 @@ class FalJob(SimJob):
     def response_url(self) -> str:
         """The result URL; status and cancel URLs append `/status` and `/cancel`."""
         return f"{self.base_url}/{self.base_path}/requests/{self.id}"
+
+    def urls(self) -> dict[str, str]:
+        """The request's URLs as the submit and status answers carry them."""
+        url = self.response_url
+        return {"response_url": url, "status_url": f"{url}/status", "cancel_url": f"{url}/cancel"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +153,20 @@ def validation_detail(app_id: str, body: Mapping[str, Any]) -> list[dict[str, An
     return None
 
 
+def app_base_path(app_id: str) -> str | None:
+    """`owner/alias` (or `namespace/owner/alias`) of an app id, None when it names no app."""
+    parts = app_id.split("/")
+    namespace = [parts[0]] if parts[0] in NAMESPACES else []
+    owner_alias = parts[len(namespace) : len(namespace) + 2]
+    if len(owner_alias) < 2 or not all(owner_alias):
+        return None
+    return "/".join(namespace + owner_alias)
+
+
+def _wants_logs(request: web.Request) -> bool:
+    return request.query.get("logs", "").lower() in ("1", "true")
+
+
 def _output_size(image_size: Any) -> tuple[int, int]:
     if isinstance(image_size, str) and image_size in IMAGE_SIZES:
         return IMAGE_SIZES[image_size]
@@ -167,7 +192,7 @@ def public_jwk(key: Ed25519PrivateKey) -> dict[str, str]:
     }
 
 
-class FalSimulator(ProviderSimulator):
+class FalSimulator(ProviderSimulator[FalConfig]):
     """Simulates queue.fal.run (+ the JWKS of rest.fal.ai) for one account."""
 
     name: ClassVar[str] = "fal"
@@ -179,11 +204,12 @@ class FalSimulator(ProviderSimulator):
         cancelled="COMPLETED",
     )
     verbose_lifecycle: ClassVar[Lifecycle] = lifecycle
+    unauthorized_message: ClassVar[str] = "Invalid or missing API key"
     # fal retries a webhook up to 10 times.
     default_callback_attempts: ClassVar[int] = 10
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
-        super().__init__(config)
+        super().__init__(FalConfig.adopt(config))
         # Published keys, newest (the signing one) first.
         self._keys: list[Ed25519PrivateKey] = [Ed25519PrivateKey.generate()]
         # Never published: signs webhooks when the bad-signature fault is on.
@@ -299,14 +325,7 @@ class FalSimulator(ProviderSimulator):
     def status_json(self, job: FalJob, now: float, *, with_logs: bool) -> dict[str, Any]:
         """The status endpoint's body (the HTTP code follows from its `status`)."""
         status = self.public_status(job, now)
-        url = job.response_url
-        body: dict[str, Any] = {
-            "status": status,
-            "request_id": job.id,
-            "response_url": url,
-            "status_url": f"{url}/status",
-            "cancel_url": f"{url}/cancel",
-        }
+        body: dict[str, Any] = {"status": status, "request_id": job.id, **job.urls()}
         if status == "IN_QUEUE":
             # Position is not tracked per job (that would cost O(n) per poll): always "next".
             body["queue_position"] = 0
@@ -351,23 +370,20 @@ class FalSimulator(ProviderSimulator):
 
     # ----- handlers ----------------------------------------------------------------------
 
-    def _authorized(self, request: web.Request) -> bool:
+    def authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Key {self.config.fal_key}"
 
-    def _unauthorized(self) -> web.Response:
-        self.stats["auth_failures"] += 1
-        return self.error_response(401, "Invalid or missing API key")
-
-    def _find(self, request: web.Request) -> FalJob | None:
+    def _find(self, request: web.Request, *, missing: web.Response | None = None) -> FalJob:
+        """The request the URL names, else a 404 (`missing`, or the usual body)."""
         job = self.jobs.get(request.match_info["request_id"])
         # The status/result/cancel URLs carry owner/alias only: a sub-path there is a 404.
         if isinstance(job, FalJob) and job.base_path == request.match_info["base"]:
             return job
-        return None
+        raise Answer(missing or self.error_response(404, "Request not found"))
 
-    async def _get_jwks(self, request: web.Request) -> web.Response:
+    @counted("jwks_requests")
+    async def _get_jwks(self, request: web.Request) -> web.StreamResponse:
         del request
-        self.stats["jwks_requests"] += 1
         return json_response(self.jwks(), headers={"Cache-Control": "max-age=86400"})
 
     async def _rotate_key(self, request: web.Request) -> web.Response:
@@ -375,109 +391,94 @@ class FalSimulator(ProviderSimulator):
         keep_old = bool(patch.get("keep_old")) if isinstance(patch, dict) else False
         return json_response(self.rotate_key(keep_old=keep_old))
 
-    async def _submit(self, request: web.Request) -> web.Response:
-        self.stats["submits"] += 1
+    @counted("submits")
+    async def _submit(self, request: web.Request) -> web.StreamResponse:
         app_id = request.match_info["app_id"].strip("/")
         if app_id.startswith("_sim"):
             return self.error_response(404, "Not found")
-        if not self._authorized(request):
-            return self._unauthorized()
-        parts = app_id.split("/")
-        namespace = [parts[0]] if parts[0] in NAMESPACES else []
-        owner_alias = parts[len(namespace) : len(namespace) + 2]
-        if len(owner_alias) < 2 or not all(owner_alias):
+        return await self._submit_to_app(request, app_id)
+
+    @authenticated
+    async def _submit_to_app(self, request: web.Request, app_id: str) -> web.StreamResponse:
+        base_path = app_base_path(app_id)
+        if base_path is None:
             return self.error_response(404, f"Application '{app_id}' not found")
-        fault = self.submit_fault()
-        if fault is not None:
-            return fault
-        body, error = await read_json(request)
-        if error is None and not isinstance(body, dict):
-            error = "request body must be a JSON object"
+        return await self._enqueue(request, app_id, base_path)
+
+    @submit_faults
+    async def _enqueue(
+        self, request: web.Request, app_id: str, base_path: str
+    ) -> web.StreamResponse:
+        body, error = await read_json_object(request)
         if error is not None:
             self.stats["validation_errors"] += 1
             body_error = [{"loc": ["body"], "msg": error, "type": "value_error.jsondecode"}]
             return json_response({"detail": body_error}, status=422)
-        assert isinstance(body, dict)
         webhook_url = request.query.get("fal_webhook")
         if webhook_url is not None and not is_http_url(webhook_url):
-            self.stats["validation_errors"] += 1
-            return self.error_response(400, "fal_webhook must be an http(s) URL")
+            return self.rejected("fal_webhook must be an http(s) URL")
         detail = validation_detail(app_id, body)
         if detail is not None:
             self.stats["validation_errors"] += 1
             if self.config.fal_validate_on_submit:
                 return json_response({"detail": detail}, status=422)
 
+        job, plan = self._new_job(request, app_id, base_path, body, webhook_url, detail)
+        await self.start_job(job, plan)
+        answer = {"request_id": job.id, "status": "IN_QUEUE", "queue_position": 0, **job.urls()}
+        return json_response(answer, headers={"x-fal-request-id": job.id})
+
+    def _new_job(
+        self,
+        request: web.Request,
+        app_id: str,
+        base_path: str,
+        body: dict[str, Any],
+        webhook_url: str | None,
+        detail: list[dict[str, Any]] | None,
+    ) -> tuple[FalJob, JobPlan]:
         prompt = body.get("prompt")
         prompt = prompt if isinstance(prompt, str) else ""
-        plan = self.plan_job(prompt)
-        width, height = _output_size(body.get("image_size"))
-        num_images = body.get("num_images")
-        seed = body.get("seed")
-        job = FalJob(
-            id=str(uuid.uuid4()),
+        plan = self.faults.plan_job(prompt)
+        if detail is not None:
+            # An invalid body fails as soon as a runner picks it up.
+            plan = dataclasses.replace(plan, run_s=0.0, will_fail=True)
+        common = self.new_job(
+            request,
+            plan,
+            job_id=str(uuid.uuid4()),
             model=app_id,
             prompt=prompt,
-            input=body,
-            base_url=self.base_url(request),
-            base_path="/".join(namespace + owner_alias),
-            created_mono=time.monotonic(),
-            created_wall=self.next_wall_us() / 1e6,
-            queue_s=plan.queue_s,
-            # An invalid body fails as soon as a runner picks it up.
-            run_s=0.0 if detail is not None else plan.run_s,
-            will_fail=plan.will_fail or detail is not None,
-            drop_callbacks=plan.drop_callbacks,
+            body=body,
             callback_url=webhook_url,
-            fingerprint=fingerprint(app_id, body, webhook_url),
-            seed=seed if isinstance(seed, int) else self._rng.randrange(2**31),
+        )
+        width, height = _output_size(body.get("image_size"))
+        num_images, seed = body.get("num_images"), body.get("seed")
+        job = FalJob(
+            **common,
+            base_path=base_path,
+            seed=seed if isinstance(seed, int) else self.config_state.rng.randrange(2**31),
             width=width,
             height=height,
             num_images=num_images if isinstance(num_images, int) and 1 <= num_images <= 4 else 1,
             output_format="png" if body.get("output_format") == "png" else "jpeg",
             validation_detail=detail,
         )
-        self.register(job)
-        url = job.response_url
-        answer = {
-            "request_id": job.id,
-            "status": "IN_QUEUE",
-            "queue_position": 0,
-            "response_url": url,
-            "status_url": f"{url}/status",
-            "cancel_url": f"{url}/cancel",
-        }
-        if plan.early and webhook_url is not None:
-            await self.deliver_callbacks(job)
-        else:
-            self.schedule_callback(job)
-        fault = self.after_submit_fault(request)
-        if fault is not None:
-            return fault
-        return json_response(answer, headers={"x-fal-request-id": job.id})
+        return job, plan
 
-    async def _status(self, request: web.Request) -> web.Response:
-        self.stats["status_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.poll_fault()
-        if fault is not None:
-            return fault
+    @counted("status_requests")
+    @authenticated
+    @poll_faults
+    async def _status(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)
-        if job is None:
-            return self.error_response(404, "Request not found")
-        with_logs = request.query.get("logs", "").lower() in ("1", "true")
-        body = self.status_json(job, time.monotonic(), with_logs=with_logs)
+        body = self.status_json(job, time.monotonic(), with_logs=_wants_logs(request))
         return json_response(body, status=200 if body["status"] == "COMPLETED" else 202)
 
+    @counted("status_stream_requests")
+    @authenticated
     async def _status_stream(self, request: web.Request) -> web.StreamResponse:
-        self.stats["status_stream_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
         job = self._find(request)
-        if job is None:
-            return self.error_response(404, "Request not found")
-        with_logs = request.query.get("logs", "").lower() in ("1", "true")
+        with_logs = _wants_logs(request)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -496,16 +497,11 @@ class FalSimulator(ProviderSimulator):
         await response.write_eof()
         return response
 
-    async def _result(self, request: web.Request) -> web.Response:
-        self.stats["result_requests"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        fault = self.poll_fault()
-        if fault is not None:
-            return fault
+    @counted("result_requests")
+    @authenticated
+    @poll_faults
+    async def _result(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)
-        if job is None:
-            return self.error_response(404, "Request not found")
         outcome = job.outcome(time.monotonic())
         if outcome is None:
             return self.error_response(400, "Request is still in progress")
@@ -516,13 +512,10 @@ class FalSimulator(ProviderSimulator):
         headers["X-Fal-Error-Type"] = failure.error_type
         return json_response(failure.body, status=failure.http_status, headers=headers)
 
-    async def _cancel(self, request: web.Request) -> web.Response:
-        self.stats["cancels"] += 1
-        if not self._authorized(request):
-            return self._unauthorized()
-        job = self._find(request)
-        if job is None:
-            return json_response({"status": "NOT_FOUND"}, status=404)
+    @counted("cancels")
+    @authenticated
+    async def _cancel(self, request: web.Request) -> web.StreamResponse:
+        job = self._find(request, missing=json_response({"status": "NOT_FOUND"}, status=404))
         now = time.monotonic()
         if job.outcome(now) is not None:
             return json_response({"status": "ALREADY_COMPLETED"}, status=400)

@@ -1,0 +1,112 @@
+"""The `/_sim` control API every simulator serves beside its provider's API.
+
+`GET|POST /_sim/config` (read, or merge a patch of flat keys), `GET /_sim/stats` (counters),
+`GET /_sim/jobs[?prompt_contains=]`, `POST /_sim/reset`, `GET /_sim/files/{name}` (outputs).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from simulators.images import FILES_PATH, file_response
+from simulators.wire import CONTROL_PREFIX, json_response, read_json
+
+if TYPE_CHECKING:
+    from simulators.base import ProviderSimulator
+
+# Counters always present in `GET /_sim/stats` (zero until something happens), so tests can
+# read any of them without guarding against a missing key.
+STAT_NAMES = (
+    "submits",
+    "jobs_created",
+    "duplicate_submits",
+    "auth_failures",
+    "validation_errors",
+    "rate_limited",
+    "server_errors",
+    "errors_after_submit",
+    "poll_errors",
+    "status_requests",
+    "status_stream_requests",
+    "result_requests",
+    "list_requests",
+    "asset_requests",
+    "file_requests",
+    "jwks_requests",
+    "key_rotations",
+    "cancels",
+    "jobs_cancelled",
+    "callback_attempts",
+    "callbacks_sent",
+    "callbacks_failed",
+    "callbacks_abandoned",
+    "callbacks_dropped",
+    "callbacks_duplicated",
+)
+
+
+class ControlApi:
+    """The `/_sim` routes of one simulator: its config, counters, jobs, reset and files."""
+
+    def __init__(self, sim: ProviderSimulator[Any]) -> None:
+        self._sim = sim
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get(f"{CONTROL_PREFIX}/config", self._get_config)
+        router.add_post(f"{CONTROL_PREFIX}/config", self._post_config)
+        router.add_get(f"{CONTROL_PREFIX}/stats", self._get_stats)
+        router.add_get(f"{CONTROL_PREFIX}/jobs", self._get_jobs)
+        router.add_post(f"{CONTROL_PREFIX}/reset", self._post_reset)
+        router.add_get(f"{FILES_PATH}/{{name}}", self._get_file)
+
+    async def _get_config(self, request: web.Request) -> web.Response:
+        del request
+        return json_response(self._sim.config.model_dump())
+
+    async def _post_config(self, request: web.Request) -> web.Response:
+        patch, error = await read_json(request)
+        if error is not None or not isinstance(patch, dict):
+            return json_response({"error": error or "body must be a JSON object"}, status=400)
+        try:
+            config = self._sim.update_config(patch)
+        except ValidationError as exc:
+            return json_response({"error": str(exc)}, status=400)
+        return json_response(config.model_dump())
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        del request
+        sim = self._sim
+        now = time.monotonic()
+        in_flight = sum(1 for job in sim.jobs.values() if job.outcome(now) is None)
+        return json_response(
+            {
+                **{name: sim.stats[name] for name in STAT_NAMES},
+                **sim.stats,
+                "jobs": len(sim.jobs),
+                "in_flight": in_flight,
+                "callbacks_pending": sim.webhooks.pending,
+            }
+        )
+
+    async def _get_jobs(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        prompt_filter = request.query.get("prompt_contains")
+        jobs = [
+            self._sim.job_summary(job, now)
+            for job in self._sim.jobs.values()
+            if prompt_filter is None or prompt_filter in job.prompt
+        ]
+        return json_response({"jobs": jobs})
+
+    async def _post_reset(self, request: web.Request) -> web.Response:
+        del request
+        self._sim.reset()
+        return json_response({"reset": True})
+
+    async def _get_file(self, request: web.Request) -> web.Response:
+        self._sim.stats["file_requests"] += 1
+        return file_response(request.match_info["name"])
