@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -68,6 +70,104 @@ async def prepare_database(dsn: str, *, wait_seconds: float = 30.0) -> None:
         await conn.close()
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What one instance runs, built once from the settings."""
+
+    settings: Settings
+    database: Database
+    providers: Providers
+    store: PostgresJobStore
+    runner: JobRunner
+    outbox: WebhookOutbox
+    deliverer: WebhookDeliverer | None
+    hub: EventHub
+    run_workers: bool
+
+
+def _build_parts(
+    settings: Settings,
+    database: Database,
+    providers: Providers,
+    *,
+    run_workers: bool,
+    runner_options: dict[str, Any],
+) -> _Parts:
+    store = PostgresJobStore(database, max_batch=settings.intake_max_batch)
+    runner = JobRunner(
+        store=store,
+        adapters=providers.adapters,
+        callback_base_url=settings.base_url,
+        **{**runner_options_from(settings), **runner_options},
+    )
+    outbox = WebhookOutbox(database)
+    secret = settings.client_webhook_secret
+    deliverer = None
+    if secret is not None:
+        deliverer = WebhookDeliverer(
+            outbox=outbox,
+            secret=secret.get_secret_value(),
+            retry_schedule=settings.client_webhook_retry_schedule,
+            allow_private=settings.client_webhook_allow_private,
+        )
+    # One LISTEN connection per instance: the log's NOTIFY feeds the streams, and the work
+    # channels wake this instance's workers whichever instance made the work due.
+    channels: dict[str, Callable[[], None]] = {}
+    if run_workers:
+        channels[JOBS_DUE_CHANNEL] = runner.wake
+        if deliverer is not None:
+            channels[WEBHOOKS_DUE_CHANNEL] = deliverer.wake
+    hub = EventHub(store=store, dsn=database.dsn, channels=channels)
+    return _Parts(settings, database, providers, store, runner, outbox, deliverer, hub, run_workers)
+
+
+def _add_routes(app: web.Application, parts: _Parts) -> None:
+    settings = parts.settings
+    jobs = JobsApi(
+        parts.store,
+        enabled_providers=frozenset(parts.providers.adapters),
+        job_timeout_s=settings.job_timeout_s,
+        webhooks_enabled=parts.deliverer is not None,
+        outbox=parts.outbox,
+    )
+    app.add_routes(jobs.routes())
+    app.add_routes(CallbacksApi(parts.store, fal_verifier=parts.providers.fal_verifier).routes())
+    stream = StreamApi(hub=parts.hub, store=parts.store, heartbeat_s=settings.stream_heartbeat_s)
+    app.add_routes(stream.routes())
+    app.add_routes(OpsApi(parts.database).routes())
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _lifetime(parts: _Parts) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Starts the hub and the workers; at shutdown closes everything in reverse order, every
+    close attempted even when an earlier one fails (AsyncExitStack)."""
+
+    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as closing:
+            closing.push_async_callback(parts.database.close)  # last: the others may use it
+            closing.push_async_callback(parts.providers.aclose)
+            closing.push_async_callback(parts.store.close)
+            closing.push_async_callback(parts.hub.close)
+            await parts.hub.start()
+            tasks: list[asyncio.Task[None]] = []
+            closing.push_async_callback(parts.runner.close)
+            if parts.run_workers:
+                tasks.append(asyncio.create_task(parts.runner.run(), name="job-runner"))
+            if parts.deliverer is not None:
+                closing.push_async_callback(parts.deliverer.close)
+                if parts.run_workers:
+                    tasks.append(asyncio.create_task(parts.deliverer.run(), name="webhooks"))
+            closing.push_async_callback(_stop, tasks)  # first: no work starts while closing
+            yield
+
+    return lifetime
+
+
 def create_app(
     settings: Settings,
     *,
@@ -78,8 +178,13 @@ def create_app(
 ) -> web.Application:
     """The application over an open database; the database and the providers' clients are
     closed with the app. `run_workers=False` serves the API and callbacks only."""
-    providers = providers if providers is not None else build_providers(settings)
-    run_workers = settings.run_workers if run_workers is None else run_workers
+    parts = _build_parts(
+        settings,
+        database,
+        providers if providers is not None else build_providers(settings),
+        run_workers=settings.run_workers if run_workers is None else run_workers,
+        runner_options=runner_options or {},
+    )
     app = web.Application(
         middlewares=[
             request_context_middleware,
@@ -89,72 +194,13 @@ def create_app(
         # Bodies are read through service.web.bodies with per-route limits; this is the ceiling.
         client_max_size=CALLBACK_BODY_LIMIT,
     )
-    store = PostgresJobStore(database, max_batch=settings.intake_max_batch)
-    runner = JobRunner(
-        store=store,
-        adapters=providers.adapters,
-        callback_base_url=settings.base_url,
-        **{**runner_options_from(settings), **(runner_options or {})},
-    )
     app[SETTINGS_KEY] = settings
     app[DATABASE_KEY] = database
-    app[STORE_KEY] = store
-    app[RUNNER_KEY] = runner
-    outbox = WebhookOutbox(database)
-    deliverer = (
-        WebhookDeliverer(
-            outbox=outbox,
-            secret=settings.client_webhook_secret.get_secret_value(),
-            retry_schedule=settings.client_webhook_retry_schedule,
-            allow_private=settings.client_webhook_allow_private,
-        )
-        if settings.client_webhook_secret is not None
-        else None
-    )
-    # One LISTEN connection per instance: the log's NOTIFY feeds the streams, and the work
-    # channels wake this instance's workers whichever instance made the work due.
-    channels: dict[str, Callable[[], None]] = {}
-    if run_workers:
-        channels[JOBS_DUE_CHANNEL] = runner.wake
-        if deliverer is not None:
-            channels[WEBHOOKS_DUE_CHANNEL] = deliverer.wake
-    hub = EventHub(store=store, dsn=database.dsn, channels=channels)
-    app[HUB_KEY] = hub
-    app.add_routes(
-        JobsApi(
-            store,
-            enabled_providers=frozenset(providers.adapters),
-            job_timeout_s=settings.job_timeout_s,
-            webhooks_enabled=deliverer is not None,
-            outbox=outbox,
-        ).routes()
-    )
-    app.add_routes(CallbacksApi(store, fal_verifier=providers.fal_verifier).routes())
-    app.add_routes(
-        StreamApi(hub=hub, store=store, heartbeat_s=settings.stream_heartbeat_s).routes()
-    )
-    app.add_routes(OpsApi(database).routes())
-
-    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
-        await hub.start()
-        tasks = []
-        if run_workers:
-            tasks.append(asyncio.create_task(runner.run(), name="job-runner"))
-            if deliverer is not None:
-                tasks.append(asyncio.create_task(deliverer.run(), name="webhook-deliverer"))
-        yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.close()
-        if deliverer is not None:
-            await deliverer.close()
-        await hub.close()
-        await store.close()
-        await providers.aclose()
-        await database.close()
-
-    app.cleanup_ctx.append(lifetime)
+    app[STORE_KEY] = parts.store
+    app[RUNNER_KEY] = parts.runner
+    app[HUB_KEY] = parts.hub
+    _add_routes(app, parts)
+    app.cleanup_ctx.append(_lifetime(parts))
     return app
 
 

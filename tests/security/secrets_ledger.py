@@ -29,12 +29,12 @@ from pydantic import SecretStr
 from standardwebhooks import Webhook
 
 import service.callback_tokens
-import service.simulators
 import service.web.app
 import service.workers.runner  # holds `new_callback_token` by its own name: patched too
+import simulators
 from service.config import Settings
-from service.simulators.fal import FalSimulator
-from service.simulators.scenario import ScenarioSimulator
+from simulators.fal import FalSimulator
+from simulators.scenario import ScenarioSimulator
 from tests.security.scan import LEDGER_ENV
 
 _lock = threading.Lock()
@@ -106,7 +106,7 @@ def _install() -> None:
 
     _patch_everywhere(service.web.app, "create_app", recording_create_app)
 
-    start_simulators = service.simulators.start_simulators
+    start_simulators = simulators.start_simulators
 
     @functools.wraps(start_simulators)
     async def recording_start_simulators(*args: Any, **kwargs: Any) -> Any:
@@ -116,7 +116,7 @@ def _install() -> None:
         record("simulator_scenario_url_secret", sims.scenario._url_secret)
         return sims
 
-    _patch_everywhere(service.simulators, "start_simulators", recording_start_simulators)
+    _patch_everywhere(simulators, "start_simulators", recording_start_simulators)
 
     webhook_init = Webhook.__init__
     webhook_sign = Webhook.sign

@@ -1,0 +1,109 @@
+"""The OpenAPI 3.1 document of /v1/*, its component schemas taken from the pydantic models."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from schemas.errors import ErrorBody
+from schemas.events import EventList
+from schemas.jobs import Job, JobCreate, JobList
+from schemas.webhooks import WebhookDeliveryList
+
+_ERROR_STATUSES = ("400", "401", "404", "409", "413", "422", "503")
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _answers(status: str, schema: str, description: str, **more: Any) -> dict[str, Any]:
+    error = _json(_ref("ErrorBody"), "error")
+    return {
+        status: _json(_ref(schema), description),
+        **more,
+        **dict.fromkeys(_ERROR_STATUSES, error),
+    }
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": schema}
+
+
+def _jobs_paths() -> dict[str, Any]:
+    key = {"name": "Idempotency-Key", "in": "header", "required": False,
+           "schema": {"type": "string", "minLength": 1, "maxLength": 255}}  # fmt: skip
+    page = [
+        _query("provider", {"type": "string"}),
+        _query("status", {"type": "string"}),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
+        _query("cursor", {"type": "string"}),
+    ]
+    return {
+        "/v1/jobs": {
+            "post": {
+                "summary": "Create a job", "parameters": [key],
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _ref("JobCreate")}}},
+                "responses": _answers("202", "Job", "accepted",
+                                      **{"200": _json(_ref("Job"), "idempotent replay")}),
+            },
+            "get": {"summary": "List jobs, newest first", "parameters": page,
+                    "responses": _answers("200", "JobList", "a page of jobs")},
+        },
+        "/v1/jobs/{job_id}": {"get": {"summary": "Get a job", "parameters": [_JOB_ID],
+                                      "responses": _answers("200", "Job", "the job")}},
+        "/v1/jobs/{job_id}/cancel": {"post": {
+            "summary": "Cancel a job", "parameters": [_JOB_ID],
+            "responses": _answers("202", "Job", "cancellation recorded")}},
+    }  # fmt: skip
+
+
+def _history_paths() -> dict[str, Any]:
+    resume = [
+        _query("job_id", {"type": "string"}),
+        _query("after", {"type": "integer", "minimum": 0}),
+        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer", "minimum": 0}},
+    ]
+    stream = {"description": "an event stream; each message's id is the event id, its data the Event",
+              "content": {"text/event-stream": {"schema": {"type": "string"}}}}  # fmt: skip
+    error = _json(_ref("ErrorBody"), "error")
+    return {
+        "/v1/jobs/{job_id}/events": {"get": {
+            "summary": "A job's audit trail", "parameters": [_JOB_ID],
+            "responses": _answers("200", "EventList", "events in order")}},
+        "/v1/jobs/{job_id}/webhooks": {"get": {
+            "summary": "The job's client webhook deliveries, with every attempt",
+            "parameters": [_JOB_ID],
+            "responses": _answers("200", "WebhookDeliveryList", "deliveries")}},
+        "/v1/events/stream": {"get": {
+            "summary": "Server-sent events of the audit trail, live", "parameters": resume,
+            "responses": {"200": stream, **dict.fromkeys(_ERROR_STATUSES, error)}}},
+    }  # fmt: skip
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 of /v1/*."""
+    _, defs = models_json_schema(
+        [(m, "serialization") for m in (Job, JobList, EventList, ErrorBody, WebhookDeliveryList)]
+        + [(JobCreate, "validation")],
+        ref_template="#/components/schemas/{model}",
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Image jobs service", "version": "1"},
+        "components": {
+            "schemas": defs["$defs"],
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {**_jobs_paths(), **_history_paths()},
+    }
