@@ -18,7 +18,7 @@ from service.providers.base import (
     ProviderProtocolError,
     Submission,
 )
-from service.providers.http import check_status, make_client, parse, send
+from service.providers.http import check_status, make_client, request_as, send
 
 QUEUE_STATUS_MAP = {"IN_QUEUE": JobStatus.QUEUED, "IN_PROGRESS": JobStatus.RUNNING}
 # The official client retries these "ingress" answers: the request never reached the queue.
@@ -27,6 +27,10 @@ INGRESS_RETRYABLE = frozenset({502, 503, 504})
 
 def _outputs(payload: Any) -> list[JobOutput]:
     result = FalImagesResult.model_validate(payload if isinstance(payload, dict) else {})
+    return _images(result)
+
+
+def _images(result: FalImagesResult) -> list[JobOutput]:
     return [
         JobOutput(url=i.url, content_type=i.content_type, width=i.width, height=i.height)
         for i in result.images
@@ -96,12 +100,10 @@ class FalAdapter:
     async def submit(
         self, job: JobRecord, *, request: dict[str, Any], callback_url: str
     ) -> Submission:
-        response = await send(
-            self.client, "POST", f"{self.queue_url}/{job.model}", json=request,
-            params={"fal_webhook": callback_url},
+        answer = await request_as(
+            FalSubmitted, self.client, "POST", f"{self.queue_url}/{job.model}", what="fal submit",
+            json=request, params={"fal_webhook": callback_url},
         )  # fmt: skip
-        check_status(response, what="fal submit")
-        answer = parse(FalSubmitted, response, what="fal submit")
         return Submission(
             provider_job_id=answer.request_id,
             provider_status=answer.status,
@@ -119,9 +121,8 @@ class FalAdapter:
         return url
 
     async def fetch_status(self, job: JobRecord) -> Observation:
-        response = await send(self.client, "GET", self._url(job, "status_url"))
-        check_status(response, what="fal status")
-        status = parse(FalStatus, response, what="fal status")
+        url = self._url(job, "status_url")
+        status = await request_as(FalStatus, self.client, "GET", url, what="fal status")
         mapped = QUEUE_STATUS_MAP.get(status.status)
         if mapped is not None:
             return Observation(
@@ -138,14 +139,10 @@ class FalAdapter:
             return _ended_with_error(
                 job, provider_status="COMPLETED", detail=detail, message=str(status.error)
             )
-        result = await send(self.client, "GET", self._url(job, "response_url"))
-        check_status(result, what="fal result")
-        try:
-            payload = result.json()
-        except ValueError as exc:
-            raise ProviderProtocolError("fal result: not JSON", detail=result.text[:2000]) from exc
+        url = self._url(job, "response_url")
+        result = await request_as(FalImagesResult, self.client, "GET", url, what="fal result")
         return Observation(
-            status=JobStatus.SUCCEEDED, provider_status="COMPLETED", outputs=_outputs(payload),
+            status=JobStatus.SUCCEEDED, provider_status="COMPLETED", outputs=_images(result),
             data={"provider_status": "COMPLETED"},
         )  # fmt: skip
 
