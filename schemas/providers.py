@@ -15,6 +15,19 @@ class ProviderPayload(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class ProviderState(BaseModel):
+    """What an adapter keeps of a job between calls, stored as the JSON of `jobs.provider_state`.
+
+    The database merges an update into the stored object key by key (`||`), so `to_json` leaves
+    out what is unset (None): an update names only what it changes. Unknown keys are ignored:
+    rows written by earlier versions may carry keys no model reads any more."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
 # --- Krea -------------------------------------------------------------------------------------
 
 
@@ -31,6 +44,18 @@ class KreaJob(ProviderPayload):
     created_at: str | None = None
     completed_at: str | None = None
     result: KreaResult | None = None
+
+
+class KreaSize(ProviderState):
+    width: int | None = None
+    height: int | None = None
+
+
+class KreaState(ProviderState):
+    """Krea answers with bare URLs: the size its outputs have is the one requested (stored as
+    `{"request": {"width", "height"}}`)."""
+
+    request: KreaSize = KreaSize()
 
 
 class KreaJobList(ProviderPayload):
@@ -67,6 +92,16 @@ class FalImage(ProviderPayload):
 
 class FalImagesResult(ProviderPayload):
     images: list[FalImage] = []
+
+
+class FalState(ProviderState):
+    """The URLs fal's submit answer gave (never rebuilt from the app id), and fal's answer to
+    our cancel: None until one is recorded."""
+
+    status_url: str | None = None
+    response_url: str | None = None
+    cancel_url: str | None = None
+    cancel_accepted: bool | None = None
 
 
 class FalWebhook(ProviderPayload):

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from service.providers.base import (
     CancelOutcome,
@@ -27,6 +27,7 @@ from service.providers.base import (
     ProviderRejected,
     ProviderServerError,
     ProviderUnreachable,
+    validated,
 )
 
 P = TypeVar("P", bound=BaseModel)
@@ -152,11 +153,10 @@ def cancel_outcome(response: httpx.Response, *, what: str) -> CancelOutcome:
 
 def parse(model: type[P], response: httpx.Response, *, what: str) -> P:
     """The answer's body as `model`, or ProviderProtocolError."""
-    try:
-        return model.model_validate_json(response.content)
-    except ValidationError as exc:
-        raise ProviderProtocolError(
-            f"{what}: unexpected answer shape",
-            status=response.status_code,
+    return validated(
+        model, response.content,
+        fail=lambda _: ProviderProtocolError(
+            f"{what}: unexpected answer shape", status=response.status_code,
             detail=_detail(response),
-        ) from exc
+        ),
+    )  # fmt: skip

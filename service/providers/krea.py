@@ -10,13 +10,15 @@ from typing import Any
 import httpx
 
 from schemas.jobs import JobError, JobOutput, JobStatus
-from schemas.providers import KreaJob, KreaJobList
+from schemas.providers import KreaJob, KreaJobList, KreaSize, KreaState
 from service.providers.base import (
     CancelOutcome,
     JobRecord,
     ListedJob,
     Observation,
     Submission,
+    SubmitPolicy,
+    read_state,
 )
 from service.providers.http import cancel_outcome, make_client, request_as, send
 from service.providers.listing import LIST_PAGE_SIZE, jobs_in_window, provider_time
@@ -35,19 +37,20 @@ STATUS_MAP = {
 }
 
 
-def observe_krea_job(job: KreaJob, *, request: dict[str, Any] | None = None) -> Observation:
+def observe_krea_job(job: KreaJob, size: KreaSize) -> Observation:
     """A Krea job object (poll answer or webhook body) as an observation."""
     status = STATUS_MAP.get(job.status)
     outputs = None
     error = None
     if status is JobStatus.SUCCEEDED and job.result is not None:
         # Krea gives bare URLs; the size is the one requested (sent with its defaults).
-        width = request.get("width") if request else None
-        height = request.get("height") if request else None
         outputs = [
-            JobOutput(url=url, content_type=content_type_from_url(url), width=width, height=height)
+            JobOutput(
+                url=url, content_type=content_type_from_url(url), width=size.width,
+                height=size.height,
+            )
             for url in job.result.urls
-        ]
+        ]  # fmt: skip
     if status is JobStatus.FAILED:
         detail = job.result.error if job.result is not None else None
         error = JobError(
@@ -77,6 +80,9 @@ class KreaAdapter:
     """Krea's API."""
 
     name = "krea"
+    # Krea documents no 5xx semantics: the job may exist. Not resent blindly: the job list
+    # tells whether it does, and the callback that carries this job's token binds it.
+    submit_policy = SubmitPolicy()
 
     def __init__(
         self, *, base_url: str, token: str, transport: httpx.AsyncBaseTransport | None = None
@@ -85,25 +91,28 @@ class KreaAdapter:
             base_url=base_url, headers={"Authorization": f"Bearer {token}"}, transport=transport
         )
 
+    def state(self, job: JobRecord) -> KreaState:
+        return read_state(KreaState, job)
+
     async def submit(
         self, job: JobRecord, *, request: dict[str, Any], callback_url: str
     ) -> Submission:
-        size = {"width": request.get("width"), "height": request.get("height")}
+        state = KreaState(
+            request=KreaSize(width=request.get("width"), height=request.get("height"))
+        )
         answer = await request_as(
             KreaJob, self.client, "POST", f"/generate/image/{job.model}", what="krea submit",
             json=request, headers={"X-Webhook-URL": callback_url},
         )  # fmt: skip
         return Submission(
-            provider_job_id=answer.job_id,
-            provider_status=answer.status,
-            provider_state={"request": size},
+            provider_job_id=answer.job_id, provider_status=answer.status, provider_state=state
         )
 
     async def fetch_status(self, job: JobRecord) -> Observation:
         assert job.provider_job_id is not None
         url = f"/jobs/{job.provider_job_id}"
         found = await request_as(KreaJob, self.client, "GET", url, what="krea status")
-        return observe_krea_job(found, request=job.provider_state.get("request"))
+        return observe_krea_job(found, self.state(job).request)
 
     async def cancel(self, job: JobRecord) -> CancelOutcome:
         # Krea cancels only while queued or processing; a refusal means it is too late and the
@@ -127,11 +136,6 @@ class KreaAdapter:
             return [_listed(item) for item in page.items], page.next_cursor
 
         return await jobs_in_window(read_page, since=since, until=until, what="krea list")
-
-    def server_error_is_retryable(self, status: int) -> bool:
-        # Krea documents no 5xx semantics: the job may exist. Not resent blindly: the job list
-        # tells whether it does, and the callback that carries this job's token binds it.
-        return False
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -25,6 +25,7 @@ from service.providers.base import (
     ListedJob,
     Observation,
     Submission,
+    SubmitPolicy,
 )
 from service.providers.http import cancel_outcome, make_client, request_as, send
 from service.providers.listing import LIST_PAGE_SIZE, echo_matches, jobs_in_window, provider_time
@@ -65,6 +66,11 @@ class ScenarioAdapter:
     """Scenario's API, polled."""
 
     name = "scenario"
+    # Scenario's SDK retries every 5xx, but that is a generated client's blanket default, not a
+    # statement that generate is idempotent: a 500/502/504 can come after the job was created
+    # (and billed). Only 503, a refusal before any processing, is safe to resend at once; after
+    # any other 5xx the job list tells whether the job exists.
+    submit_policy = SubmitPolicy(retryable_server_errors=frozenset({503}))
 
     def __init__(
         self,
@@ -154,13 +160,6 @@ class ScenarioAdapter:
             return listed, page.nextPaginationToken
 
         return await jobs_in_window(read_page, since=since, until=until, what="scenario list")
-
-    def server_error_is_retryable(self, status: int) -> bool:
-        # Scenario's SDK retries every 5xx, but that is a generated client's blanket default, not
-        # a statement that generate is idempotent: a 500/502/504 can come after the job was
-        # created (and billed). Only 503, a refusal before any processing, is safe to resend at
-        # once; after any other 5xx the job list tells whether the job exists.
-        return status == 503
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -19,12 +19,12 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from schemas.providers import FalWebhook, KreaJob
+from schemas.providers import FalWebhook, KreaJob, KreaState
 from service.callback_tokens import hash_callback_token
 from service.errors import BadRequest, Unauthorized
 from service.logs import get_logger
 from service.metrics import CALLBACKS
-from service.providers.base import InvalidCallback, JobRecord, Observation
+from service.providers.base import InvalidCallback, JobRecord, Observation, read_state
 from service.providers.fal import observe_fal_webhook
 from service.providers.fal_signature import FalWebhookVerifier
 from service.providers.krea import observe_krea_job
@@ -64,7 +64,7 @@ class CallbacksApi:
             ) from exc
         if job.provider_job_id is not None and payload.job_id != job.provider_job_id:
             raise Unauthorized("callback names another provider job", code="invalid_callback")
-        return observe_krea_job(payload, request=job.provider_state.get("request"))
+        return observe_krea_job(payload, read_state(KreaState, job).request)
 
     async def _parse_fal(self, job: JobRecord, body: bytes, request: web.Request) -> Observation:
         if self.fal_verifier is None:

@@ -1,4 +1,5 @@
-"""Each adapter's mapping of provider answers to the contract, with httpx.MockTransport; and the
+"""Each adapter's mapping of provider answers and callbacks to the contract, with
+httpx.MockTransport; its submit policy; its typed state and the JSON it is stored as; and the
 boundary's translation of transport failures (over real sockets where it matters)."""
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ import httpx
 import pytest
 
 from schemas.jobs import JobStatus
-from schemas.providers import FalWebhook
+from schemas.providers import FalState, FalWebhook, KreaSize, KreaState
 from service.providers.base import (
     JobRecord,
     OutcomeUnknown,
+    ProviderAdapter,
+    ProviderError,
     ProviderProtocolError,
     ProviderRateLimited,
     ProviderRejected,
     ProviderServerError,
     ProviderUnreachable,
+    state_json,
 )
 from service.providers.fal import FalAdapter, observe_fal_webhook
 from service.providers.http import make_client, parse_retry_after, send
@@ -52,6 +56,10 @@ def transport(
     return httpx.MockTransport(handle)
 
 
+def fal_adapter(answers: dict[tuple[str, str], httpx.Response] | None = None) -> FalAdapter:
+    return FalAdapter(queue_url="https://q.test", key="k", transport=transport(answers or {}))
+
+
 def test_status_vocabularies_match_the_contract_table() -> None:
     assert KREA_MAP == {
         "backlogged": S.QUEUED, "queued": S.QUEUED, "scheduled": S.QUEUED, "processing": S.RUNNING,
@@ -82,7 +90,9 @@ async def test_krea_submit_sends_the_webhook_header_and_maps_the_answer() -> Non
     assert submission.provider_job_id == answer["job_id"]
     assert seen[0].headers["X-Webhook-URL"] == "https://svc/cb/t"
     assert seen[0].headers["Authorization"] == "Bearer tok"
-    assert submission.provider_state == {"request": {"width": 1024, "height": 768}}
+    assert submission.provider_state == KreaState(request=KreaSize(width=1024, height=768))
+    # The JSON stored in jobs.provider_state keeps the shape earlier versions wrote.
+    assert state_json(submission.provider_state) == {"request": {"width": 1024, "height": 768}}
 
 
 @pytest.mark.parametrize(
@@ -119,8 +129,7 @@ async def test_fal_uses_the_urls_from_submit_and_maps_completed_with_error() -> 
         "error": "Invalid status code: 422",
         "error_type": "validation",
     }
-    adapter = FalAdapter(queue_url="https://q.test", key="k", transport=transport(
-        {("GET", "/fal-ai/flux/requests/r1/status"): httpx.Response(200, json=failed)}))  # fmt: skip
+    adapter = fal_adapter({("GET", "/fal-ai/flux/requests/r1/status"): httpx.Response(200, json=failed)})  # fmt: skip
     observation = await adapter.fetch_status(record("fal", provider_state=state))
     assert observation.status is S.FAILED
     assert observation.error is not None
@@ -141,18 +150,17 @@ async def test_fal_completed_fetches_the_result() -> None:
         "cancel_url": "x",
     }
     image = {"url": "https://cdn/x.jpg", "content_type": "image/jpeg", "width": 1024, "height": 768}
-    adapter = FalAdapter(queue_url="https://q.test", key="k", transport=transport({
+    adapter = fal_adapter({
         ("GET", "/a/b/requests/r1/status"): httpx.Response(200, json={"status": "COMPLETED", "logs": []}),
         ("GET", "/a/b/requests/r1"): httpx.Response(200, json={"images": [image], "seed": 1}),
-    }))  # fmt: skip
+    })  # fmt: skip
     observation = await adapter.fetch_status(record("fal", provider_state=state))
     assert observation.status is S.SUCCEEDED
     assert observation.outputs is not None and [o.model_dump() for o in observation.outputs] == [
         image
     ]
     for queued, expected in (("IN_QUEUE", S.QUEUED), ("IN_PROGRESS", S.RUNNING)):
-        adapter = FalAdapter(queue_url="https://q.test", key="k", transport=transport(
-            {("GET", "/a/b/requests/r1/status"): httpx.Response(202, json={"status": queued})}))  # fmt: skip
+        adapter = fal_adapter({("GET", "/a/b/requests/r1/status"): httpx.Response(202, json={"status": queued})})  # fmt: skip
         assert (await adapter.fetch_status(record("fal", provider_state=state))).status is expected
 
 
@@ -232,3 +240,81 @@ async def test_a_connection_dropped_after_sending_is_an_unknown_outcome() -> Non
         with pytest.raises(OutcomeUnknown):
             await send(client, "POST", f"http://127.0.0.1:{port}/generate", json={"prompt": "x"})
     assert received.is_set()
+
+
+def _adapters() -> dict[str, ProviderAdapter]:
+    return {
+        "krea": KreaAdapter(base_url="https://krea.test", token="t", transport=transport({})),
+        "fal": fal_adapter(),
+        "scenario": ScenarioAdapter(base_url="https://sc.test", api_key="k", api_secret="s",
+                                    transport=transport({})),
+    }  # fmt: skip
+
+
+def _server_error(status: int) -> ProviderError:
+    return ProviderServerError(f"provider error {status}", status=status)
+
+
+# provider -> the submit errors and what its policy makes of them
+SUBMIT_POLICY = {
+    "krea": [(_server_error(500), "unknown"), (_server_error(502), "unknown"),
+             (_server_error(503), "unknown"), (_server_error(504), "unknown")],
+    "fal": [(_server_error(500), "unknown"), (_server_error(502), "retry"),
+            (_server_error(503), "retry"), (_server_error(504), "retry")],
+    "scenario": [(_server_error(500), "unknown"), (_server_error(502), "unknown"),
+                 (_server_error(503), "retry"), (_server_error(504), "unknown")],
+}  # fmt: skip
+EVERY_PROVIDER = [
+    (ProviderRateLimited("429", retry_after=3), "retry"),
+    (ProviderUnreachable("could not connect"), "retry"),
+    (ProviderRejected("refused", status=422), "final"),
+    (OutcomeUnknown("no answer"), "unknown"),
+    (ProviderProtocolError("unexpected answer shape"), "unknown"),
+    (ProviderServerError("no status"), "unknown"),
+]
+
+
+@pytest.mark.parametrize("provider", list(SUBMIT_POLICY))
+def test_each_provider_has_one_submit_policy(provider: str) -> None:
+    policy = _adapters()[provider].submit_policy
+    for exc, verdict in [*SUBMIT_POLICY[provider], *EVERY_PROVIDER]:
+        assert policy.classify(exc) == verdict, (provider, exc)
+
+
+def test_stored_state_reads_rows_written_by_earlier_versions() -> None:
+    # The runner used to write cancel_accepted for every provider: ignored where unread.
+    krea_row = {"request": {"width": 512, "height": None}, "cancel_accepted": True}
+    krea = _adapters()["krea"]
+    assert isinstance(krea, KreaAdapter)
+    assert krea.state(record("krea", provider_state=krea_row)).request == KreaSize(width=512)
+    assert krea.state(record("krea")) == KreaState()  # a job bound from Krea's list has none
+    fal = _adapters()["fal"]
+    assert isinstance(fal, FalAdapter)
+    fal_row = {"status_url": "s", "response_url": "r", "cancel_url": "c", "cancel_accepted": False}
+    assert fal.state(record("fal", provider_state=fal_row)) == FalState.model_validate(fal_row)
+    assert state_json(FalState.model_validate(fal_row)) == fal_row
+
+
+async def test_invalid_stored_state_is_a_protocol_error() -> None:
+    fal = fal_adapter()
+    with pytest.raises(ProviderProtocolError, match="stored provider state"):
+        await fal.fetch_status(record("fal", provider_state={"status_url": 5}))
+    with pytest.raises(ProviderProtocolError, match="no status_url"):
+        await fal.fetch_status(record("fal"))
+    done = {("GET", "/jobs/p-1"): httpx.Response(200, json={"job_id": "p-1", "status": "completed"})}  # fmt: skip
+    krea = KreaAdapter(base_url="https://krea.test", token="t", transport=transport(done))
+    with pytest.raises(ProviderProtocolError, match="stored provider state"):
+        await krea.fetch_status(record("krea", provider_state={"request": "big"}))
+
+
+async def test_the_cancel_answer_carries_the_state_to_record() -> None:
+    state = {"cancel_url": "https://q.test/r1/cancel"}
+    answers = {("PUT", "/r1/cancel"): httpx.Response(202, json={"status": "CANCELLATION_REQUESTED"})}  # fmt: skip
+    outcome = await fal_adapter(answers).cancel(record("fal", provider_state=state))
+    assert outcome.accepted
+    assert state_json(outcome.state) == {"cancel_accepted": True}  # merged into the stored state
+    too_late = {("DELETE", "/jobs/p-1"): httpx.Response(400, json={"error": "job is completed"})}
+    krea = KreaAdapter(base_url="https://krea.test", token="t", transport=transport(too_late))
+    outcome = await krea.cancel(record("krea"))
+    assert not outcome.accepted and outcome.provider_answer.startswith("refused 400")
+    assert state_json(outcome.state) == {}  # Krea keeps nothing of its cancels
