@@ -6,9 +6,9 @@ the fields we act on must have the documented types, or the payload is refused a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 
 class ProviderPayload(BaseModel):
@@ -104,13 +104,27 @@ class FalState(ProviderState):
     cancel_accepted: bool | None = None
 
 
-class FalWebhook(ProviderPayload):
+class FalWebhookOk(ProviderPayload):
     request_id: str = Field(min_length=1)
-    gateway_request_id: str | None = None
-    status: str
-    payload: Any = None
-    error: str | None = None
+    status: Literal["OK"]
+    # None when fal could not read the model's result as JSON (then `payload_error` says why).
+    payload: FalImagesResult | None = None
     payload_error: str | None = None
+
+
+class FalWebhookError(ProviderPayload):
+    request_id: str = Field(min_length=1)
+    status: Literal["ERROR"]
+    error: str | None = None
+    payload: Any = None  # the model's error body, kept as the provider's detail
+    payload_error: str | None = None
+
+
+FalWebhookVariant = Annotated[FalWebhookOk | FalWebhookError, Field(discriminator="status")]
+
+
+class FalWebhook(RootModel[FalWebhookVariant]):
+    """The webhook body: `status` tells the variant."""
 
 
 class FalCancelAnswer(ProviderPayload):

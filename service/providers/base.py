@@ -1,6 +1,7 @@
 """The one small interface every provider adapter implements, and what crosses it.
 
-An adapter speaks HTTP to one provider (submit, status, cancel, list), keeps its own typed
+An adapter owns the whole boundary with one provider: it speaks HTTP to it (submit, status,
+cancel, list), reads the callbacks it sends (signature checks included), keeps its own typed
 state of a job (`schemas.providers.ProviderState`, stored as JSON), and decides how a failed
 submit is handled (`SubmitPolicy`). It takes a `JobRecord` and returns `Submission`s and
 `Observation`s in the contract's vocabulary. Foreign exceptions (httpx, pydantic, cryptography,
@@ -13,11 +14,16 @@ ValueError) are translated where they are raised, into these and nothing else:
     ├── ProviderServerError     5xx: whether the job exists is up to the provider (see policy)
     ├── OutcomeUnknown          sent, but no answer: the provider may have created the job
     └── ProviderProtocolError   an answer (or a stored state) not of the documented shape
+
+    CallbackError               a callback that is not recorded
+    ├── InvalidCallback         refused (401): bad signature, another job's id, no callbacks
+    │   └── BadSignature        ... because its signature does not verify
+    └── MalformedCallback       authentic but unreadable (400)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
@@ -66,8 +72,28 @@ class ProviderProtocolError(ProviderError):
     pass
 
 
-class InvalidCallback(Exception):
-    """A callback that must be refused with 401 (bad signature, stale timestamp, unknown key)."""
+class CallbackError(Exception):
+    """Base of the errors `parse_callback` raises; `code` is the one the caller is answered."""
+
+    code = "invalid_callback"
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
+
+
+class InvalidCallback(CallbackError):
+    """A callback that must be refused with 401 and not recorded."""
+
+
+class BadSignature(InvalidCallback):
+    """Signature missing, stale, malformed or not verifying under the provider's keys."""
+
+    code = "invalid_signature"
+
+
+class MalformedCallback(CallbackError):
+    """An authentic callback whose body does not have the provider's documented shape (400)."""
 
 
 def validated(
@@ -81,6 +107,17 @@ def validated(
         return model.model_validate(value)
     except ValidationError as exc:
         raise fail(exc) from exc
+
+
+def callback_payload(model: type[B], body: bytes, *, what: str) -> B:
+    """A callback body as `model`, or MalformedCallback naming the fields at fault."""
+
+    def malformed(exc: ValidationError) -> MalformedCallback:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        details = [{"loc": list(err["loc"]), "msg": err["msg"]} for err in errors]
+        return MalformedCallback(f"callback body is not {what}", details=details)
+
+    return validated(model, body, fail=malformed)
 
 
 @dataclass(frozen=True)
@@ -114,6 +151,13 @@ def read_state(model: type[S], job: JobRecord) -> S:
         model, job.provider_state,
         fail=lambda _: ProviderProtocolError(message, detail=job.provider_state),
     )  # fmt: skip
+
+
+def check_provider_job(job: JobRecord, named: str) -> None:
+    """A callback must name the job's provider job once that is known. Before (the callback
+    came before the submit answer was recorded) the token in its URL is what binds it."""
+    if job.provider_job_id is not None and named != job.provider_job_id:
+        raise InvalidCallback("callback names another provider job")
 
 
 def state_json(state: ProviderState | None) -> dict[str, Any]:
@@ -199,6 +243,13 @@ class ProviderAdapter(Protocol):
     ) -> Submission: ...
 
     async def fetch_status(self, job: JobRecord) -> Observation: ...
+
+    async def parse_callback(
+        self, job: JobRecord, headers: Mapping[str, str], body: bytes
+    ) -> Observation:
+        """A callback for `job` (its token already checked) as an observation; raises
+        InvalidCallback (refused) or MalformedCallback, and nothing else of the callback's."""
+        ...
 
     async def cancel(self, job: JobRecord) -> CancelOutcome: ...
 

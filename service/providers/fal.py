@@ -5,6 +5,7 @@ fal's published keys): checked by the verifier the registry gives the adapter.""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -18,16 +19,21 @@ from schemas.providers import (
     FalStatus,
     FalSubmitted,
     FalWebhook,
+    FalWebhookOk,
 )
 from service.providers.base import (
+    BadSignature,
     CancelOutcome,
     JobRecord,
     Observation,
     ProviderProtocolError,
     Submission,
     SubmitPolicy,
+    callback_payload,
+    check_provider_job,
     read_state,
 )
+from service.providers.fal_signature import FalWebhookVerifier
 from service.providers.http import check_status, make_client, request_as, send
 
 QUEUE_STATUS_MAP = {"IN_QUEUE": JobStatus.QUEUED, "IN_PROGRESS": JobStatus.RUNNING}
@@ -62,31 +68,6 @@ def _ended_with_error(
     )
 
 
-def observe_fal_webhook(job: JobRecord, webhook: FalWebhook) -> Observation:
-    """A fal webhook body as an observation."""
-    if webhook.status == "OK":
-        return Observation(
-            status=JobStatus.SUCCEEDED,
-            provider_status="OK",
-            provider_job_id=webhook.request_id,
-            outputs=_outputs(
-                FalImagesResult.model_validate(
-                    payload if isinstance(payload := webhook.payload, dict) else {}
-                )
-            ),
-            data={"provider_status": "OK"},
-        )
-    detail = {
-        "error": webhook.error,
-        "payload": webhook.payload,
-        "payload_error": webhook.payload_error,
-    }
-    return _ended_with_error(
-        job, read_state(FalState, job), provider_status=webhook.status, detail=detail,
-        message=webhook.error or "fal reported an error", provider_job_id=webhook.request_id,
-    )  # fmt: skip
-
-
 class FalAdapter:
     """fal's queue API."""
 
@@ -99,9 +80,11 @@ class FalAdapter:
         *,
         queue_url: str,
         key: str,
+        verifier: FalWebhookVerifier,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.queue_url = queue_url.rstrip("/")
+        self.verifier = verifier
         self.client = make_client(headers={"Authorization": f"Key {key}"}, transport=transport)
 
     def state(self, job: JobRecord) -> FalState:
@@ -148,6 +131,32 @@ class FalAdapter:
         return Observation(
             status=JobStatus.SUCCEEDED, provider_status="COMPLETED", outputs=_outputs(result),
             data={"provider_status": "COMPLETED"},
+        )  # fmt: skip
+
+    async def parse_callback(
+        self, job: JobRecord, headers: Mapping[str, str], body: bytes
+    ) -> Observation:
+        """The signature first (a forged body is refused before it is read), then the body,
+        which must name the signed request and this job's."""
+        signed_request_id = await self.verifier.verify(headers, body)
+        webhook = callback_payload(FalWebhook, body, what="a fal webhook").root
+        if webhook.request_id != signed_request_id:
+            raise BadSignature("body and signature name different requests")
+        check_provider_job(job, webhook.request_id)
+        if isinstance(webhook, FalWebhookOk):
+            return Observation(
+                status=JobStatus.SUCCEEDED, provider_status="OK",
+                provider_job_id=webhook.request_id, outputs=_outputs(webhook.payload),
+                data={"provider_status": "OK"},
+            )  # fmt: skip
+        detail = {
+            "error": webhook.error,
+            "payload": webhook.payload,
+            "payload_error": webhook.payload_error,
+        }
+        return _ended_with_error(
+            job, self.state(job), provider_status="ERROR", detail=detail,
+            message=webhook.error or "fal reported an error", provider_job_id=webhook.request_id,
         )  # fmt: skip
 
     async def cancel(self, job: JobRecord) -> CancelOutcome:

@@ -4,6 +4,7 @@ the callback URL carries the job's token."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,8 @@ from service.providers.base import (
     Observation,
     Submission,
     SubmitPolicy,
+    callback_payload,
+    check_provider_job,
     read_state,
 )
 from service.providers.http import cancel_outcome, make_client, request_as, send
@@ -37,7 +40,7 @@ STATUS_MAP = {
 }
 
 
-def observe_krea_job(job: KreaJob, size: KreaSize) -> Observation:
+def _observe(job: KreaJob, size: KreaSize) -> Observation:
     """A Krea job object (poll answer or webhook body) as an observation."""
     status = STATUS_MAP.get(job.status)
     outputs = None
@@ -112,7 +115,17 @@ class KreaAdapter:
         assert job.provider_job_id is not None
         url = f"/jobs/{job.provider_job_id}"
         found = await request_as(KreaJob, self.client, "GET", url, what="krea status")
-        return observe_krea_job(found, self.state(job).request)
+        return _observe(found, self.state(job).request)
+
+    async def parse_callback(
+        self, job: JobRecord, headers: Mapping[str, str], body: bytes
+    ) -> Observation:
+        """Krea's callbacks are unsigned: the token in the URL (checked before) is the proof, and
+        the body must name this job's Krea job once that is known."""
+        del headers
+        found = callback_payload(KreaJob, body, what="a Krea job object")
+        check_provider_job(job, found.job_id)
+        return _observe(found, self.state(job).request)
 
     async def cancel(self, job: JobRecord) -> CancelOutcome:
         # Krea cancels only while queued or processing; a refusal means it is too late and the

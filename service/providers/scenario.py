@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from schemas.providers import (
 )
 from service.providers.base import (
     CancelOutcome,
+    InvalidCallback,
     JobRecord,
     ListedJob,
     Observation,
@@ -138,6 +140,14 @@ class ScenarioAdapter:
             ScenarioAssetEnvelope, self.client, "GET", url, what="scenario asset"
         )
         return envelope.asset
+
+    async def parse_callback(
+        self, job: JobRecord, headers: Mapping[str, str], body: bytes
+    ) -> Observation:
+        """Scenario's webhook signature scheme is undocumented, so none of its callbacks can be
+        authenticated: all are refused (its jobs are polled)."""
+        del job, headers, body
+        raise InvalidCallback("Scenario jobs are polled: no callback is accepted")
 
     async def cancel(self, job: JobRecord) -> CancelOutcome:
         assert job.provider_job_id is not None

@@ -125,7 +125,7 @@ def create_app(
             on_work=runner.wake,
         ).routes()
     )
-    app.add_routes(CallbacksApi(store, fal_verifier=providers.fal_verifier).routes())
+    app.add_routes(CallbacksApi(store, adapters=providers.adapters).routes())
     app.add_routes(
         StreamApi(
             hub=hub, store=store, database=database, heartbeat_s=settings.stream_heartbeat_s

@@ -5,14 +5,19 @@ boundary's translation of transport failures (over real sockets where it matters
 from __future__ import annotations
 
 import asyncio
+import base64
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from schemas.jobs import JobStatus
-from schemas.providers import FalState, FalWebhook, KreaSize, KreaState
+from schemas.providers import FalState, KreaSize, KreaState
 from service.providers.base import (
     JobRecord,
     OutcomeUnknown,
@@ -25,7 +30,8 @@ from service.providers.base import (
     ProviderUnreachable,
     state_json,
 )
-from service.providers.fal import FalAdapter, observe_fal_webhook
+from service.providers.fal import FalAdapter
+from service.providers.fal_signature import FalWebhookVerifier, signed_message
 from service.providers.http import make_client, parse_retry_after, send
 from service.providers.krea import STATUS_MAP as KREA_MAP
 from service.providers.krea import KreaAdapter
@@ -56,8 +62,33 @@ def transport(
     return httpx.MockTransport(handle)
 
 
+FAL_KEY = Ed25519PrivateKey.generate()
+
+
+def _jwks(_request: httpx.Request) -> httpx.Response:
+    raw = FAL_KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return httpx.Response(200, json={"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x}]})
+
+
 def fal_adapter(answers: dict[tuple[str, str], httpx.Response] | None = None) -> FalAdapter:
-    return FalAdapter(queue_url="https://q.test", key="k", transport=transport(answers or {}))
+    """A fal adapter whose verifier trusts FAL_KEY (its JWKS served by a MockTransport)."""
+    jwks = httpx.AsyncClient(transport=httpx.MockTransport(_jwks))
+    verifier = FalWebhookVerifier(jwks_url="https://jwks.test/keys", client=jwks)
+    return FalAdapter(
+        queue_url="https://q.test", key="k", verifier=verifier, transport=transport(answers or {})
+    )
+
+
+def fal_signed(
+    payload: Any, *, request_id: str = "p-1", key: Ed25519PrivateKey = FAL_KEY
+) -> tuple[dict[str, str], bytes]:
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    timestamp = str(int(time.time()))
+    message = signed_message(request_id=request_id, user_id="u", timestamp=timestamp, body=body)
+    headers = {"X-Fal-Webhook-Request-Id": request_id, "X-Fal-Webhook-User-Id": "u",
+               "X-Fal-Webhook-Timestamp": timestamp, "X-Fal-Webhook-Signature": key.sign(message).hex()}  # fmt: skip
+    return headers, body
 
 
 def test_status_vocabularies_match_the_contract_table() -> None:
@@ -162,23 +193,6 @@ async def test_fal_completed_fetches_the_result() -> None:
     for queued, expected in (("IN_QUEUE", S.QUEUED), ("IN_PROGRESS", S.RUNNING)):
         adapter = fal_adapter({("GET", "/a/b/requests/r1/status"): httpx.Response(202, json={"status": queued})})  # fmt: skip
         assert (await adapter.fetch_status(record("fal", provider_state=state))).status is expected
-
-
-def test_fal_webhooks_map_ok_and_error() -> None:
-    ok = FalWebhook.model_validate(
-        {"request_id": "r", "status": "OK", "payload": {"images": [{"url": "u"}]}}
-    )
-    assert observe_fal_webhook(record("fal"), ok).status is S.SUCCEEDED
-    err = FalWebhook.model_validate(
-        {"request_id": "r", "status": "ERROR", "error": "boom", "payload": {"detail": []}}
-    )
-    observation = observe_fal_webhook(record("fal"), err)
-    assert observation.status is S.FAILED
-    assert observation.error is not None and observation.error.provider_detail["error"] == "boom"
-    assert (
-        observe_fal_webhook(record("fal", provider_state={"cancel_accepted": True}), err).status
-        is S.CANCELED
-    )
 
 
 async def test_scenario_success_reads_the_assets() -> None:
@@ -301,10 +315,12 @@ async def test_invalid_stored_state_is_a_protocol_error() -> None:
         await fal.fetch_status(record("fal", provider_state={"status_url": 5}))
     with pytest.raises(ProviderProtocolError, match="no status_url"):
         await fal.fetch_status(record("fal"))
-    done = {("GET", "/jobs/p-1"): httpx.Response(200, json={"job_id": "p-1", "status": "completed"})}  # fmt: skip
-    krea = KreaAdapter(base_url="https://krea.test", token="t", transport=transport(done))
+    krea = _adapters()["krea"]
     with pytest.raises(ProviderProtocolError, match="stored provider state"):
-        await krea.fetch_status(record("krea", provider_state={"request": "big"}))
+        await krea.parse_callback(
+            record("krea", provider_state={"request": "big"}), {},
+            b'{"job_id": "p-1", "status": "completed"}',
+        )  # fmt: skip
 
 
 async def test_the_cancel_answer_carries_the_state_to_record() -> None:
