@@ -6,13 +6,26 @@ the fields we act on must have the documented types, or the payload is refused a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 
 class ProviderPayload(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class ProviderState(BaseModel):
+    """What an adapter keeps of a job between calls, stored as the JSON of `jobs.provider_state`.
+
+    The database merges an update into the stored object key by key (`||`), so `to_json` leaves
+    out what is unset (None): an update names only what it changes. Unknown keys are ignored:
+    rows written by earlier versions may carry keys no model reads any more."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 # --- Krea -------------------------------------------------------------------------------------
@@ -31,6 +44,18 @@ class KreaJob(ProviderPayload):
     created_at: str | None = None
     completed_at: str | None = None
     result: KreaResult | None = None
+
+
+class KreaSize(ProviderState):
+    width: int | None = None
+    height: int | None = None
+
+
+class KreaState(ProviderState):
+    """Krea answers with bare URLs: the size its outputs have is the one requested (stored as
+    `{"request": {"width", "height"}}`)."""
+
+    request: KreaSize = KreaSize()
 
 
 class KreaJobList(ProviderPayload):
@@ -69,13 +94,37 @@ class FalImagesResult(ProviderPayload):
     images: list[FalImage] = []
 
 
-class FalWebhook(ProviderPayload):
+class FalState(ProviderState):
+    """The URLs fal's submit answer gave (never rebuilt from the app id), and fal's answer to
+    our cancel: None until one is recorded."""
+
+    status_url: str | None = None
+    response_url: str | None = None
+    cancel_url: str | None = None
+    cancel_accepted: bool | None = None
+
+
+class FalWebhookOk(ProviderPayload):
     request_id: str = Field(min_length=1)
-    gateway_request_id: str | None = None
-    status: str
-    payload: Any = None
-    error: str | None = None
+    status: Literal["OK"]
+    # None when fal could not read the model's result as JSON (then `payload_error` says why).
+    payload: FalImagesResult | None = None
     payload_error: str | None = None
+
+
+class FalWebhookError(ProviderPayload):
+    request_id: str = Field(min_length=1)
+    status: Literal["ERROR"]
+    error: str | None = None
+    payload: Any = None  # the model's error body, kept as the provider's detail
+    payload_error: str | None = None
+
+
+FalWebhookVariant = Annotated[FalWebhookOk | FalWebhookError, Field(discriminator="status")]
+
+
+class FalWebhook(RootModel[FalWebhookVariant]):
+    """The webhook body: `status` tells the variant."""
 
 
 class FalCancelAnswer(ProviderPayload):

@@ -1,25 +1,40 @@
 """The one small interface every provider adapter implements, and what crosses it.
 
-Adapters speak HTTP to one provider and nothing else: they take a `JobRecord`, return
-`Submission`s and `Observation`s in the contract's vocabulary, and raise only the
-`ProviderError` family below (foreign exceptions are translated where they are raised):
+An adapter owns the whole boundary with one provider: it speaks HTTP to it (submit, status,
+cancel, list), reads the callbacks it sends (signature checks included), keeps its own typed
+state of a job (`schemas.providers.ProviderState`, stored as JSON), and decides how a failed
+submit is handled (`SubmitPolicy`). It takes a `JobRecord` and returns `Submission`s and
+`Observation`s in the contract's vocabulary. Foreign exceptions (httpx, pydantic, cryptography,
+ValueError) are translated where they are raised, into these and nothing else:
 
-    ProviderError
+    ProviderError               calling the provider failed
     ├── ProviderUnreachable     the request was certainly not sent: safe to send again
     ├── ProviderRateLimited     429: not accepted; send again after retry_after
     ├── ProviderRejected        4xx: final, the provider's detail is kept
     ├── ProviderServerError     5xx: whether the job exists is up to the provider (see policy)
     ├── OutcomeUnknown          sent, but no answer: the provider may have created the job
-    └── ProviderProtocolError   an answer that does not match the provider's documented shape
+    └── ProviderProtocolError   an answer (or a stored state) not of the documented shape
+
+    CallbackError               a callback that is not recorded
+    ├── InvalidCallback         refused (401): bad signature, another job's id, no callbacks
+    │   └── BadSignature        ... because its signature does not verify
+    └── MalformedCallback       authentic but unreadable (400)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from schemas.jobs import JobError, JobOutput, JobStatus
+from schemas.providers import ProviderState
+
+S = TypeVar("S", bound=ProviderState)
+B = TypeVar("B", bound=BaseModel)
 
 
 class ProviderError(Exception):
@@ -57,8 +72,52 @@ class ProviderProtocolError(ProviderError):
     pass
 
 
-class InvalidCallback(Exception):
-    """A callback that must be refused with 401 (bad signature, stale timestamp, unknown key)."""
+class CallbackError(Exception):
+    """Base of the errors `parse_callback` raises; `code` is the one the caller is answered."""
+
+    code = "invalid_callback"
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
+
+
+class InvalidCallback(CallbackError):
+    """A callback that must be refused with 401 and not recorded."""
+
+
+class BadSignature(InvalidCallback):
+    """Signature missing, stale, malformed or not verifying under the provider's keys."""
+
+    code = "invalid_signature"
+
+
+class MalformedCallback(CallbackError):
+    """An authentic callback whose body does not have the provider's documented shape (400)."""
+
+
+def validated(
+    model: type[B], value: bytes | dict[str, Any], *, fail: Callable[[ValidationError], Exception]
+) -> B:
+    """`value` (JSON text, or an object already read) as `model`; a ValidationError (invalid
+    JSON included) raised as `fail(error)`, so that no pydantic error crosses the boundary."""
+    try:
+        if isinstance(value, bytes):
+            return model.model_validate_json(value)
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise fail(exc) from exc
+
+
+def callback_payload(model: type[B], body: bytes, *, what: str) -> B:
+    """A callback body as `model`, or MalformedCallback naming the fields at fault."""
+
+    def malformed(exc: ValidationError) -> MalformedCallback:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        details = [{"loc": list(err["loc"]), "msg": err["msg"]} for err in errors]
+        return MalformedCallback(f"callback body is not {what}", details=details)
+
+    return validated(model, body, fail=malformed)
 
 
 @dataclass(frozen=True)
@@ -71,7 +130,7 @@ class JobRecord:
     status: JobStatus
     provider_job_id: str | None
     input: dict[str, Any]
-    provider_state: dict[str, Any]
+    provider_state: dict[str, Any]  # stored JSON: its adapter reads it with `read_state`
     cancel_requested: bool
     submit_started_at: datetime | None
     submitted_at: datetime | None
@@ -85,13 +144,34 @@ class JobRecord:
     submit_unknown_at: datetime | None = None  # when its submission's outcome became unknown
 
 
+def read_state(model: type[S], job: JobRecord) -> S:
+    """The job's stored provider state as its adapter's model, or ProviderProtocolError."""
+    message = f"{job.provider} job {job.id}: stored provider state has not the expected shape"
+    return validated(
+        model, job.provider_state,
+        fail=lambda _: ProviderProtocolError(message, detail=job.provider_state),
+    )  # fmt: skip
+
+
+def check_provider_job(job: JobRecord, named: str) -> None:
+    """A callback must name the job's provider job once that is known. Before (the callback
+    came before the submit answer was recorded) the token in its URL is what binds it."""
+    if job.provider_job_id is not None and named != job.provider_job_id:
+        raise InvalidCallback("callback names another provider job")
+
+
+def state_json(state: ProviderState | None) -> dict[str, Any]:
+    """A state update as the JSON merged into `jobs.provider_state` ({} changes nothing)."""
+    return state.to_json() if state is not None else {}
+
+
 @dataclass(frozen=True)
 class Submission:
-    """The provider acknowledged a job."""
+    """The provider acknowledged a job; `provider_state` is what its adapter keeps of it."""
 
     provider_job_id: str
     provider_status: str | None
-    provider_state: dict[str, Any] = field(default_factory=dict)
+    provider_state: ProviderState | None = None
 
 
 @dataclass(frozen=True)
@@ -122,22 +202,54 @@ class ListedJob:
 
 @dataclass(frozen=True)
 class CancelOutcome:
-    """The provider's answer to a cancel request, recorded as is."""
+    """The provider's answer to a cancel request, recorded as is, and the state update the
+    adapter wants recorded with it (None: nothing to record)."""
 
     accepted: bool
     provider_answer: str
+    state: ProviderState | None = None
+
+
+SubmitVerdict = Literal["retry", "unknown", "final"]
+
+
+@dataclass(frozen=True)
+class SubmitPolicy:
+    """How a failed submit is handled, one per provider: `retry` (the job was certainly not
+    created: send again, after retry_after when given), `unknown` (it may exist: settle by asking
+    the provider, never send blindly), or `final` (refused: the job fails)."""
+
+    #: 5xx answers after which the provider certainly did not create the job.
+    retryable_server_errors: frozenset[int] = frozenset()
+
+    def classify(self, exc: ProviderError) -> SubmitVerdict:
+        if isinstance(exc, ProviderUnreachable | ProviderRateLimited):
+            return "retry"
+        if isinstance(exc, ProviderServerError):
+            return "retry" if exc.status in self.retryable_server_errors else "unknown"
+        if isinstance(exc, ProviderRejected):
+            return "final"
+        return "unknown"  # OutcomeUnknown, ProviderProtocolError: the job may exist
 
 
 class ProviderAdapter(Protocol):
     """One provider's API behind the interface the workers and callback receivers use."""
 
     name: str
+    submit_policy: SubmitPolicy
 
     async def submit(
         self, job: JobRecord, *, request: dict[str, Any], callback_url: str
     ) -> Submission: ...
 
     async def fetch_status(self, job: JobRecord) -> Observation: ...
+
+    async def parse_callback(
+        self, job: JobRecord, headers: Mapping[str, str], body: bytes
+    ) -> Observation:
+        """A callback for `job` (its token already checked) as an observation; raises
+        InvalidCallback (refused) or MalformedCallback, and nothing else of the callback's."""
+        ...
 
     async def cancel(self, job: JobRecord) -> CancelOutcome: ...
 
@@ -146,10 +258,6 @@ class ProviderAdapter(Protocol):
     ) -> list[ListedJob] | None:
         """The account's jobs created in [since, until] (from the provider's list endpoint), to
         settle a submission whose outcome is unknown; None when the provider offers no list."""
-        ...
-
-    def server_error_is_retryable(self, status: int) -> bool:
-        """Whether a 5xx answer to a submit means the job was certainly not created."""
         ...
 
     async def aclose(self) -> None: ...

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from schemas.providers import Jwks
 from service.logs import get_logger
-from service.providers.base import InvalidCallback, ProviderError
+from service.providers.base import BadSignature, ProviderError
 from service.providers.http import check_status, parse, send
 
 TIMESTAMP_TOLERANCE_S = 300
@@ -59,30 +59,33 @@ class FalWebhookVerifier:
         self._log = get_logger("service.fal")
 
     async def verify(self, headers: Mapping[str, str], body: bytes) -> str:
-        """Returns the signed request id, or raises InvalidCallback."""
+        """Returns the signed request id, or raises BadSignature (an InvalidCallback)."""
         try:
             request_id = headers["X-Fal-Webhook-Request-Id"]
             user_id = headers["X-Fal-Webhook-User-Id"]
             timestamp = headers["X-Fal-Webhook-Timestamp"]
             signature = bytes.fromhex(headers["X-Fal-Webhook-Signature"])
         except KeyError as exc:
-            raise InvalidCallback(f"missing header {exc.args[0]}") from exc
+            raise BadSignature(f"missing header {exc.args[0]}") from exc
         except ValueError as exc:
-            raise InvalidCallback("signature is not hex") from exc
+            raise BadSignature("signature is not hex") from exc
         try:
             skew = abs(self.clock() - int(timestamp))
         except ValueError as exc:
-            raise InvalidCallback("timestamp is not an integer") from exc
+            raise BadSignature("timestamp is not an integer") from exc
         if skew > TIMESTAMP_TOLERANCE_S:
-            raise InvalidCallback(f"timestamp is {int(skew)} s away from now")
-        message = signed_message(
-            request_id=request_id, user_id=user_id, timestamp=timestamp, body=body
-        )
+            raise BadSignature(f"timestamp is {int(skew)} s away from now")
+        try:
+            message = signed_message(
+                request_id=request_id, user_id=user_id, timestamp=timestamp, body=body
+            )
+        except UnicodeEncodeError as exc:  # aiohttp keeps undecodable header bytes as surrogates
+            raise BadSignature("headers are not UTF-8") from exc
         if self._matches(await self._current_keys(), signature, message):
             return request_id
         if await self._refetch_if_allowed() and self._matches(self._keys, signature, message):
             return request_id
-        raise InvalidCallback("signature does not verify under any of fal's keys")
+        raise BadSignature("signature does not verify under any of fal's keys")
 
     def _matches(self, keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
         for index, key in enumerate(keys):

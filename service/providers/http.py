@@ -17,16 +17,18 @@ from typing import Any, TypeVar
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from service.logs import REDACTED, get_logger
 from service.providers.base import (
+    CancelOutcome,
     OutcomeUnknown,
     ProviderProtocolError,
     ProviderRateLimited,
     ProviderRejected,
     ProviderServerError,
     ProviderUnreachable,
+    validated,
 )
 
 P = TypeVar("P", bound=BaseModel)
@@ -101,6 +103,23 @@ async def send(
         raise OutcomeUnknown(f"{method} {_safe(url)}: no answer ({kind})") from exc
 
 
+async def request_as(
+    model: type[P],
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    json: Any = None,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> P:
+    """One request whose 2xx answer is `model`; every failure raised as a ProviderError."""
+    response = await send(client, method, url, json=json, headers=headers, params=params)
+    check_status(response, what=what)
+    return parse(model, response, what=what)
+
+
 def _safe(url: str) -> str:
     return url.split("?", 1)[0]
 
@@ -145,13 +164,22 @@ def check_status(response: httpx.Response, *, what: str) -> None:
     raise ProviderRejected(f"{what}: refused with {status}", status=status, detail=detail)
 
 
+def cancel_outcome(response: httpx.Response, *, what: str) -> CancelOutcome:
+    """A 2xx answer to a cancel is its acceptance; a 4xx the provider's refusal (too late),
+    recorded with its detail; 429 and 5xx are raised, so the cancel is sent again."""
+    try:
+        check_status(response, what=what)
+    except ProviderRejected as exc:
+        return CancelOutcome(accepted=False, provider_answer=f"refused {exc.status}: {exc.detail}")
+    return CancelOutcome(accepted=True, provider_answer=str(response.status_code))
+
+
 def parse(model: type[P], response: httpx.Response, *, what: str) -> P:
     """The answer's body as `model`, or ProviderProtocolError."""
-    try:
-        return model.model_validate_json(response.content)
-    except ValidationError as exc:
-        raise ProviderProtocolError(
-            f"{what}: unexpected answer shape",
-            status=response.status_code,
+    return validated(
+        model, response.content,
+        fail=lambda _: ProviderProtocolError(
+            f"{what}: unexpected answer shape", status=response.status_code,
             detail=_detail(response),
-        ) from exc
+        ),
+    )  # fmt: skip

@@ -4,23 +4,27 @@ the callback URL carries the job's token."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import httpx
 
 from schemas.jobs import JobError, JobOutput, JobStatus
-from schemas.providers import KreaJob, KreaJobList
+from schemas.providers import KreaJob, KreaJobList, KreaSize, KreaState
 from service.providers.base import (
     CancelOutcome,
     JobRecord,
     ListedJob,
     Observation,
-    ProviderRejected,
     Submission,
+    SubmitPolicy,
+    callback_payload,
+    check_provider_job,
+    read_state,
 )
-from service.providers.http import check_status, make_client, parse, send
-from service.providers.listing import LIST_PAGE_SIZE, MAX_LIST_PAGES, provider_time, too_many_pages
+from service.providers.http import cancel_outcome, make_client, request_as, send
+from service.providers.listing import LIST_PAGE_SIZE, jobs_in_window, provider_time
 from service.providers.outputs import content_type_from_url
 
 STATUS_MAP = {
@@ -36,19 +40,20 @@ STATUS_MAP = {
 }
 
 
-def observe_krea_job(job: KreaJob, *, request: dict[str, Any] | None = None) -> Observation:
+def _observe(job: KreaJob, size: KreaSize) -> Observation:
     """A Krea job object (poll answer or webhook body) as an observation."""
     status = STATUS_MAP.get(job.status)
     outputs = None
     error = None
     if status is JobStatus.SUCCEEDED and job.result is not None:
         # Krea gives bare URLs; the size is the one requested (sent with its defaults).
-        width = request.get("width") if request else None
-        height = request.get("height") if request else None
         outputs = [
-            JobOutput(url=url, content_type=content_type_from_url(url), width=width, height=height)
+            JobOutput(
+                url=url, content_type=content_type_from_url(url), width=size.width,
+                height=size.height,
+            )
             for url in job.result.urls
-        ]
+        ]  # fmt: skip
     if status is JobStatus.FAILED:
         detail = job.result.error if job.result is not None else None
         error = JobError(
@@ -64,10 +69,23 @@ def observe_krea_job(job: KreaJob, *, request: dict[str, Any] | None = None) -> 
     )
 
 
+def _listed(item: KreaJob) -> ListedJob:
+    status = STATUS_MAP.get(item.status)
+    return ListedJob(
+        provider_job_id=item.job_id,
+        created_at=provider_time(item.created_at),
+        terminal=status is not None and status.is_terminal,
+        completed_at=provider_time(item.completed_at),
+    )
+
+
 class KreaAdapter:
     """Krea's API."""
 
     name = "krea"
+    # Krea documents no 5xx semantics: the job may exist. Not resent blindly: the job list
+    # tells whether it does, and the callback that carries this job's token binds it.
+    submit_policy = SubmitPolicy()
 
     def __init__(
         self, *, base_url: str, token: str, transport: httpx.AsyncBaseTransport | None = None
@@ -76,42 +94,45 @@ class KreaAdapter:
             base_url=base_url, headers={"Authorization": f"Bearer {token}"}, transport=transport
         )
 
+    def state(self, job: JobRecord) -> KreaState:
+        return read_state(KreaState, job)
+
     async def submit(
         self, job: JobRecord, *, request: dict[str, Any], callback_url: str
     ) -> Submission:
-        response = await send(
-            self.client, "POST", f"/generate/image/{job.model}", json=request,
-            headers={"X-Webhook-URL": callback_url},
+        state = KreaState(
+            request=KreaSize(width=request.get("width"), height=request.get("height"))
+        )
+        answer = await request_as(
+            KreaJob, self.client, "POST", f"/generate/image/{job.model}", what="krea submit",
+            json=request, headers={"X-Webhook-URL": callback_url},
         )  # fmt: skip
-        check_status(response, what="krea submit")
-        answer = parse(KreaJob, response, what="krea submit")
-        size = {"width": request.get("width"), "height": request.get("height")}
         return Submission(
-            provider_job_id=answer.job_id,
-            provider_status=answer.status,
-            provider_state={"request": size},
+            provider_job_id=answer.job_id, provider_status=answer.status, provider_state=state
         )
 
     async def fetch_status(self, job: JobRecord) -> Observation:
         assert job.provider_job_id is not None
-        response = await send(self.client, "GET", f"/jobs/{job.provider_job_id}")
-        check_status(response, what="krea status")
-        return observe_krea_job(
-            parse(KreaJob, response, what="krea status"), request=job.provider_state.get("request")
-        )
+        url = f"/jobs/{job.provider_job_id}"
+        found = await request_as(KreaJob, self.client, "GET", url, what="krea status")
+        return _observe(found, self.state(job).request)
+
+    async def parse_callback(
+        self, job: JobRecord, headers: Mapping[str, str], body: bytes
+    ) -> Observation:
+        """Krea's callbacks are unsigned: the token in the URL (checked before) is the proof, and
+        the body must name this job's Krea job once that is known."""
+        del headers
+        found = callback_payload(KreaJob, body, what="a Krea job object")
+        check_provider_job(job, found.job_id)
+        return _observe(found, self.state(job).request)
 
     async def cancel(self, job: JobRecord) -> CancelOutcome:
+        # Krea cancels only while queued or processing; a refusal means it is too late and the
+        # job's own terminal state will arrive by webhook or poll.
         assert job.provider_job_id is not None
         response = await send(self.client, "DELETE", f"/jobs/{job.provider_job_id}")
-        try:
-            check_status(response, what="krea cancel")
-        except ProviderRejected as exc:
-            # Krea cancels only while queued or processing; a refusal means it is too late and
-            # the job's own terminal state will arrive by webhook or poll.
-            return CancelOutcome(
-                accepted=False, provider_answer=f"refused {exc.status}: {exc.detail}"
-            )
-        return CancelOutcome(accepted=True, provider_answer=f"{response.status_code}")
+        return cancel_outcome(response, what="krea cancel")
 
     async def list_jobs_since(
         self, job: JobRecord, *, request: dict[str, Any], since: datetime, until: datetime
@@ -119,36 +140,15 @@ class KreaAdapter:
         """`GET /jobs?cursor=&limit=`, newest first. Krea's job objects show no input, so a
         listed job can be told apart only by its id (one of ours?) and its creation time."""
         del job, request
-        listed: list[ListedJob] = []
-        params = {"limit": str(LIST_PAGE_SIZE)}
-        for _ in range(MAX_LIST_PAGES):
-            response = await send(self.client, "GET", "/jobs", params=params)
-            check_status(response, what="krea list")
-            page = parse(KreaJobList, response, what="krea list")
-            for item in page.items:
-                created = provider_time(item.created_at)
-                if created is not None and created < since:
-                    return listed
-                if created is not None and created > until:
-                    continue
-                status = STATUS_MAP.get(item.status)
-                listed.append(
-                    ListedJob(
-                        provider_job_id=item.job_id,
-                        created_at=created,
-                        terminal=status is not None and status.is_terminal,
-                        completed_at=provider_time(item.completed_at),
-                    )
-                )
-            if page.next_cursor is None:
-                return listed
-            params = {"limit": str(LIST_PAGE_SIZE), "cursor": page.next_cursor}
-        raise too_many_pages("krea list")
 
-    def server_error_is_retryable(self, status: int) -> bool:
-        # Krea documents no 5xx semantics: the job may exist. Not resent blindly: the job list
-        # tells whether it does, and the callback that carries this job's token binds it.
-        return False
+        async def read_page(cursor: str | None) -> tuple[list[ListedJob], str | None]:
+            params = {"limit": str(LIST_PAGE_SIZE), **({"cursor": cursor} if cursor else {})}
+            page = await request_as(
+                KreaJobList, self.client, "GET", "/jobs", what="krea list", params=params
+            )
+            return [_listed(item) for item in page.items], page.next_cursor
+
+        return await jobs_in_window(read_page, since=since, until=until, what="krea list")
 
     async def aclose(self) -> None:
         await self.client.aclose()

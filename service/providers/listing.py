@@ -7,10 +7,14 @@ job, and hand the jobs of the window to the runner, which decides (service.worke
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from service.providers.base import ProviderProtocolError
+from service.providers.base import ListedJob, ProviderProtocolError
+
+#: One page of a provider's list, from a cursor (None: the newest): its jobs, the next cursor.
+PageReader = Callable[[str | None], Awaitable[tuple[list[ListedJob], str | None]]]
 
 #: Pages read at most before giving up on reaching the start of the window (the runner then
 #: waits and looks again rather than deciding on a partial list).
@@ -37,7 +41,23 @@ def echo_matches(request: dict[str, Any], echoed: dict[str, Any] | None) -> bool
     return all(key in echoed and echoed[key] == value for key, value in request.items())
 
 
-def too_many_pages(what: str) -> ProviderProtocolError:
-    return ProviderProtocolError(
+async def jobs_in_window(
+    read_page: PageReader, *, since: datetime, until: datetime, what: str
+) -> list[ListedJob]:
+    """The listed jobs created in [since, until], paging back (newest first) until a job older
+    than `since`; a job whose creation time is not shown is kept (it may be the one)."""
+    listed: list[ListedJob] = []
+    cursor = None
+    for _ in range(MAX_LIST_PAGES):
+        page, cursor = await read_page(cursor)
+        for item in page:
+            created = item.created_at
+            if created is not None and created < since:
+                return listed
+            if created is None or created <= until:
+                listed.append(item)
+        if cursor is None:
+            return listed
+    raise ProviderProtocolError(
         f"{what}: the window's start was not reached within {MAX_LIST_PAGES} pages"
     )

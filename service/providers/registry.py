@@ -18,10 +18,10 @@ from service.providers.scenario import ScenarioAdapter
 
 @dataclass
 class Providers:
-    """The adapters of the enabled providers, and fal's webhook verifier when fal is enabled."""
+    """The adapters of the enabled providers (and the clients they were given, closed with
+    them)."""
 
     adapters: dict[str, ProviderAdapter] = field(default_factory=dict)
-    fal_verifier: FalWebhookVerifier | None = None
     _clients: list[httpx.AsyncClient] = field(default_factory=list)
 
     async def aclose(self) -> None:
@@ -38,13 +38,12 @@ def build_providers(settings: Settings) -> Providers:
             base_url=settings.krea_api_url, token=settings.krea_api_token.get_secret_value()
         )
     if settings.fal_key is not None:
-        providers.adapters["fal"] = FalAdapter(
-            queue_url=settings.fal_queue_url, key=settings.fal_key.get_secret_value()
-        )
         jwks_client = make_client(timeout=httpx.Timeout(10.0))
         providers._clients.append(jwks_client)
-        providers.fal_verifier = FalWebhookVerifier(
-            jwks_url=settings.fal_jwks_url, client=jwks_client
+        providers.adapters["fal"] = FalAdapter(
+            queue_url=settings.fal_queue_url,
+            key=settings.fal_key.get_secret_value(),
+            verifier=FalWebhookVerifier(jwks_url=settings.fal_jwks_url, client=jwks_client),
         )
     if settings.scenario_api_key is not None and settings.scenario_api_secret is not None:
         providers.adapters["scenario"] = ScenarioAdapter(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -15,25 +16,21 @@ from schemas.jobs import JobError, JobOutput, JobStatus
 from schemas.providers import (
     ScenarioAsset,
     ScenarioAssetEnvelope,
+    ScenarioJob,
     ScenarioJobEnvelope,
     ScenarioJobList,
 )
 from service.providers.base import (
     CancelOutcome,
+    InvalidCallback,
     JobRecord,
     ListedJob,
     Observation,
-    ProviderRejected,
     Submission,
+    SubmitPolicy,
 )
-from service.providers.http import check_status, make_client, parse, send
-from service.providers.listing import (
-    LIST_PAGE_SIZE,
-    MAX_LIST_PAGES,
-    echo_matches,
-    provider_time,
-    too_many_pages,
-)
+from service.providers.http import cancel_outcome, make_client, request_as, send
+from service.providers.listing import LIST_PAGE_SIZE, echo_matches, jobs_in_window, provider_time
 
 STATUS_MAP = {
     "pending": JobStatus.QUEUED,
@@ -52,10 +49,30 @@ def _dimension(asset: ScenarioAsset, name: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _listed(item: ScenarioJob, *, job: JobRecord, request: dict[str, Any]) -> ListedJob:
+    """Scenario echoes each job's parameters (`metadata.input`, with its `modelId`), so a listed
+    job either is this request or is not."""
+    echoed = item.metadata.input
+    model = echoed.get("modelId", job.model) if echoed is not None else None
+    matches = echo_matches(request, echoed)
+    status = STATUS_MAP.get(item.status)
+    return ListedJob(
+        provider_job_id=item.jobId,
+        created_at=provider_time(item.createdAt),
+        terminal=status is not None and status.is_terminal,
+        matches_request=None if matches is None else matches and model == job.model,
+    )
+
+
 class ScenarioAdapter:
     """Scenario's API, polled."""
 
     name = "scenario"
+    # Scenario's SDK retries every 5xx, but that is a generated client's blanket default, not a
+    # statement that generate is idempotent: a 500/502/504 can come after the job was created
+    # (and billed). Only 503, a refusal before any processing, is safe to resend at once; after
+    # any other 5xx the job list tells whether the job exists.
+    submit_policy = SubmitPolicy(retryable_server_errors=frozenset({503}))
 
     def __init__(
         self,
@@ -76,16 +93,19 @@ class ScenarioAdapter:
         self, job: JobRecord, *, request: dict[str, Any], callback_url: str
     ) -> Submission:
         del callback_url  # Scenario is polled
-        response = await send(self.client, "POST", f"generate/custom/{job.model}", json=request)
-        check_status(response, what="scenario submit")
-        answer = parse(ScenarioJobEnvelope, response, what="scenario submit")
+        answer = await request_as(
+            ScenarioJobEnvelope, self.client, "POST", f"generate/custom/{job.model}",
+            what="scenario submit", json=request,
+        )  # fmt: skip
         return Submission(provider_job_id=answer.job.jobId, provider_status=answer.job.status)
 
     async def fetch_status(self, job: JobRecord) -> Observation:
         assert job.provider_job_id is not None
-        response = await send(self.client, "GET", f"jobs/{job.provider_job_id}")
-        check_status(response, what="scenario status")
-        found = parse(ScenarioJobEnvelope, response, what="scenario status").job
+        url = f"jobs/{job.provider_job_id}"
+        envelope = await request_as(
+            ScenarioJobEnvelope, self.client, "GET", url, what="scenario status"
+        )
+        found = envelope.job
         status = STATUS_MAP.get(found.status)
         data: dict[str, Any] = {"provider_status": found.status}
         if found.progress is not None:
@@ -115,64 +135,41 @@ class ScenarioAdapter:
         return Observation(status=status, provider_status=found.status, data=data)
 
     async def _asset(self, asset_id: str) -> ScenarioAsset:
-        response = await send(self.client, "GET", f"assets/{asset_id}")
-        check_status(response, what="scenario asset")
-        return parse(ScenarioAssetEnvelope, response, what="scenario asset").asset
+        url = f"assets/{asset_id}"
+        envelope = await request_as(
+            ScenarioAssetEnvelope, self.client, "GET", url, what="scenario asset"
+        )
+        return envelope.asset
+
+    async def parse_callback(
+        self, job: JobRecord, headers: Mapping[str, str], body: bytes
+    ) -> Observation:
+        """Scenario's webhook signature scheme is undocumented, so none of its callbacks can be
+        authenticated: all are refused (its jobs are polled)."""
+        del job, headers, body
+        raise InvalidCallback("Scenario jobs are polled: no callback is accepted")
 
     async def cancel(self, job: JobRecord) -> CancelOutcome:
         assert job.provider_job_id is not None
         response = await send(
             self.client, "POST", f"jobs/{job.provider_job_id}/action", json={"action": "cancel"}
         )
-        try:
-            check_status(response, what="scenario cancel")
-        except ProviderRejected as exc:
-            return CancelOutcome(
-                accepted=False, provider_answer=f"refused {exc.status}: {exc.detail}"
-            )
-        return CancelOutcome(accepted=True, provider_answer=str(response.status_code))
+        return cancel_outcome(response, what="scenario cancel")
 
     async def list_jobs_since(
         self, job: JobRecord, *, request: dict[str, Any], since: datetime, until: datetime
     ) -> list[ListedJob]:
-        """`GET /jobs?pageSize=&paginationToken=`, newest first. Scenario echoes each job's
-        parameters (`metadata.input`, with its `modelId`), so a listed job either is this
-        request or is not."""
-        listed: list[ListedJob] = []
-        params = {"pageSize": str(LIST_PAGE_SIZE)}
-        for _ in range(MAX_LIST_PAGES):
-            response = await send(self.client, "GET", "jobs", params=params)
-            check_status(response, what="scenario list")
-            page = parse(ScenarioJobList, response, what="scenario list")
-            for item in page.jobs:
-                created = provider_time(item.createdAt)
-                if created is not None and created < since:
-                    return listed
-                if created is not None and created > until:
-                    continue
-                echoed = item.metadata.input
-                model = echoed.get("modelId", job.model) if echoed is not None else None
-                matches = echo_matches(request, echoed)
-                status = STATUS_MAP.get(item.status)
-                listed.append(
-                    ListedJob(
-                        provider_job_id=item.jobId,
-                        created_at=created,
-                        terminal=status is not None and status.is_terminal,
-                        matches_request=None if matches is None else matches and model == job.model,
-                    )
-                )
-            if page.nextPaginationToken is None:
-                return listed
-            params = {"pageSize": str(LIST_PAGE_SIZE), "paginationToken": page.nextPaginationToken}
-        raise too_many_pages("scenario list")
+        """`GET /jobs?pageSize=&paginationToken=`, newest first."""
 
-    def server_error_is_retryable(self, status: int) -> bool:
-        # Scenario's SDK retries every 5xx, but that is a generated client's blanket default, not
-        # a statement that generate is idempotent: a 500/502/504 can come after the job was
-        # created (and billed). Only 503, a refusal before any processing, is safe to resend at
-        # once; after any other 5xx the job list tells whether the job exists.
-        return status == 503
+        async def read_page(token: str | None) -> tuple[list[ListedJob], str | None]:
+            params = {"pageSize": str(LIST_PAGE_SIZE), **({"paginationToken": token} if token else {})}  # fmt: skip
+            page = await request_as(
+                ScenarioJobList, self.client, "GET", "jobs", what="scenario list", params=params
+            )
+            listed = [_listed(item, job=job, request=request) for item in page.jobs]
+            return listed, page.nextPaginationToken
+
+        return await jobs_in_window(read_page, since=since, until=until, what="scenario list")
 
     async def aclose(self) -> None:
         await self.client.aclose()

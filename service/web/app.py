@@ -131,7 +131,7 @@ def _add_routes(app: web.Application, parts: _Parts) -> None:
         outbox=parts.outbox,
     )
     app.add_routes(jobs.routes())
-    app.add_routes(CallbacksApi(parts.store, fal_verifier=parts.providers.fal_verifier).routes())
+    app.add_routes(CallbacksApi(parts.store, adapters=parts.providers.adapters).routes())
     stream = StreamApi(hub=parts.hub, store=parts.store, heartbeat_s=settings.stream_heartbeat_s)
     app.add_routes(stream.routes())
     app.add_routes(OpsApi(parts.database).routes())

@@ -35,14 +35,10 @@ from service.metrics import DUE_LAG, OBSERVATIONS, PROVIDER_REQUESTS, WEBHOOK_MI
 from service.providers.base import (
     JobRecord,
     Observation,
-    OutcomeUnknown,
     ProviderAdapter,
     ProviderError,
-    ProviderProtocolError,
     ProviderRateLimited,
-    ProviderRejected,
-    ProviderServerError,
-    ProviderUnreachable,
+    state_json,
 )
 from service.store import JobStore, Schedule
 from service.workers.claim_loop import ClaimLoop
@@ -209,27 +205,21 @@ class JobRunner(ClaimLoop[JobRecord]):
         try:
             PROVIDER_REQUESTS.labels(provider=job.provider, operation="submit").inc()
             submission = await adapter.submit(job, request=request, callback_url=url)
-        except (ProviderUnreachable, ProviderRateLimited) as exc:
-            retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
-            await self._retry_submission(job, timing, exc, retry_after=retry_after)
-            return
-        except ProviderServerError as exc:
-            if adapter.server_error_is_retryable(exc.status or 500):
-                await self._retry_submission(job, timing, exc, retry_after=None)
+        except ProviderError as exc:
+            verdict = adapter.submit_policy.classify(exc)  # the provider's, not the runner's
+            if verdict == "retry":
+                retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
+                await self._retry_submission(job, timing, exc, retry_after=retry_after)
+            elif verdict == "final":
+                await self._fail(
+                    job,
+                    code="provider_rejected",
+                    message=str(exc),
+                    detail=exc.detail,
+                    data={"request": request},
+                )
             else:
                 await self._unknown(job, reason=str(exc), detail=exc.detail)
-            return
-        except ProviderRejected as exc:
-            await self._fail(
-                job,
-                code="provider_rejected",
-                message=str(exc),
-                detail=exc.detail,
-                data={"request": request},
-            )
-            return
-        except (OutcomeUnknown, ProviderProtocolError) as exc:
-            await self._unknown(job, reason=str(exc), detail=exc.detail)
             return
         first_check = await self._first_check_s(job, timing)
         submitted = Observation(
@@ -248,7 +238,7 @@ class JobRunner(ClaimLoop[JobRecord]):
             submitted,
             source="system",
             record_ignored=True,
-            provider_state=submission.provider_state,
+            provider_state=state_json(submission.provider_state),
             schedule=Schedule(self.owner, self._at(job, first_check)),
         )
         self._log.info(
@@ -412,7 +402,7 @@ class JobRunner(ClaimLoop[JobRecord]):
         await self.store.record_cancel_sent(
             job.id,
             owner=self.owner,
-            provider_state={"cancel_accepted": outcome.accepted},
+            provider_state=state_json(outcome.state),
             next_action_at=self._at(job, timing.after_cancel_s),
             data={"accepted": outcome.accepted, "provider_answer": outcome.provider_answer},
         )

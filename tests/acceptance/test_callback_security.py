@@ -1,5 +1,6 @@
 """Callbacks are accepted only when authentic: fal's Ed25519 signature (fresh, under a published
-key) and the job's own token in the URL. Anything else is 401 and changes nothing."""
+key) and the job's own token in the URL. Anything else is 401 and changes nothing; an authentic
+callback whose body is malformed is 400 and changes nothing either."""
 
 from __future__ import annotations
 
@@ -114,3 +115,30 @@ async def test_callback_bodies_are_validated_and_limited(stack: Stack) -> None:
     ).status_code == 400
     big = b'{"job_id": "' + b"x" * (5 * 1024 * 1024) + b'"}'
     assert (await stack.http.post(sim_job.callback_url, content=big)).status_code == 413
+
+
+async def test_a_signed_but_malformed_fal_webhook_is_400_and_changes_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job, sim_job = await submitted(stack, "fal", "fal-ai/flux/krea")
+    before = await stack.events(job["id"])
+    bad_images = {"request_id": sim_job.id, "status": "OK",
+                  "payload": {"images": [{"content_type": "image/png", "width": "wide"}]}}  # fmt: skip
+    monkeypatch.setattr(stack.sims.fal, "webhook_payload", lambda _job, _now: bad_images)
+    body, headers = stack.sims.fal.render_callback(sim_job)
+    response = await stack.http.post(sim_job.callback_url, content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_callback"
+    assert {tuple(d["loc"][-2:]) for d in error["details"]} >= {(0, "url")}
+    assert await stack.events(job["id"]) == before
+    assert (await stack.job(job["id"]))["status"] == "submitted"
+
+
+async def test_providers_without_callbacks_here_have_no_callback_route(stack: Stack) -> None:
+    job = await stack.create("scenario", "model_flux-krea-dev", {"prompt": "a harbour"})
+    token = "A" * 43
+    scenario = await stack.http.post(f"/callbacks/scenario/{job['id']}/{token}", content=b"{}")
+    assert scenario.status_code == 401  # Scenario is polled: no callback is ever accepted
+    unknown = await stack.http.post(f"/callbacks/nosuch/{job['id']}/{token}", content=b"{}")
+    assert unknown.status_code == 404

@@ -1,27 +1,37 @@
-"""Each adapter's mapping of provider answers to the contract, with httpx.MockTransport; and the
+"""Each adapter's mapping of provider answers and callbacks to the contract, with
+httpx.MockTransport; its submit policy; its typed state and the JSON it is stored as; and the
 boundary's translation of transport failures (over real sockets where it matters)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from schemas.jobs import JobStatus
-from schemas.providers import FalWebhook
+from schemas.providers import FalState, KreaSize, KreaState
 from service.providers.base import (
     JobRecord,
     OutcomeUnknown,
+    ProviderAdapter,
+    ProviderError,
     ProviderProtocolError,
     ProviderRateLimited,
     ProviderRejected,
     ProviderServerError,
     ProviderUnreachable,
+    state_json,
 )
-from service.providers.fal import FalAdapter, observe_fal_webhook
+from service.providers.fal import FalAdapter
+from service.providers.fal_signature import FalWebhookVerifier, signed_message
 from service.providers.http import make_client, parse_retry_after, send
 from service.providers.krea import STATUS_MAP as KREA_MAP
 from service.providers.krea import KreaAdapter
@@ -50,6 +60,35 @@ def transport(
         return answers[(request.method, request.url.path)]
 
     return httpx.MockTransport(handle)
+
+
+FAL_KEY = Ed25519PrivateKey.generate()
+
+
+def _jwks(_request: httpx.Request) -> httpx.Response:
+    raw = FAL_KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return httpx.Response(200, json={"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x}]})
+
+
+def fal_adapter(answers: dict[tuple[str, str], httpx.Response] | None = None) -> FalAdapter:
+    """A fal adapter whose verifier trusts FAL_KEY (its JWKS served by a MockTransport)."""
+    jwks = httpx.AsyncClient(transport=httpx.MockTransport(_jwks))
+    verifier = FalWebhookVerifier(jwks_url="https://jwks.test/keys", client=jwks)
+    return FalAdapter(
+        queue_url="https://q.test", key="k", verifier=verifier, transport=transport(answers or {})
+    )
+
+
+def fal_signed(
+    payload: Any, *, request_id: str = "p-1", key: Ed25519PrivateKey = FAL_KEY
+) -> tuple[dict[str, str], bytes]:
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    timestamp = str(int(time.time()))
+    message = signed_message(request_id=request_id, user_id="u", timestamp=timestamp, body=body)
+    headers = {"X-Fal-Webhook-Request-Id": request_id, "X-Fal-Webhook-User-Id": "u",
+               "X-Fal-Webhook-Timestamp": timestamp, "X-Fal-Webhook-Signature": key.sign(message).hex()}  # fmt: skip
+    return headers, body
 
 
 def test_status_vocabularies_match_the_contract_table() -> None:
@@ -82,7 +121,9 @@ async def test_krea_submit_sends_the_webhook_header_and_maps_the_answer() -> Non
     assert submission.provider_job_id == answer["job_id"]
     assert seen[0].headers["X-Webhook-URL"] == "https://svc/cb/t"
     assert seen[0].headers["Authorization"] == "Bearer tok"
-    assert submission.provider_state == {"request": {"width": 1024, "height": 768}}
+    assert submission.provider_state == KreaState(request=KreaSize(width=1024, height=768))
+    # The JSON stored in jobs.provider_state keeps the shape earlier versions wrote.
+    assert state_json(submission.provider_state) == {"request": {"width": 1024, "height": 768}}
 
 
 @pytest.mark.parametrize(
@@ -119,8 +160,7 @@ async def test_fal_uses_the_urls_from_submit_and_maps_completed_with_error() -> 
         "error": "Invalid status code: 422",
         "error_type": "validation",
     }
-    adapter = FalAdapter(queue_url="https://q.test", key="k", transport=transport(
-        {("GET", "/fal-ai/flux/requests/r1/status"): httpx.Response(200, json=failed)}))  # fmt: skip
+    adapter = fal_adapter({("GET", "/fal-ai/flux/requests/r1/status"): httpx.Response(200, json=failed)})  # fmt: skip
     observation = await adapter.fetch_status(record("fal", provider_state=state))
     assert observation.status is S.FAILED
     assert observation.error is not None
@@ -141,36 +181,18 @@ async def test_fal_completed_fetches_the_result() -> None:
         "cancel_url": "x",
     }
     image = {"url": "https://cdn/x.jpg", "content_type": "image/jpeg", "width": 1024, "height": 768}
-    adapter = FalAdapter(queue_url="https://q.test", key="k", transport=transport({
+    adapter = fal_adapter({
         ("GET", "/a/b/requests/r1/status"): httpx.Response(200, json={"status": "COMPLETED", "logs": []}),
         ("GET", "/a/b/requests/r1"): httpx.Response(200, json={"images": [image], "seed": 1}),
-    }))  # fmt: skip
+    })  # fmt: skip
     observation = await adapter.fetch_status(record("fal", provider_state=state))
     assert observation.status is S.SUCCEEDED
     assert observation.outputs is not None and [o.model_dump() for o in observation.outputs] == [
         image
     ]
     for queued, expected in (("IN_QUEUE", S.QUEUED), ("IN_PROGRESS", S.RUNNING)):
-        adapter = FalAdapter(queue_url="https://q.test", key="k", transport=transport(
-            {("GET", "/a/b/requests/r1/status"): httpx.Response(202, json={"status": queued})}))  # fmt: skip
+        adapter = fal_adapter({("GET", "/a/b/requests/r1/status"): httpx.Response(202, json={"status": queued})})  # fmt: skip
         assert (await adapter.fetch_status(record("fal", provider_state=state))).status is expected
-
-
-def test_fal_webhooks_map_ok_and_error() -> None:
-    ok = FalWebhook.model_validate(
-        {"request_id": "r", "status": "OK", "payload": {"images": [{"url": "u"}]}}
-    )
-    assert observe_fal_webhook(record("fal"), ok).status is S.SUCCEEDED
-    err = FalWebhook.model_validate(
-        {"request_id": "r", "status": "ERROR", "error": "boom", "payload": {"detail": []}}
-    )
-    observation = observe_fal_webhook(record("fal"), err)
-    assert observation.status is S.FAILED
-    assert observation.error is not None and observation.error.provider_detail["error"] == "boom"
-    assert (
-        observe_fal_webhook(record("fal", provider_state={"cancel_accepted": True}), err).status
-        is S.CANCELED
-    )
 
 
 async def test_scenario_success_reads_the_assets() -> None:
@@ -232,3 +254,83 @@ async def test_a_connection_dropped_after_sending_is_an_unknown_outcome() -> Non
         with pytest.raises(OutcomeUnknown):
             await send(client, "POST", f"http://127.0.0.1:{port}/generate", json={"prompt": "x"})
     assert received.is_set()
+
+
+def _adapters() -> dict[str, ProviderAdapter]:
+    return {
+        "krea": KreaAdapter(base_url="https://krea.test", token="t", transport=transport({})),
+        "fal": fal_adapter(),
+        "scenario": ScenarioAdapter(base_url="https://sc.test", api_key="k", api_secret="s",
+                                    transport=transport({})),
+    }  # fmt: skip
+
+
+def _server_error(status: int) -> ProviderError:
+    return ProviderServerError(f"provider error {status}", status=status)
+
+
+# provider -> the submit errors and what its policy makes of them
+SUBMIT_POLICY = {
+    "krea": [(_server_error(500), "unknown"), (_server_error(502), "unknown"),
+             (_server_error(503), "unknown"), (_server_error(504), "unknown")],
+    "fal": [(_server_error(500), "unknown"), (_server_error(502), "retry"),
+            (_server_error(503), "retry"), (_server_error(504), "retry")],
+    "scenario": [(_server_error(500), "unknown"), (_server_error(502), "unknown"),
+                 (_server_error(503), "retry"), (_server_error(504), "unknown")],
+}  # fmt: skip
+EVERY_PROVIDER = [
+    (ProviderRateLimited("429", retry_after=3), "retry"),
+    (ProviderUnreachable("could not connect"), "retry"),
+    (ProviderRejected("refused", status=422), "final"),
+    (OutcomeUnknown("no answer"), "unknown"),
+    (ProviderProtocolError("unexpected answer shape"), "unknown"),
+    (ProviderServerError("no status"), "unknown"),
+]
+
+
+@pytest.mark.parametrize("provider", list(SUBMIT_POLICY))
+def test_each_provider_has_one_submit_policy(provider: str) -> None:
+    policy = _adapters()[provider].submit_policy
+    for exc, verdict in [*SUBMIT_POLICY[provider], *EVERY_PROVIDER]:
+        assert policy.classify(exc) == verdict, (provider, exc)
+
+
+def test_stored_state_reads_rows_written_by_earlier_versions() -> None:
+    # The runner used to write cancel_accepted for every provider: ignored where unread.
+    krea_row = {"request": {"width": 512, "height": None}, "cancel_accepted": True}
+    krea = _adapters()["krea"]
+    assert isinstance(krea, KreaAdapter)
+    assert krea.state(record("krea", provider_state=krea_row)).request == KreaSize(width=512)
+    assert krea.state(record("krea")) == KreaState()  # a job bound from Krea's list has none
+    fal = _adapters()["fal"]
+    assert isinstance(fal, FalAdapter)
+    fal_row = {"status_url": "s", "response_url": "r", "cancel_url": "c", "cancel_accepted": False}
+    assert fal.state(record("fal", provider_state=fal_row)) == FalState.model_validate(fal_row)
+    assert state_json(FalState.model_validate(fal_row)) == fal_row
+
+
+async def test_invalid_stored_state_is_a_protocol_error() -> None:
+    fal = fal_adapter()
+    with pytest.raises(ProviderProtocolError, match="stored provider state"):
+        await fal.fetch_status(record("fal", provider_state={"status_url": 5}))
+    with pytest.raises(ProviderProtocolError, match="no status_url"):
+        await fal.fetch_status(record("fal"))
+    krea = _adapters()["krea"]
+    with pytest.raises(ProviderProtocolError, match="stored provider state"):
+        await krea.parse_callback(
+            record("krea", provider_state={"request": "big"}), {},
+            b'{"job_id": "p-1", "status": "completed"}',
+        )  # fmt: skip
+
+
+async def test_the_cancel_answer_carries_the_state_to_record() -> None:
+    state = {"cancel_url": "https://q.test/r1/cancel"}
+    answers = {("PUT", "/r1/cancel"): httpx.Response(202, json={"status": "CANCELLATION_REQUESTED"})}  # fmt: skip
+    outcome = await fal_adapter(answers).cancel(record("fal", provider_state=state))
+    assert outcome.accepted
+    assert state_json(outcome.state) == {"cancel_accepted": True}  # merged into the stored state
+    too_late = {("DELETE", "/jobs/p-1"): httpx.Response(400, json={"error": "job is completed"})}
+    krea = KreaAdapter(base_url="https://krea.test", token="t", transport=transport(too_late))
+    outcome = await krea.cancel(record("krea"))
+    assert not outcome.accepted and outcome.provider_answer.startswith("refused 400")
+    assert state_json(outcome.state) == {}  # Krea keeps nothing of its cancels
