@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -41,6 +42,21 @@ def dsn_with_database(dsn: str, database: str) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
+    configure_test_logging()
+
+
+@pytest.fixture
+def logging_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """For a test that reconfigures logging (onto a captured stdout, or by running the command
+    line): afterwards the real stdout and the session's configuration come back, since a logger
+    left on a closed stream would fail every later test that logs."""
+    yield
+    monkeypatch.undo()
+    structlog.reset_defaults()
+    configure_test_logging()
+
+
+def configure_test_logging() -> None:
     """The service's logging pipeline at TEST_LOG_LEVEL (default warning) and TEST_LOG_FORMAT
     (default console). At debug every library logger is opened up too (httpx, aiohttp.access,
     asyncio...): that is how tests/security reads the logs, as an attacker would."""

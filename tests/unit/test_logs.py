@@ -46,6 +46,11 @@ def test_secrets_inside_text_are_masked() -> None:
     )
 
 
+@pytest.fixture(autouse=True)
+def _restored(logging_restored: None) -> None:
+    """Tests here reconfigure logging onto a captured stdout (see tests/conftest.py)."""
+
+
 def test_json_lines_with_bound_context(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)

@@ -106,7 +106,7 @@ def sql_tree(root: Path, *, migrations: bool, queries: bool) -> Path:
     ("missing", "message"),
     [("migrations", "no migration files"), ("queries", "no named queries")],
 )
-@pytest.mark.usefixtures("fresh_query_cache")
+@pytest.mark.usefixtures("fresh_query_cache", "logging_restored")
 def test_the_command_line_refuses_to_start_without_sql_files(
     command: str,
     missing: str,
