@@ -42,8 +42,12 @@ from service.providers.base import (
 )
 from service.store import JobStore, Schedule
 from service.workers.claim_loop import ClaimLoop
+from service.workers.decide import Action, decide
 from service.workers.schedule import DEFAULT_TIMINGS, GraceRule, ProviderTiming
-from service.workers.unknown import judge, submission_window
+from service.workers.unknown import Judgement, judge, submission_window
+
+#: When an effect left the job due next (None: not due, e.g. terminal).
+Next = datetime | None
 
 
 def _now() -> datetime:
@@ -89,7 +93,6 @@ class JobRunner(ClaimLoop[JobRecord]):
         self.grace_refresh_s = grace_refresh_s
         # (provider, model) -> (completions seen, their p95 in s, loop time read)
         self._observed: dict[tuple[str, str], tuple[int, float | None, float]] = {}
-        self._next_actions: dict[str, datetime] = {}  # job id -> next action its handler set
 
     async def claim(self) -> list[JobRecord]:
         jobs = await self.store.claim_due(
@@ -119,8 +122,7 @@ class JobRunner(ClaimLoop[JobRecord]):
             return
         try:
             async with self._limits[job.provider]:
-                await self._handle(job, adapter)
-            when = self._next_actions.pop(job.id, None)
+                when = await self._act(decide(job, _now()), job, adapter)
             if when is not None:  # committed: wake the loop if it is due before the planned wake
                 self.wake_if_sooner(when)
         except DatabaseUnavailable:
@@ -130,31 +132,33 @@ class JobRunner(ClaimLoop[JobRecord]):
             self._log.exception("runner_job_crashed")
             with contextlib.suppress(Exception):
                 await self.store.reschedule(job.id, owner=self.owner, at=_later(30))
-        finally:
-            self._next_actions.pop(job.id, None)
 
-    async def _handle(self, job: JobRecord, adapter: ProviderAdapter) -> None:
-        if job.status.is_terminal:
-            return
-        if job.deadline_at is not None and _now() >= job.deadline_at:
-            await self._expire(job, adapter)
-        elif job.status is JobStatus.ACCEPTED and job.submit_started_at is None:
-            await self._submit(job, adapter)
-        elif job.status is JobStatus.ACCEPTED and job.submit_unknown_at is None:
-            await self._unknown(job, reason="submission started but its answer was never recorded")
-        elif job.status is JobStatus.ACCEPTED:
-            await self._settle_unknown(job, adapter)
-        elif job.cancel_requested and not job.cancel_sent:
-            await self._cancel(job, adapter)
-        else:
-            await self._poll(job, adapter)
+    async def _act(self, action: Action, job: JobRecord, adapter: ProviderAdapter) -> Next:
+        """Does the effect `decide` chose; returns when the job is next due (None: not due)."""
+        if action is Action.NOTHING:
+            return None
+        if action is Action.EXPIRE:
+            return await self._expire(job, adapter)
+        if action is Action.SUBMIT:
+            return await self._submit(job, adapter)
+        if action is Action.RECORD_UNKNOWN:
+            return await self._unknown(job, reason="submission started, answer never recorded")
+        if action is Action.SETTLE_UNKNOWN:
+            return await self._settle_unknown(job, adapter)
+        if action is Action.CANCEL:
+            return await self._cancel(job, adapter)
+        return await self._poll(job, adapter)
+
+    async def _reschedule(self, job: JobRecord, seconds: float) -> Next:
+        """Gives the job back, due in `seconds` (never past its deadline)."""
+        when = self._at(job, seconds)
+        return when if await self.store.reschedule(job.id, owner=self.owner, at=when) else None
 
     def _at(self, job: JobRecord, seconds: float) -> datetime:
         """`seconds` from now, but never past the job's hard deadline (so it is acted on then)."""
         when = _later(seconds)
         if job.deadline_at is not None:
             when = min(when, job.deadline_at)
-        self._next_actions[job.id] = when
         return when
 
     async def _observed_wait_s(self, job: JobRecord, *, default_s: float) -> float:
@@ -184,7 +188,7 @@ class JobRunner(ClaimLoop[JobRecord]):
 
     # --- submission ---------------------------------------------------------------------------
 
-    async def _submit(self, job: JobRecord, adapter: ProviderAdapter) -> None:
+    async def _submit(self, job: JobRecord, adapter: ProviderAdapter) -> Next:
         """At most once: the start is committed (with the callback token's hash) before the
         request leaves, and only a request that certainly was not sent is ever sent again."""
         timing = self.timings[job.provider]
@@ -201,7 +205,7 @@ class JobRunner(ClaimLoop[JobRecord]):
         )
         if outcome != "go":
             self._log.info("submission_skipped", outcome=outcome)
-            return
+            return None
         try:
             PROVIDER_REQUESTS.labels(provider=job.provider, operation="submit").inc()
             submission = await adapter.submit(job, request=request, callback_url=url)
@@ -209,18 +213,16 @@ class JobRunner(ClaimLoop[JobRecord]):
             verdict = adapter.submit_policy.classify(exc)  # the provider's, not the runner's
             if verdict == "retry":
                 retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
-                await self._retry_submission(job, timing, exc, retry_after=retry_after)
-            elif verdict == "final":
-                await self._fail(
+                return await self._retry_submission(job, timing, exc, retry_after=retry_after)
+            if verdict == "final":
+                return await self._fail(
                     job,
                     code="provider_rejected",
                     message=str(exc),
                     detail=exc.detail,
                     data={"request": request},
                 )
-            else:
-                await self._unknown(job, reason=str(exc), detail=exc.detail)
-            return
+            return await self._unknown(job, reason=str(exc), detail=exc.detail)
         first_check = await self._first_check_s(job, timing)
         submitted = Observation(
             JobStatus.SUBMITTED,
@@ -233,17 +235,19 @@ class JobRunner(ClaimLoop[JobRecord]):
                 "first_check_s": round(first_check, 3),
             },
         )
+        when = self._at(job, first_check)
         result = await self.store.apply_observation(
             job.id,
             submitted,
             source="system",
             record_ignored=True,
             provider_state=state_json(submission.provider_state),
-            schedule=Schedule(self.owner, self._at(job, first_check)),
+            schedule=Schedule(self.owner, when),
         )
         self._log.info(
             "job_submitted", provider_job_id=submission.provider_job_id, applied=result.applied
         )
+        return when
 
     async def _retry_submission(
         self,
@@ -252,19 +256,21 @@ class JobRunner(ClaimLoop[JobRecord]):
         exc: ProviderError,
         *,
         retry_after: float | None,
-    ) -> None:
+    ) -> Next:
         attempts = job.submit_attempts + 1  # begin_submission counted this attempt
         if attempts >= timing.retry.max_attempts:
-            await self._fail(job, code="provider_unavailable", message=str(exc), detail=exc.detail)
-            return
+            return await self._fail(
+                job, code="provider_unavailable", message=str(exc), detail=exc.detail
+            )
         delay = timing.retry.delay(attempts, retry_after=retry_after)
         self._log.info(
             "submission_retry_scheduled", attempt=attempts, delay_s=round(delay, 3), error=str(exc)
         )
+        when = self._at(job, delay)
         await self.store.reschedule(
             job.id,
             owner=self.owner,
-            at=self._at(job, delay),
+            at=when,
             clear_submission=True,  # certainly not sent (or refused with 429): safe to send again
             event_type="submission_retry_scheduled",
             data={
@@ -274,20 +280,20 @@ class JobRunner(ClaimLoop[JobRecord]):
                 "status": exc.status,
             },
         )
+        return when
 
-    async def _unknown(self, job: JobRecord, *, reason: str, detail: Any = None) -> None:
+    async def _unknown(self, job: JobRecord, *, reason: str, detail: Any = None) -> Next:
         """The provider may have created the job. Recorded once; the job is then settled by
         `_settle_unknown`, after a short delay (a provider's list may lag its answers)."""
         timing = self.timings[job.provider]
         self._log.warning("submission_outcome_unknown", reason=reason)
+        when = self._at(job, timing.lookup.delay(0))
         await self.store.record_submission_unknown(
-            job.id,
-            owner=self.owner,
-            next_action_at=self._at(job, timing.lookup.delay(0)),
-            data={"reason": reason, "detail": detail},
+            job.id, owner=self.owner, next_action_at=when, data={"reason": reason, "detail": detail}
         )
+        return when
 
-    async def _settle_unknown(self, job: JobRecord, adapter: ProviderAdapter) -> None:
+    async def _settle_unknown(self, job: JobRecord, adapter: ProviderAdapter) -> Next:
         """Never sent twice, never bound by a guess (service.workers.unknown): the provider's
         list of jobs created in the submission's window says whether it holds this job; without
         a list (fal) the callback that carries the job's token is awaited, as long as the
@@ -302,13 +308,9 @@ class JobRunner(ClaimLoop[JobRecord]):
             )
         except ProviderError as exc:
             self._log.warning("submission_lookup_failed", error=str(exc))
-            await self.store.reschedule(
-                job.id, owner=self.owner, at=self._at(job, timing.lookup.delay(job.attempts))
-            )
-            return
+            return await self._reschedule(job, timing.lookup.delay(job.attempts))
         if listed is None:
-            await self._await_binding_callback(job, timing)
-            return
+            return await self._await_binding_callback(job, timing)
         bound = await self.store.bound_provider_job_ids(
             job.provider, [listed_job.provider_job_id for listed_job in listed]
         )
@@ -320,46 +322,40 @@ class JobRunner(ClaimLoop[JobRecord]):
         )
         data = {**judgement.as_data(), "listed": len(listed), "window": [since.isoformat(), until.isoformat()]}  # fmt: skip
         self._log.info("submission_lookup", **data)
-        if judgement.verdict == "send":
-            if await self.store.resend_unsent_submission(job.id, owner=self.owner, data=data):
-                self.wake_if_sooner(_now())
-        elif judgement.verdict == "bind":
-            assert judgement.provider_job_id is not None
-            bound_now = await self.store.bind_listed_submission(
-                job.id,
-                provider=job.provider,
-                provider_job_id=judgement.provider_job_id,
-                owner=self.owner,
-                next_action_at=self._at(job, await self._first_check_s(job, timing)),
-                data=data,
-            )
-            if not bound_now:  # another of our jobs took it first: look again
-                await self.store.reschedule(
-                    job.id, owner=self.owner, at=self._at(job, timing.lookup.delay(0))
-                )
-        elif judgement.verdict == "wait":
-            await self.store.reschedule(
-                job.id, owner=self.owner, at=self._at(job, timing.lookup.delay(job.attempts))
-            )
-        else:
-            await self._fail(
-                job,
-                code="submission_outcome_unknown",
-                message="the provider holds jobs from the submission's window that cannot be "
-                "told apart, and none of them called back with this job's token",
-                data=data,
-            )
+        return await self._follow_judgement(job, timing, judgement, data)
 
-    async def _await_binding_callback(self, job: JobRecord, timing: ProviderTiming) -> None:
+    async def _follow_judgement(
+        self, job: JobRecord, timing: ProviderTiming, judgement: Judgement, data: dict[str, Any]
+    ) -> Next:
+        if judgement.verdict == "send":
+            resent = await self.store.resend_unsent_submission(job.id, owner=self.owner, data=data)
+            return _now() if resent else None
+        if judgement.verdict == "bind":
+            assert judgement.provider_job_id is not None
+            when = self._at(job, await self._first_check_s(job, timing))
+            if await self.store.bind_listed_submission(
+                job.id, provider=job.provider, provider_job_id=judgement.provider_job_id,
+                owner=self.owner, next_action_at=when, data=data,
+            ):  # fmt: skip
+                return when
+            return await self._reschedule(job, timing.lookup.delay(0))  # another job took it
+        if judgement.verdict == "wait":
+            return await self._reschedule(job, timing.lookup.delay(job.attempts))
+        return await self._fail(
+            job,
+            code="submission_outcome_unknown",
+            message="the provider holds jobs from the submission's window that cannot be "
+            "told apart, and none of them called back with this job's token",
+            data=data,
+        )
+
+    async def _await_binding_callback(self, job: JobRecord, timing: ProviderTiming) -> Next:
         assert job.submit_started_at is not None
         wait_s = await self._observed_wait_s(job, default_s=timing.unknown_outcome_wait_s)
         until = job.submit_started_at + timedelta(seconds=wait_s)
         if _now() < until:
-            await self.store.reschedule(
-                job.id, owner=self.owner, at=self._at(job, (until - _now()).total_seconds())
-            )
-            return
-        await self._fail(
+            return await self._reschedule(job, (until - _now()).total_seconds())
+        return await self._fail(
             job,
             code="submission_outcome_unknown",
             message="the provider may or may not have accepted the job, and no callback with "
@@ -375,7 +371,7 @@ class JobRunner(ClaimLoop[JobRecord]):
         message: str,
         detail: Any = None,
         data: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> Next:
         self._log.warning("job_failed", code=code, message=message)
         failed = Observation(
             JobStatus.FAILED,
@@ -385,46 +381,43 @@ class JobRunner(ClaimLoop[JobRecord]):
         await self.store.apply_observation(
             job.id, failed, source="system", record_ignored=True, schedule=Schedule(self.owner)
         )
+        return None
 
     # --- cancel and status --------------------------------------------------------------------
 
-    async def _cancel(self, job: JobRecord, adapter: ProviderAdapter) -> None:
+    async def _cancel(self, job: JobRecord, adapter: ProviderAdapter) -> Next:
         timing = self.timings[job.provider]
         try:
             PROVIDER_REQUESTS.labels(provider=job.provider, operation="cancel").inc()
             outcome = await adapter.cancel(job)
         except ProviderError as exc:
             self._log.warning("cancel_failed", error=str(exc))
-            await self.store.reschedule(
-                job.id, owner=self.owner, at=self._at(job, timing.retry.delay(1))
-            )
-            return
+            return await self._reschedule(job, timing.retry.delay(1))
+        when = self._at(job, timing.after_cancel_s)
         await self.store.record_cancel_sent(
             job.id,
             owner=self.owner,
             provider_state=state_json(outcome.state),
-            next_action_at=self._at(job, timing.after_cancel_s),
+            next_action_at=when,
             data={"accepted": outcome.accepted, "provider_answer": outcome.provider_answer},
         )
         self._log.info("cancel_sent", accepted=outcome.accepted)
+        return when
 
-    async def _poll(self, job: JobRecord, adapter: ProviderAdapter) -> None:
+    async def _poll(self, job: JobRecord, adapter: ProviderAdapter) -> Next:
         timing = self.timings[job.provider]
-        next_at = self._at(job, timing.poll.delay(job.attempts))
+        delay = timing.poll.delay(job.attempts)
         try:
             PROVIDER_REQUESTS.labels(provider=job.provider, operation="status").inc()
             observation = await adapter.fetch_status(job)
         except ProviderRateLimited as exc:
-            retry_at = self._at(job, max(exc.retry_after or 0, 1.0))
-            await self.store.reschedule(job.id, owner=self.owner, at=retry_at)
-            return
+            return await self._reschedule(job, max(exc.retry_after or 0, 1.0))
         except ProviderError as exc:
             self._log.warning("poll_failed", error=str(exc))
-            await self.store.reschedule(job.id, owner=self.owner, at=next_at)
-            return
+            return await self._reschedule(job, delay)
         if observation.status is None:
-            await self.store.reschedule(job.id, owner=self.owner, at=next_at)
-            return
+            return await self._reschedule(job, delay)
+        next_at = self._at(job, delay)
         # A webhook provider's terminal state first learned by poll means its webhook was lost
         # (or is late past the grace): recorded on the event and counted per provider.
         missed = timing.webhook_grace_s is not None and observation.status.is_terminal
@@ -439,8 +432,11 @@ class JobRunner(ClaimLoop[JobRecord]):
         if missed and result.applied:
             WEBHOOK_MISSES.labels(provider=job.provider).inc()
             self._log.warning("webhook_missed", provider_status=observation.provider_status)
+        return (
+            None if missed or (observation.status and observation.status.is_terminal) else next_at
+        )
 
-    async def _expire(self, job: JobRecord, adapter: ProviderAdapter) -> None:
+    async def _expire(self, job: JobRecord, adapter: ProviderAdapter) -> Next:
         """Past the hard deadline: one last look at the provider; if the job is still not done,
         it ends failed with provider_timeout, committed before the provider is asked to cancel
         (so the provider's own "cancelled" news, which may come at once, cannot pre-empt it)."""
@@ -458,7 +454,7 @@ class JobRunner(ClaimLoop[JobRecord]):
             await self.store.apply_observation(
                 job.id, observation, source="poll", schedule=Schedule(self.owner)
             )
-            return
+            return None
         await self._fail(
             job,
             code="provider_timeout",
@@ -466,13 +462,14 @@ class JobRunner(ClaimLoop[JobRecord]):
             data={"deadline_at": job.deadline_at.isoformat() if job.deadline_at else None},
         )
         if job.provider_job_id is None:
-            return
+            return None
         try:
             outcome = await adapter.cancel(job)
         except ProviderError as exc:
             self._log.warning("deadline_cancel_failed", error=str(exc))
-            return
+            return None
         await self.store.record_event(
             job.id, type="cancel_sent", source="system",
             data={"accepted": outcome.accepted, "provider_answer": outcome.provider_answer, "reason": "deadline"},
         )  # fmt: skip
+        return None
