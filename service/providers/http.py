@@ -11,6 +11,7 @@ provider never saw the request.
 from __future__ import annotations
 
 import email.utils
+import logging
 import time
 from typing import Any, TypeVar
 
@@ -68,8 +69,11 @@ def loggable_url(url: httpx.URL) -> str:
 async def _log_response(response: httpx.Response) -> None:
     """The service's own line per provider request (httpx's own INFO line is turned off: it
     prints the whole URL)."""
+    log = get_logger("service.providers")
+    if not log.is_enabled_for(logging.DEBUG):  # every provider request: no work for a dropped line
+        return
     request = response.request
-    get_logger("service.providers").debug(
+    log.debug(
         "provider_http_request",
         method=request.method,
         url=loggable_url(request.url),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
@@ -70,12 +69,22 @@ class WebhookOutbox:
         value: datetime | None = await self.db.fetchval("next_webhook_due")
         return value
 
-    async def record_attempt(self, delivery_id: int, **attempt: Any) -> None:
-        """`attempt`: owner, sent_at, duration_ms, status, error, outcome, next_at."""
+    async def record_attempt(
+        self,
+        delivery_id: int,
+        *,
+        owner: str,
+        sent_at: datetime,
+        duration_ms: float,
+        status: int | None,
+        error: str | None,
+        outcome: str,
+        next_at: datetime | None,
+    ) -> None:
+        """One attempt and its outcome: delivered, stopped (410), retry at `next_at`, failed."""
         await self.db.fetchval(
-            "record_webhook_attempt", delivery_id, attempt["owner"], attempt["sent_at"],
-            attempt["duration_ms"], attempt["status"], attempt["error"], attempt["outcome"],
-            attempt["next_at"],
+            "record_webhook_attempt", delivery_id, owner, sent_at, duration_ms, status, error,
+            outcome, next_at,
         )  # fmt: skip
 
     async def deliveries_of(self, job_id: str) -> list[WebhookDelivery]:

@@ -62,7 +62,7 @@ class JobsApi:
         enabled_providers: frozenset[str],
         job_timeout_s: Callable[[str], float],
         webhooks_enabled: bool = False,
-        outbox: WebhookOutbox | None = None,
+        outbox: WebhookOutbox,
     ) -> None:
         self.webhooks_enabled = webhooks_enabled
         self.store = store
@@ -156,7 +156,7 @@ class JobsApi:
         job_id = self._job_id(request)
         if not await self.store.job_exists(job_id):
             raise NotFound(f"no job {job_id}")
-        deliveries = await self.outbox.deliveries_of(job_id) if self.outbox else []
+        deliveries = await self.outbox.deliveries_of(job_id)
         return json_response(WebhookDeliveryList(deliveries=deliveries).model_dump(mode="json"))
 
     async def cancel_job(self, request: web.Request) -> web.Response:
