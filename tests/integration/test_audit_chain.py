@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -130,7 +131,7 @@ async def test_each_event_is_sealed_once_chained_to_its_predecessor(log: Log) ->
         events = await log.store.list_events(job_id)
         assert [e.seq for e in events] == [1, 2, 3, 4, 5]
         assert events[0].prev_hash is None
-        for previous, event in zip(events, events[1:], strict=False):
+        for previous, event in itertools.pairwise(events):
             assert event.prev_hash == previous.hash is not None
     async with log.db.connection() as conn:
         assert await conn.fetchval("SELECT count(*) FROM event_seals") == 15
