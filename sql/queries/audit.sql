@@ -88,3 +88,6 @@ LIMIT 1;
 -- name: audit_try_lock
 -- One sealer at a time across instances (held to the end of its transaction); the others skip.
 SELECT pg_try_advisory_xact_lock(7428061944);
+
+-- name: audit_async_commit
+SET LOCAL synchronous_commit = off;
