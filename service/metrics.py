@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -41,6 +41,18 @@ DUE_LAG = Histogram(
     "How late the runner claims a job after its next action was due.",
     ["provider"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
+
+OUTPUTS_ARCHIVED = Counter(
+    "outputs_archived_total",
+    "Outputs whose archiving ended, by outcome (archived, failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+ARCHIVE_BACKLOG = Gauge(
+    "output_archive_backlog",
+    "Outputs of succeeded jobs waiting to be archived (read from the database at each scrape).",
     registry=REGISTRY,
 )
 

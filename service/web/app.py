@@ -11,14 +11,23 @@ from typing import Any
 
 from aiohttp import web
 
+from service.archive.archiver import OutputArchiver
+from service.archive.fetch import OutputFetcher
+from service.archive.storage import OutputStorage, S3Credentials, open_storage
 from service.config import Settings
 from service.db.database import Database, connect
 from service.db.migrations import apply_migrations
 from service.errors import DatabaseUnavailable
-from service.events.hub import JOBS_DUE_CHANNEL, WEBHOOKS_DUE_CHANNEL, EventHub
+from service.events.hub import (
+    ARCHIVES_DUE_CHANNEL,
+    JOBS_DUE_CHANNEL,
+    WEBHOOKS_DUE_CHANNEL,
+    EventHub,
+)
 from service.logs import get_logger
 from service.providers.registry import Providers, build_providers
 from service.store import JobStore
+from service.store.archive import ArchiveQueue
 from service.store.outbox import WebhookOutbox
 from service.store.postgres import PostgresJobStore
 from service.web.bodies import CALLBACK_BODY_LIMIT
@@ -26,6 +35,7 @@ from service.web.callbacks_api import CallbacksApi
 from service.web.jobs_api import JobsApi
 from service.web.middleware import error_middleware, request_context_middleware, token_middleware
 from service.web.ops_api import OpsApi
+from service.web.outputs_api import OutputsApi
 from service.web.stream_api import StreamApi
 from service.webhooks.delivery import WebhookDeliverer
 from service.workers.runner import JobRunner
@@ -45,6 +55,7 @@ STORE_KEY = web.AppKey("store", JobStore)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 RUNNER_KEY = web.AppKey("runner", JobRunner)
 HUB_KEY = web.AppKey("hub", EventHub)
+ARCHIVER_KEY = web.AppKey("archiver", OutputArchiver)
 
 
 async def prepare_database(dsn: str, *, wait_seconds: float = 30.0) -> None:
@@ -81,8 +92,46 @@ class _Parts:
     runner: JobRunner
     outbox: WebhookOutbox
     deliverer: WebhookDeliverer | None
+    archive: ArchiveQueue
+    storage: OutputStorage | None
+    archiver: OutputArchiver | None
     hub: EventHub
     run_workers: bool
+
+
+def _archiver(
+    settings: Settings, queue: ArchiveQueue, storage: OutputStorage | None
+) -> OutputArchiver | None:
+    """None when OUTPUT_STORE_URL is `none`: outputs are then left pending, unarchived."""
+    if storage is None:
+        return None
+    return OutputArchiver(
+        queue=queue,
+        storage=storage,
+        fetcher=OutputFetcher(
+            max_bytes=settings.output_max_bytes,
+            allow_private=settings.output_fetch_allow_private,
+        ),
+        lease_s=settings.archive_lease_s,
+        max_attempts=settings.output_fetch_attempts,
+        backoff_base_s=settings.output_fetch_backoff_s,
+        concurrency=settings.archive_concurrency,
+    )
+
+
+def _storage(settings: Settings) -> OutputStorage | None:
+    secret = settings.aws_secret_access_key
+    return open_storage(
+        settings.output_store,
+        s3=S3Credentials(
+            access_key_id=settings.aws_access_key_id.get_secret_value()
+            if settings.aws_access_key_id
+            else None,
+            secret_access_key=secret.get_secret_value() if secret else None,
+            region=settings.aws_region,
+            endpoint_url=settings.aws_endpoint_url,
+        ),
+    )
 
 
 def _build_parts(
@@ -110,6 +159,9 @@ def _build_parts(
             retry_schedule=settings.client_webhook_retry_schedule,
             allow_private=settings.client_webhook_allow_private,
         )
+    archive = ArchiveQueue(database)
+    storage = _storage(settings)
+    archiver = _archiver(settings, archive, storage)
     # One LISTEN connection per instance: the log's NOTIFY feeds the streams, and the work
     # channels wake this instance's workers whichever instance made the work due.
     channels: dict[str, Callable[[], None]] = {}
@@ -117,8 +169,13 @@ def _build_parts(
         channels[JOBS_DUE_CHANNEL] = runner.wake
         if deliverer is not None:
             channels[WEBHOOKS_DUE_CHANNEL] = deliverer.wake
+        if archiver is not None:
+            channels[ARCHIVES_DUE_CHANNEL] = archiver.wake
     hub = EventHub(store=store, dsn=database.dsn, channels=channels)
-    return _Parts(settings, database, providers, store, runner, outbox, deliverer, hub, run_workers)
+    return _Parts(
+        settings, database, providers, store, runner, outbox, deliverer, archive, storage,
+        archiver, hub, run_workers,
+    )  # fmt: skip
 
 
 def _add_routes(app: web.Application, parts: _Parts) -> None:
@@ -134,7 +191,8 @@ def _add_routes(app: web.Application, parts: _Parts) -> None:
     app.add_routes(CallbacksApi(parts.store, adapters=parts.providers.adapters).routes())
     stream = StreamApi(hub=parts.hub, store=parts.store, heartbeat_s=settings.stream_heartbeat_s)
     app.add_routes(stream.routes())
-    app.add_routes(OpsApi(parts.database).routes())
+    app.add_routes(OutputsApi(parts.archive, parts.storage).routes())
+    app.add_routes(OpsApi(parts.database, archive=parts.archive).routes())
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:
@@ -162,6 +220,10 @@ def _lifetime(parts: _Parts) -> Callable[[web.Application], AsyncIterator[None]]
                 closing.push_async_callback(parts.deliverer.close)
                 if parts.run_workers:
                     tasks.append(asyncio.create_task(parts.deliverer.run(), name="webhooks"))
+            if parts.archiver is not None:
+                closing.push_async_callback(parts.archiver.close)
+                if parts.run_workers:
+                    tasks.append(asyncio.create_task(parts.archiver.run(), name="archiver"))
             closing.push_async_callback(_stop, tasks)  # first: no work starts while closing
             yield
 
@@ -199,6 +261,8 @@ def create_app(
     app[STORE_KEY] = parts.store
     app[RUNNER_KEY] = parts.runner
     app[HUB_KEY] = parts.hub
+    if parts.archiver is not None:
+        app[ARCHIVER_KEY] = parts.archiver
     _add_routes(app, parts)
     app.cleanup_ctx.append(_lifetime(parts))
     return app
