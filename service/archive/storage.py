@@ -4,7 +4,10 @@ path for the filesystem (`file:///path`, obstore's LocalStore) and S3 (`s3://buc
 Objects are written from a stream: S3 gets a multipart upload, the filesystem a temporary file
 renamed into place, and a stream that fails (too large, connection lost) leaves no object behind
 (obstore aborts the upload). A key is written whole or not at all, so writing the same key again
-is harmless. obstore's exceptions are translated here:
+is harmless. A process killed mid-write leaves its staging data behind: on the filesystem a
+`{key}#{n}` file, removed here by the next successful write of that key; on S3 an incomplete
+multipart upload, invisible, that the bucket's lifecycle rule (AbortIncompleteMultipartUpload)
+removes. obstore's exceptions are translated here:
 
     StorageError            the store failed (unreachable, refused, misconfigured)
     └── StoredObjectMissing no object under that key
@@ -12,6 +15,7 @@ is harmless. obstore's exceptions are translated here:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +54,12 @@ class S3Credentials:
 class OutputStorage:
     """Puts and gets archived outputs by key (`{job_id}/{index}`)."""
 
-    def __init__(self, store: LocalStore | S3Store, *, description: str) -> None:
+    def __init__(
+        self, store: LocalStore | S3Store, *, description: str, local_root: Path | None = None
+    ) -> None:
         self._store = store
         self.description = description  # where, without credentials (logs, startup line)
+        self._local_root = local_root  # the folder of a LocalStore
 
     async def put(self, key: str, chunks: AsyncIterable[bytes]) -> None:
         """Writes the whole stream under `key`, replacing what was there; an exception raised
@@ -63,6 +70,8 @@ class OutputStorage:
             raise StorageError(f"storing {key} in {self.description} failed: {exc}") from exc
         except OSError as exc:  # obstore's filesystem and I/O errors
             raise StorageError(f"storing {key} in {self.description} failed: {exc}") from exc
+        if self._local_root is not None:
+            await asyncio.to_thread(_remove_staging_leftovers, self._local_root / key)
 
     async def open(self, key: str) -> tuple[int, AsyncIterator[bytes]]:
         """The object's size and its bytes as a stream."""
@@ -82,13 +91,22 @@ class OutputStorage:
             raise StorageError(f"reading {key} from {self.description} failed: {exc}") from exc
 
 
+def _remove_staging_leftovers(path: Path) -> None:
+    """obstore's LocalStore stages a streamed write in `{name}#{n}` beside the object and renames
+    it into place; a killed writer's staging file stays (and is never listed)."""
+    for leftover in path.parent.glob(f"{path.name}#*"):
+        if leftover.name.removeprefix(f"{path.name}#").isdigit():
+            leftover.unlink(missing_ok=True)
+
+
 def open_storage(url: str, *, s3: S3Credentials) -> OutputStorage | None:
     """The store `OUTPUT_STORE_URL` names; None for `none` (nothing is archived)."""
     if url == "none":
         return None
     parts = urlsplit(url)
     if parts.scheme == "file":
-        return OutputStorage(LocalStore(Path(parts.path), mkdir=True), description=url)
+        root = Path(parts.path)
+        return OutputStorage(LocalStore(root, mkdir=True), description=url, local_root=root)
     if parts.scheme == "s3":
         config: S3Config = {}
         if s3.access_key_id is not None:
