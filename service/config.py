@@ -70,7 +70,7 @@ class Settings(BaseModel):
     archive_lease_s: float = Field(default=60, gt=0)
     output_fetch_attempts: int = Field(default=5, ge=1)
     output_fetch_backoff_s: float = Field(default=2.0, ge=0)
-    archive_concurrency: int = Field(default=8, ge=1)
+    archive_concurrency: int = Field(default=16, ge=1)
 
     log_level: str = "info"
     log_format: str | None = None  # "json" or "console"; None = json unless stdout is a terminal

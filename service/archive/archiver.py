@@ -45,7 +45,7 @@ class OutputArchiver(ClaimLoop[ArchiveItem]):
         lease_s: float,
         max_attempts: int,
         backoff_base_s: float,
-        concurrency: int = 8,
+        concurrency: int = 16,
         owner: str | None = None,
         idle_wait_s: float = 1.0,
     ) -> None:
