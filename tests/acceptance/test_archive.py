@@ -307,3 +307,17 @@ async def test_unknown_outputs_and_unarchived_ones_are_404s(database_url: str) -
             "output_not_found"
         }
         assert job["outputs"][0]["archived_url"] is None
+
+
+async def test_archived_outputs_need_the_api_token(database_url: str, tmp_path: Path) -> None:
+    async with archiving_stack(
+        database_url, folder_store(tmp_path), api_tokens=["a-token"]
+    ) as stack:
+        stack.http.headers["Authorization"] = "Bearer a-token"
+        job = await run_job(stack, "krea")
+        path = job["outputs"][0]["archived_url"]
+        async with httpx.AsyncClient(base_url=stack.service.url) as anonymous:
+            refused = await anonymous.get(path)
+            wrong = await anonymous.get(path, headers={"Authorization": "Bearer other"})
+        assert (refused.status_code, wrong.status_code) == (401, 401)
+        assert (await stack.http.get(path)).status_code == 200

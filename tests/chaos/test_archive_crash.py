@@ -105,7 +105,11 @@ async def test_a_kill_mid_download_stores_and_records_each_output_once(tmp_path:
         assert files == sorted(r["storage_key"] for r in rows)  # one object per output
         for r in rows:
             data = (store / r["storage_key"]).read_bytes()
-            assert hashlib.sha256(data).hexdigest() == r["sha256"] == orjson.loads(r["output"])["sha256"]
+            assert (
+                hashlib.sha256(data).hexdigest()
+                == r["sha256"]
+                == orjson.loads(r["output"])["sha256"]
+            )
             assert len(data) == r["bytes"]
         assert await file_requests(run) > len(rows)  # the interrupted downloads were redone
         assert run.tally.archived_twice == [] and run.tally.duplicate_transitions == []
