@@ -182,7 +182,10 @@ class Bench:
         def service_env(port: int, **extra: str) -> dict[str, str]:
             return {
                 **env, "DATABASE_URL": self.dsn, "HOST": "127.0.0.1", "PORT": str(port),
-                "PUBLIC_BASE_URL": self.url,  # providers call back the API instance "SERVICE_DATA_DIR": str(self.logs / f"data-{port}"),
+                "PUBLIC_BASE_URL": self.url,  # providers call back the API instance
+                "SERVICE_DATA_DIR": str(self.logs / f"data-{port}"),
+                # Nothing archived unless a section says so (section 7 measures the archiver).
+                "OUTPUT_STORE_URL": "none",
                 "KREA_API_URL": self.sims["krea"], "KREA_API_TOKEN": "sim-krea-token",
                 "FAL_QUEUE_URL": self.sims["fal"], "FAL_KEY": "sim-fal-key",
                 "FAL_JWKS_URL": f"http://127.0.0.1:{jwks_port}/jwks.json",
@@ -191,6 +194,7 @@ class Bench:
                 "DB_POOL_MAX": "20", **extra,
             }  # fmt: skip
 
+        self.service_env = service_env
         # As one would run it: an API instance (HTTP only) and a worker instance (job runner and
         # webhook delivery), both on the one database.
         self.service = Child("service-api", [sys.executable, "-m", "service", "serve"],
@@ -684,6 +688,104 @@ async def provider_requests(bench: Bench) -> None:
     )
 
 
+async def archive(bench: Bench) -> None:
+    """The archiver's cost: how long after a job's success its outputs are archived, and jobs
+    per second end to end (posted, run at the provider, and archived) with OUTPUT_STORE_URL=none
+    against the folder store, each phase on a worker instance of its own."""
+    print(
+        "\n7. Archived outputs: success -> archived; jobs/s end to end, none vs folder", flush=True
+    )
+    bench.worker.stop()  # each phase runs its own worker; none other may take its jobs
+    for provider in ("krea", "fal", "scenario"):
+        await bench.sim(
+            provider, "POST", "/_sim/config", {"queue_seconds": 0.2, "run_seconds": 0.5}
+        )
+    n = 150 if bench.quick else 600
+    none_rate, _ = await archive_phase(bench, "none", n)
+    store = f"file://{bench.logs / 'outputs'}"
+    folder_rate, lags = await archive_phase(bench, store, n)
+    _, idle_lags = await archive_phase(bench, store, 20 if bench.quick else 60, pace_s=0.05)
+    bench.add("archive", f"job success -> all outputs archived, {n} at once, median", statistics.median(lags),
+              "ms", note=f"{n} jobs posted at once; outputs are the simulators' small images")  # fmt: skip
+    bench.add(
+        "archive",
+        f"job success -> all outputs archived, {n} at once, p99",
+        percentile(lags, 99),
+        "ms",
+    )
+    bench.add("archive", f"{n} jobs end to end, folder store", folder_rate, "jobs/s",
+              "OUTPUT_STORE_URL=none", none_rate)  # fmt: skip
+    bench.add("archive", "job success -> all outputs archived, one job at a time, median",
+              statistics.median(idle_lags), "ms", note=f"p99 {percentile(idle_lags, 99):.1f} ms")  # fmt: skip
+
+
+async def archive_phase(
+    bench: Bench, store: str, n: int, *, pace_s: float | None = None
+) -> tuple[float, list[float]]:
+    """n jobs (Krea, fal, Scenario in turn) posted to the API instance, all at once or one every
+    `pace_s`, and run by a new worker archiving into `store`: (jobs/s from the first post to the
+    last job done, and each job's time from success to its last output archived in ms)."""
+    # Staging: the earlier sections' jobs (and the none phase's) left their outputs queued with
+    # no archiver; this phase archives its own jobs' outputs only.
+    await bench.conn.execute("DELETE FROM output_archives WHERE state = 'pending'")
+    port = free_port()
+    env = bench.service_env(port, RUN_WORKERS="true", OUTPUT_STORE_URL=store,
+                            OUTPUT_FETCH_ALLOW_PRIVATE="true", PROVIDER_CONCURRENCY=bench.concurrency)  # fmt: skip
+    worker = Child(f"service-worker-{'none' if store == 'none' else 'folder'}-{n}",
+                   [sys.executable, "-m", "service", "serve"], env, bench.logs)  # fmt: skip
+    bench.children.append(worker)
+    await worker.ready(f"http://127.0.0.1:{port}/readyz")
+    models = [
+        ("krea", "bfl/flux-1-dev"),
+        ("fal", "fal-ai/flux/krea"),
+        ("scenario", "model_flux-krea-dev"),
+    ]
+    limit = asyncio.Semaphore(64)
+    async with aiohttp.ClientSession() as session:
+
+        async def post(i: int) -> str:
+            provider, model = models[i % len(models)]
+            body = {"provider": provider, "model": model, "input": {"prompt": f"archive {i}"}}
+            async with limit, session.post(f"{bench.url}/v1/jobs", json=body) as response:
+                assert response.status == 202, await response.text()
+                job_id: str = (await response.json())["id"]
+                return job_id
+
+        started = time.perf_counter()
+        if pace_s is None:
+            ids = list(await asyncio.gather(*(post(i) for i in range(n))))
+        else:
+            ids = []
+            for i in range(n):
+                ids.append(await post(i))
+                await asyncio.sleep(pace_s)  # pacing: one job at a time, the worker otherwise idle
+        await wait_terminal(bench, ids)
+        if store != "none":
+            await wait_archived(bench, ids)
+        elapsed = time.perf_counter() - started
+    worker.stop()
+    rows = await bench.conn.fetch(
+        """SELECT extract(epoch FROM max(e.created_at) - j.completed_at) * 1000 AS ms
+           FROM jobs j JOIN job_events e ON e.job_id = j.id AND e.type = 'output_archived'
+           WHERE j.id = ANY($1::text[]) GROUP BY j.id, j.completed_at""",
+        ids,
+    )
+    return n / elapsed, [float(r["ms"]) for r in rows]
+
+
+async def wait_archived(bench: Bench, job_ids: list[str], *, within_s: float = 60) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        left = await bench.conn.fetchval(
+            "SELECT count(*) FROM output_archives WHERE job_id = ANY($1::text[]) AND state = 'pending'",
+            job_ids,
+        )
+        if left == 0:
+            return
+        await asyncio.sleep(0.05)  # another process's progress, bounded by the deadline
+    raise RuntimeError("outputs were not archived in time")
+
+
 async def wait_terminal(bench: Bench, job_ids: list[str], *, within_s: float = 60) -> None:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
@@ -725,14 +827,16 @@ async def main() -> None:
         "--only",
         nargs="*",
         default=None,
-        help="sections: intake stream submit requests wake polling audit",
+        help="sections: intake stream submit requests wake polling audit archive",
     )
     args = parser.parse_args()
     started = datetime.now(UTC)
     logs = OUT / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     bench = Bench(quick=args.quick, logs=logs)
-    sections = args.only or ["intake", "stream", "submit", "requests", "wake", "polling", "audit"]
+    sections = args.only or [
+        "intake", "stream", "submit", "requests", "wake", "polling", "audit", "archive"
+    ]  # fmt: skip
     try:
         await bench.start()
         if "intake" in sections:
@@ -750,6 +854,8 @@ async def main() -> None:
             await polling(bench, 100_000 if not args.quick else 20_000)
         if "audit" in sections:
             await audit_chain(bench)
+        if "archive" in sections:  # last: it stops the shared worker instance
+            await archive(bench)
     finally:
         await bench.stop()
         write_report(bench, started)

@@ -72,12 +72,16 @@ class JobCreate(BaseModel):
 
 
 class JobOutput(BaseModel):
-    """One generated file, normalised across providers."""
+    """One generated file, normalised across providers; `sha256`, `bytes` and `archived_url`
+    are filled once the service has archived it (CONTRACT.md, Archived outputs)."""
 
     url: str
     content_type: str | None = None
     width: int | None = None
     height: int | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    archived_url: str | None = None
 
 
 class JobError(BaseModel):

@@ -11,6 +11,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -46,6 +47,16 @@ class Settings(BaseModel):
     client_webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     client_webhook_allow_private: bool = False
 
+    # Archived outputs. output_store_url None means file://{data_dir}/outputs (see
+    # output_store); the AWS_* values are passed to the S3 client explicitly.
+    output_store_url: str | None = None
+    output_fetch_allow_private: bool = False
+    output_max_bytes: int = Field(default=52_428_800, gt=0)
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_region: str | None = None
+    aws_endpoint_url: str | None = None
+
     # Reliability knobs (extensions of the contract's table; defaults suit production).
     krea_job_timeout_s: float = Field(default=3600, gt=0)
     fal_job_timeout_s: float = Field(default=3600, gt=0)
@@ -57,6 +68,10 @@ class Settings(BaseModel):
     stream_heartbeat_s: float = Field(default=15, gt=0)
     run_workers: bool = True  # false: this instance serves HTTP only (API, callbacks, streams)
     intake_max_batch: int = Field(default=256, ge=1)
+    archive_lease_s: float = Field(default=60, gt=0)
+    output_fetch_attempts: int = Field(default=5, ge=1)
+    output_fetch_backoff_s: float = Field(default=2.0, ge=0)
+    archive_concurrency: int = Field(default=16, ge=1)
 
     # The audit chain: the sealer runs where this is true (one seals at a time across
     # instances); checkpoints every audit_checkpoint_interval_s, signed when a key is given.
@@ -68,6 +83,18 @@ class Settings(BaseModel):
     log_format: str | None = None  # "json" or "console"; None = json unless stdout is a terminal
     db_pool_min: int = Field(default=2, ge=0)
     db_pool_max: int = Field(default=10, ge=1)
+
+    @field_validator("output_store_url")
+    @classmethod
+    def _known_store(cls, value: str | None) -> str | None:
+        if value is None or value == "none":
+            return value
+        parts = urlsplit(value)
+        if parts.scheme == "s3" and parts.netloc:
+            return value.rstrip("/")
+        if parts.scheme == "file" and parts.path.startswith("/") and not parts.netloc:
+            return value.rstrip("/")
+        raise ValueError("must be file:///absolute/path, s3://bucket[/prefix] or none")
 
     @field_validator("public_base_url", "krea_api_url", "fal_queue_url", "scenario_api_url")
     @classmethod
@@ -101,6 +128,13 @@ class Settings(BaseModel):
         return timeouts[provider]
 
     @property
+    def output_store(self) -> str:
+        """Where outputs are archived: `file:///abs/path`, `s3://bucket/prefix` or `none`."""
+        if self.output_store_url is not None:
+            return self.output_store_url
+        return f"file://{self.data_dir.resolve() / 'outputs'}"
+
+    @property
     def auth_required(self) -> bool:
         return bool(self.api_tokens)
 
@@ -131,6 +165,17 @@ class Settings(BaseModel):
             "client_webhook_secret": get("CLIENT_WEBHOOK_SECRET"),
             "client_webhook_retry_schedule": _split_list(get("CLIENT_WEBHOOK_RETRY_SCHEDULE")),
             "client_webhook_allow_private": get("CLIENT_WEBHOOK_ALLOW_PRIVATE"),
+            "output_store_url": get("OUTPUT_STORE_URL"),
+            "output_fetch_allow_private": get("OUTPUT_FETCH_ALLOW_PRIVATE"),
+            "output_max_bytes": get("OUTPUT_MAX_BYTES"),
+            "aws_access_key_id": get("AWS_ACCESS_KEY_ID"),
+            "aws_secret_access_key": get("AWS_SECRET_ACCESS_KEY"),
+            "aws_region": get("AWS_REGION"),
+            "aws_endpoint_url": get("AWS_ENDPOINT_URL"),
+            "archive_lease_s": get("ARCHIVE_LEASE_S"),
+            "output_fetch_attempts": get("OUTPUT_FETCH_ATTEMPTS"),
+            "output_fetch_backoff_s": get("OUTPUT_FETCH_BACKOFF_S"),
+            "archive_concurrency": get("ARCHIVE_CONCURRENCY"),
             "krea_job_timeout_s": get("KREA_JOB_TIMEOUT_S"),
             "fal_job_timeout_s": get("FAL_JOB_TIMEOUT_S"),
             "scenario_job_timeout_s": get("SCENARIO_JOB_TIMEOUT_S"),

@@ -83,6 +83,8 @@ def banner(
     lines += [
         f"  Follow a job live:  curl -N '{url}/v1/events/stream?job_id=<id>' {auth}",
         f"  Its history:   curl -s {url}/v1/jobs/<id>/events {auth}",
+        f"  Its image:     curl -s {url}/v1/jobs/<id>/outputs/0 {auth} -o output-0",
+        f"  Outputs are archived in {settings.output_store}",
         f"  Client webhooks are signed with: {webhook_secret}",
         f"  List jobs:     curl -s {url}/v1/jobs {auth}",
         f"  Health:        curl -s {url}/readyz",
@@ -122,7 +124,8 @@ async def start_demo_simulators(
             "a source checkout (make run): the `simulators` package is not importable"
         ) from exc
     sims = await start_simulators(config=SimulatorConfig(queue_seconds=1.0, run_seconds=2.0))
-    update: dict[str, object] = {}
+    # The simulators serve their outputs on 127.0.0.1: the archiver may fetch from there.
+    update: dict[str, object] = {"output_fetch_allow_private": True}
     urls: dict[str, str] = {}
     if "krea" in missing:
         update |= {"krea_api_url": sims.krea_url, "krea_api_token": SecretStr(sims.krea_token)}

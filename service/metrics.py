@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -51,6 +51,17 @@ AUDIT_EVENTS_SEALED = Counter(
 )
 AUDIT_CHECKPOINTS = Counter(
     "audit_checkpoints_total", "Audit checkpoints made by this instance.", registry=REGISTRY
+)
+OUTPUTS_ARCHIVED = Counter(
+    "outputs_archived_total",
+    "Outputs whose archiving ended, by outcome (archived, failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+ARCHIVE_BACKLOG = Gauge(
+    "output_archive_backlog",
+    "Outputs of succeeded jobs waiting to be archived (read from the database at each scrape).",
+    registry=REGISTRY,
 )
 
 

@@ -47,6 +47,14 @@ class SimulatorConfig(BaseModel):
     poll_error_next: int = Field(0, ge=0)
     slow_seconds: float = Field(0.0, ge=0, description="delay before answering any API request")
 
+    # Output file faults: consumed one per file request (`/_sim/files/...`).
+    file_error_next: int = Field(0, ge=0)
+    file_error_status: int = Field(500, ge=400, le=599)
+    file_slow_seconds: float = Field(
+        0.0, ge=0, description="delay between the headers and the body of every output file"
+    )
+    files_gone: bool = Field(False, description="outputs deleted at the provider: files answer 404")
+
     # Webhook faults (providers that send webhooks; fal adds its signing faults).
     callback_duplicates: int = Field(0, ge=0)
     callback_drop_rate: float = Field(0.0, ge=0, le=1)

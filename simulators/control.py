@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from simulators.images import FILES_PATH, file_response
+from simulators.images import FILES_PATH, file_response, signed_url_expired
 from simulators.wire import CONTROL_PREFIX, json_response, read_json
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ STAT_NAMES = (
     "list_requests",
     "asset_requests",
     "file_requests",
+    "file_errors",
     "jwks_requests",
     "key_rotations",
     "cancels",
@@ -107,6 +109,27 @@ class ControlApi:
         self._sim.reset()
         return json_response({"reset": True})
 
-    async def _get_file(self, request: web.Request) -> web.Response:
-        self._sim.stats["file_requests"] += 1
-        return file_response(request.match_info["name"])
+    async def _get_file(self, request: web.Request) -> web.StreamResponse:
+        """An output file, after the file faults in force: an error status, a deleted file,
+        an expired signed URL (403), or a body sent late."""
+        sim = self._sim
+        sim.stats["file_requests"] += 1
+        if sim.config_state.consume("file_error_next"):
+            sim.stats["file_errors"] += 1
+            return json_response({"error": "injected fault"}, status=sim.config.file_error_status)
+        if sim.config.files_gone:
+            return json_response({"error": "file not found"}, status=404)
+        if signed_url_expired(request.query, time.time()):
+            return json_response({"error": "Request has expired"}, status=403)
+        answer = file_response(request.match_info["name"])
+        if sim.config.file_slow_seconds <= 0 or answer.status != 200:
+            return answer
+        # Headers now, body later: the client is mid-download for the whole delay.
+        assert isinstance(answer.body, bytes)
+        slow = web.StreamResponse(headers=answer.headers)
+        slow.content_length = len(answer.body)
+        await slow.prepare(request)
+        await asyncio.sleep(sim.config.file_slow_seconds)
+        await slow.write(answer.body)
+        await slow.write_eof()
+        return slow

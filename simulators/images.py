@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -94,6 +95,13 @@ def clamp_side(value: Any, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return default
     return max(1, min(MAX_SIDE, int(value)))
+
+
+def signed_url_expired(query: Mapping[str, str], now: float) -> bool:
+    """A signed temporary URL (Scenario's assets: `?Expires=<epoch>&Signature=...`) stops
+    working at its `Expires`, as the CDN behind such URLs does."""
+    expires = query.get("Expires")
+    return expires is not None and (not expires.isdigit() or int(expires) <= now)
 
 
 def file_response(name: str) -> web.Response:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from aiohttp import web
+from pydantic import Field
 
 from simulators.base import ProviderSimulator
 from simulators.config import SimulatorConfig
@@ -27,7 +28,6 @@ from simulators.wire import iso_ms, json_response, read_json, read_json_object
 
 PREFIX = "/v1"
 CU_PER_OUTPUT = 5
-ASSET_URL_LIFETIME_SECONDS = 3600
 _FAILURE_MESSAGE = "simulated generation failure"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -56,6 +56,8 @@ class ScenarioConfig(SimulatorConfig):
     # Fake by design, as every simulator credential: they only ever unlock a local simulator.
     scenario_api_key: str = "sim-scenario-key"
     scenario_api_secret: str = "sim-scenario-secret"  # noqa: S105
+    # How long an asset's signed URL works (undocumented by Scenario: "download at once").
+    scenario_asset_url_seconds: int = Field(3600, ge=0)
 
 
 def scenario_id(prefix: str) -> str:
@@ -230,7 +232,7 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
     def asset_json(self, job: ScenarioJob, index: int) -> dict[str, Any]:
         """The asset object of `GET /assets/{id}`, with a signed-looking temporary URL."""
         asset_id = job.asset_ids[index]
-        expires = int(time.time()) + ASSET_URL_LIFETIME_SECONDS
+        expires = int(time.time()) + self.config.scenario_asset_url_seconds
         signature = hmac.new(
             self._url_secret, f"{asset_id}:{expires}".encode(), hashlib.sha256
         ).hexdigest()[:32]

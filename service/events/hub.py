@@ -31,6 +31,7 @@ EVENTS_CHANNEL = "job_events"
 #: client webhook delivery was enqueued. Any instance's change wakes every worker instance.
 JOBS_DUE_CHANNEL = "jobs_due"
 WEBHOOKS_DUE_CHANNEL = "webhook_deliveries"
+ARCHIVES_DUE_CHANNEL = "output_archives"  # a job succeeded: its outputs are to be archived
 LISTENER_NAME = "imagejobs-listener"  # application_name of the LISTEN connection
 
 

@@ -11,16 +11,26 @@ from typing import Any
 
 from aiohttp import web
 
+from service.archive.archiver import OutputArchiver
+from service.archive.fetch import OutputFetcher
+from service.archive.storage import OutputStorage, S3Credentials, open_storage
 from service.audit.sealer import Sealer
 from service.audit.signing import CheckpointSigner
 from service.config import Settings
 from service.db.database import Database, connect
 from service.db.migrations import apply_migrations
 from service.errors import DatabaseUnavailable
-from service.events.hub import EVENTS_CHANNEL, JOBS_DUE_CHANNEL, WEBHOOKS_DUE_CHANNEL, EventHub
+from service.events.hub import (
+    ARCHIVES_DUE_CHANNEL,
+    EVENTS_CHANNEL,
+    JOBS_DUE_CHANNEL,
+    WEBHOOKS_DUE_CHANNEL,
+    EventHub,
+)
 from service.logs import get_logger
 from service.providers.registry import Providers, build_providers
 from service.store import JobStore
+from service.store.archive import ArchiveQueue
 from service.store.audit import AuditLog
 from service.store.outbox import WebhookOutbox
 from service.store.postgres import PostgresJobStore
@@ -30,6 +40,7 @@ from service.web.callbacks_api import CallbacksApi
 from service.web.jobs_api import JobsApi
 from service.web.middleware import error_middleware, request_context_middleware, token_middleware
 from service.web.ops_api import OpsApi
+from service.web.outputs_api import OutputsApi
 from service.web.stream_api import StreamApi
 from service.webhooks.delivery import WebhookDeliverer
 from service.workers.runner import JobRunner
@@ -50,6 +61,7 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 RUNNER_KEY = web.AppKey("runner", JobRunner)
 HUB_KEY = web.AppKey("hub", EventHub)
 SEALER_KEY = web.AppKey("sealer", Sealer)
+ARCHIVER_KEY = web.AppKey("archiver", OutputArchiver)
 
 
 async def prepare_database(dsn: str, *, wait_seconds: float = 30.0) -> None:
@@ -86,11 +98,49 @@ class _Parts:
     runner: JobRunner
     outbox: WebhookOutbox
     deliverer: WebhookDeliverer | None
+    archive: ArchiveQueue
+    storage: OutputStorage | None
+    archiver: OutputArchiver | None
     hub: EventHub
     audit: AuditLog
     signer: CheckpointSigner | None
     sealer: Sealer | None
     run_workers: bool
+
+
+def _archiver(
+    settings: Settings, queue: ArchiveQueue, storage: OutputStorage | None
+) -> OutputArchiver | None:
+    """None when OUTPUT_STORE_URL is `none`: outputs are then left pending, unarchived."""
+    if storage is None:
+        return None
+    return OutputArchiver(
+        queue=queue,
+        storage=storage,
+        fetcher=OutputFetcher(
+            max_bytes=settings.output_max_bytes,
+            allow_private=settings.output_fetch_allow_private,
+        ),
+        lease_s=settings.archive_lease_s,
+        max_attempts=settings.output_fetch_attempts,
+        backoff_base_s=settings.output_fetch_backoff_s,
+        concurrency=settings.archive_concurrency,
+    )
+
+
+def _storage(settings: Settings) -> OutputStorage | None:
+    secret = settings.aws_secret_access_key
+    return open_storage(
+        settings.output_store,
+        s3=S3Credentials(
+            access_key_id=settings.aws_access_key_id.get_secret_value()
+            if settings.aws_access_key_id
+            else None,
+            secret_access_key=secret.get_secret_value() if secret else None,
+            region=settings.aws_region,
+            endpoint_url=settings.aws_endpoint_url,
+        ),
+    )
 
 
 def _build_parts(
@@ -118,6 +168,9 @@ def _build_parts(
             retry_schedule=settings.client_webhook_retry_schedule,
             allow_private=settings.client_webhook_allow_private,
         )
+    archive = ArchiveQueue(database)
+    storage = _storage(settings)
+    archiver = _archiver(settings, archive, storage)
     # One LISTEN connection per instance: the log's NOTIFY feeds the streams, and the work
     # channels wake this instance's workers whichever instance made the work due.
     channels: dict[str, Callable[[], None]] = {}
@@ -125,6 +178,8 @@ def _build_parts(
         channels[JOBS_DUE_CHANNEL] = runner.wake
         if deliverer is not None:
             channels[WEBHOOKS_DUE_CHANNEL] = deliverer.wake
+        if archiver is not None:
+            channels[ARCHIVES_DUE_CHANNEL] = archiver.wake
     audit = AuditLog(database)
     key = settings.audit_signing_key
     signer = CheckpointSigner(key.get_secret_value()) if key is not None else None
@@ -136,8 +191,8 @@ def _build_parts(
         channels[EVENTS_CHANNEL] = sealer.wake  # beside the hub's own reader of the log
     hub = EventHub(store=store, dsn=database.dsn, channels=channels)
     return _Parts(
-        settings, database, providers, store, runner, outbox, deliverer, hub, audit, signer,
-        sealer, run_workers,
+        settings, database, providers, store, runner, outbox, deliverer, archive, storage,
+        archiver, hub, audit, signer, sealer, run_workers,
     )  # fmt: skip
 
 
@@ -156,7 +211,8 @@ def _add_routes(app: web.Application, parts: _Parts) -> None:
     app.add_routes(stream.routes())
     public_key = parts.signer.public_key if parts.signer else None
     app.add_routes(AuditApi(parts.audit, public_key=public_key).routes())
-    app.add_routes(OpsApi(parts.database).routes())
+    app.add_routes(OutputsApi(parts.archive, parts.storage).routes())
+    app.add_routes(OpsApi(parts.database, archive=parts.archive).routes())
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:
@@ -186,6 +242,10 @@ def _lifetime(parts: _Parts) -> Callable[[web.Application], AsyncIterator[None]]
                     tasks.append(asyncio.create_task(parts.deliverer.run(), name="webhooks"))
             if parts.sealer is not None:
                 tasks.append(asyncio.create_task(parts.sealer.run(), name="audit-sealer"))
+            if parts.archiver is not None:
+                closing.push_async_callback(parts.archiver.close)
+                if parts.run_workers:
+                    tasks.append(asyncio.create_task(parts.archiver.run(), name="archiver"))
             closing.push_async_callback(_stop, tasks)  # first: no work starts while closing
             yield
 
@@ -225,6 +285,8 @@ def create_app(
     app[HUB_KEY] = parts.hub
     if parts.sealer is not None:
         app[SEALER_KEY] = parts.sealer
+    if parts.archiver is not None:
+        app[ARCHIVER_KEY] = parts.archiver
     _add_routes(app, parts)
     app.cleanup_ctx.append(_lifetime(parts))
     return app

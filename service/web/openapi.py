@@ -64,7 +64,42 @@ def _jobs_paths() -> dict[str, Any]:
         "/v1/jobs/{job_id}/cancel": {"post": {
             "summary": "Cancel a job", "parameters": [_JOB_ID],
             "responses": _answers("202", "Job", "cancellation recorded")}},
+        "/v1/jobs/{job_id}/outputs/{index}": _output_path(),
     }  # fmt: skip
+
+
+def _output_path() -> dict[str, Any]:
+    index = {
+        "name": "index",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    }
+    if_none_match = {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+    }
+    etag = {
+        "ETag": {
+            "description": 'the output\'s sha256, quoted: "<sha256>"',
+            "schema": {"type": "string"},
+        }
+    }
+    error = _json(_ref("ErrorBody"), "error")
+    return {"get": {
+        "summary": "An archived output's bytes (404 output_not_archived before archiving, "
+                   "output_not_found for an unknown job or index)",
+        "parameters": [_JOB_ID, index, if_none_match],
+        "responses": {
+            "200": {"description": "the archived bytes, with Content-Type and Content-Length",
+                    "headers": etag,
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+            "304": {"description": "If-None-Match matched the ETag", "headers": etag},
+            **dict.fromkeys(_ERROR_STATUSES, error),
+        },
+    }}  # fmt: skip
 
 
 def _history_paths() -> dict[str, Any]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 
 from service import metrics
 from service.db.database import Database
+from service.errors import DatabaseUnavailable
+from service.store.archive import ArchiveQueue
 from service.web.middleware import json_response
 from service.web.openapi import openapi_document
 
@@ -13,8 +17,9 @@ from service.web.openapi import openapi_document
 class OpsApi:
     """/healthz, /readyz, /metrics and /openapi.json."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, archive: ArchiveQueue) -> None:
         self.db = db
+        self.archive = archive
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -32,6 +37,10 @@ class OpsApi:
         return json_response({"status": "ready"})
 
     async def metrics(self, _request: web.Request) -> web.Response:
+        # The backlog is the database's figure (shared by every instance), read at the scrape;
+        # with the database down the last reading stays and the rest is still served.
+        with contextlib.suppress(DatabaseUnavailable):
+            metrics.ARCHIVE_BACKLOG.set(await self.archive.backlog())
         return web.Response(
             body=metrics.render(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

@@ -15,10 +15,8 @@ connect time (no window for DNS rebinding), unless CLIENT_WEBHOOK_ALLOW_PRIVATE 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import random
 import secrets
-import socket
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -26,44 +24,18 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from standardwebhooks import Webhook
 
 from schemas.common import format_timestamp
 from service.errors import DatabaseUnavailable
 from service.logs import get_logger
+from service.netguard import NonPublicAddress, PublicOnlyResolver, is_non_public_literal
 from service.providers.http import parse_retry_after
 from service.store.outbox import Delivery, WebhookOutbox
 from service.workers.claim_loop import ClaimLoop
 
 ATTEMPT_TIMEOUT_S = 15.0
 MAX_ERROR_CHARS = 500
-
-
-def is_public_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return ip.is_global and not ip.is_multicast
-
-
-class PublicOnlyResolver(AbstractResolver):
-    """Resolves like aiohttp's default, but refuses non-public addresses: the check happens on
-    the very addresses the connection will use."""
-
-    def __init__(self) -> None:
-        self._inner = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        public = [r for r in results if is_public_address(r["host"])]
-        if not public:
-            raise OSError(f"webhook target {host} resolves only to non-public addresses")
-        return public
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 def webhook_body(delivery: Delivery) -> bytes:
@@ -165,14 +137,7 @@ class WebhookDeliverer(ClaimLoop[Delivery]):
             self._log.exception("webhook_delivery_crashed", delivery_id=delivery.id)
 
     def _refused_literal(self, url: str) -> bool:
-        """aiohttp does not resolve IP literals, so those are checked here."""
-        if self.allow_private:
-            return False
-        host = urlsplit(url).hostname or ""
-        try:
-            return not is_public_address(host)
-        except ValueError:
-            return False  # a name: checked by PublicOnlyResolver when connecting
+        return not self.allow_private and is_non_public_literal(url)
 
     async def _deliver(self, delivery: Delivery) -> None:
         body = webhook_body(delivery)
@@ -237,7 +202,7 @@ class WebhookDeliverer(ClaimLoop[Delivery]):
                     False,
                 )
         except aiohttp.ClientConnectorError as exc:
-            refused = "non-public addresses" in str(exc.os_error)
+            refused = isinstance(exc.os_error, NonPublicAddress)
             return None, None, f"connection failed: {exc.os_error}"[:MAX_ERROR_CHARS], refused
         except (aiohttp.ClientError, TimeoutError) as exc:
             return (

@@ -117,8 +117,11 @@ class Stack:
 
 
 def stack_settings(sims: RunningSimulators, **overrides: Any) -> Settings:
+    """The service pointed at the simulators. Outputs are not archived unless a test says where
+    (`output_store_url`): the archiver's events and webhooks would otherwise race with the exact
+    histories other tests assert (tests/acceptance/test_archive.py archives)."""
     return Settings.model_validate({
-        "host": "127.0.0.1", "port": 0,
+        "host": "127.0.0.1", "port": 0, "output_store_url": "none",
         "krea_api_url": sims.krea_url, "krea_api_token": sims.krea_token,
         "fal_queue_url": sims.fal_url, "fal_key": sims.fal_key, "fal_jwks_url": sims.fal_jwks_url,
         "scenario_api_url": sims.scenario_url, "scenario_api_key": sims.scenario_api_key,

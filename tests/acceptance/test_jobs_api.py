@@ -242,7 +242,7 @@ async def test_operations_endpoints(http: httpx.AsyncClient, service: Service) -
     assert set(spec["paths"]) == {
         "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel",
         "/v1/jobs/{job_id}/webhooks", "/v1/events/stream", "/v1/audit/checkpoints",
-        "/v1/jobs/{job_id}/audit",
+        "/v1/jobs/{job_id}/audit", "/v1/jobs/{job_id}/outputs/{index}",
     }  # fmt: skip
     assert "JobCreate" in spec["components"]["schemas"]
     event = spec["components"]["schemas"]["Event"]["properties"]

@@ -152,6 +152,7 @@ class Tally:
     submitted_twice: list[str] = field(default_factory=list)
     duplicate_transitions: list[Any] = field(default_factory=list)
     seq_gaps: list[str] = field(default_factory=list)
+    archived_twice: list[Any] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     terminal_sources: Counter[str] = field(default_factory=Counter)
 
@@ -160,7 +161,7 @@ class Tally:
         return (
             f"chaos tally: jobs={self.jobs} lost={len(self.lost) + len(self.not_terminal)} "
             f"submitted_twice={len(self.submitted_twice)} duplicate_transitions={len(self.duplicate_transitions)} "
-            f"seq_gaps={len(self.seq_gaps)} outcomes={dict(self.outcomes)} "
+            f"seq_gaps={len(self.seq_gaps)} archived_twice={len(self.archived_twice)} outcomes={dict(self.outcomes)} "
             f"terminal_by={dict(self.terminal_sources)} faults: {faults}"
         )
 
@@ -194,6 +195,14 @@ async def audit(
                 "SELECT job_id FROM job_events GROUP BY job_id HAVING max(seq) <> count(*) OR min(seq) <> 1"
             )
         ]
+        tally.archived_twice = [
+            tuple(r)
+            for r in await conn.fetch(
+                "SELECT job_id, data->>'index', count(*) FROM job_events "
+                "WHERE type IN ('output_archived', 'output_archive_failed') "
+                "GROUP BY job_id, data->>'index' HAVING count(*) > 1"
+            )
+        ]
         tally.terminal_sources = Counter(
             f"{r['provider']}:{r['source']}"
             for r in await conn.fetch(
@@ -214,6 +223,9 @@ def service_env(
     env.update({
         "DATABASE_URL": dsn, "HOST": "127.0.0.1", "PORT": str(port), "PUBLIC_BASE_URL": public_url,
         "SERVICE_DATA_DIR": str(log_dir / f"data-{port}"),
+        # One output store for every instance (any of them may archive any job's outputs),
+        # and the simulators' outputs are on 127.0.0.1.
+        "OUTPUT_STORE_URL": f"file://{log_dir / 'outputs'}", "OUTPUT_FETCH_ALLOW_PRIVATE": "true",
         "KREA_API_URL": sims["krea"], "KREA_API_TOKEN": "sim-krea-token",
         "FAL_QUEUE_URL": sims["fal"], "FAL_KEY": "sim-fal-key", "FAL_JWKS_URL": sims["fal"] + "/.well-known/jwks.json",
         "SCENARIO_API_URL": sims["scenario"] + "/v1", "SCENARIO_SDK_API_KEY": "sim-scenario-key",

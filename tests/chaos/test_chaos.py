@@ -230,6 +230,7 @@ async def test_nothing_lost_nothing_doubled_under_chaos(chaos: Chaos) -> None:
     assert chaos.tally.submitted_twice == []
     assert chaos.tally.duplicate_transitions == []
     assert chaos.tally.seq_gaps == []
+    assert chaos.tally.archived_twice == []
     assert chaos.tally.faults["instance_kill9"] == 3
     assert chaos.tally.faults["client_retries"] > 0  # the faults did hit the clients
     assert chaos.tally.faults["callbacks_dropped"] > 0

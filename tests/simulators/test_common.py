@@ -109,6 +109,35 @@ async def test_files_route_serves_images_and_404s_nonsense(
     assert nonsense.status_code == 404
 
 
+async def test_file_faults_error_gone_slow_and_expired_signed_urls(
+    sims: RunningSimulators, http: httpx.AsyncClient
+) -> None:
+    url = f"{sims.krea_url}/_sim/files/out-20x10.png"
+    await configure(http, sims, "krea", file_error_next=2, file_error_status=502)
+    answers = [(await http.get(url)).status_code for _ in range(3)]
+    assert answers == [502, 502, 200]
+    assert (await stats(http, sims, "krea"))["file_errors"] == 2
+
+    await configure(http, sims, "krea", files_gone=True)
+    assert (await http.get(url)).status_code == 404
+
+    await configure(http, sims, "krea", files_gone=False, file_slow_seconds=0.5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with http.stream("GET", url) as slow:
+        assert slow.status_code == 200  # the headers come at once, the body late
+        headers_after = loop.time() - started
+        body = await slow.aread()
+    assert body == solid_png(20, 10)
+    assert headers_after < 0.5 <= loop.time() - started
+
+    past = f"{url}?Expires=1000&Signature=abc"
+    future = f"{url}?Expires=99999999999&Signature=abc"
+    await configure(http, sims, "krea", file_slow_seconds=0)
+    assert (await http.get(past)).status_code == 403
+    assert (await http.get(future)).content == solid_png(20, 10)
+
+
 def test_cli_defaults() -> None:
     args = parse_args([])
 

@@ -187,9 +187,9 @@ async def test_fal_completed_fetches_the_result() -> None:
     })  # fmt: skip
     observation = await adapter.fetch_status(record("fal", provider_state=state))
     assert observation.status is S.SUCCEEDED
-    assert observation.outputs is not None and [o.model_dump() for o in observation.outputs] == [
-        image
-    ]
+    assert observation.outputs is not None and [
+        o.model_dump(exclude_none=True) for o in observation.outputs
+    ] == [image]
     for queued, expected in (("IN_QUEUE", S.QUEUED), ("IN_PROGRESS", S.RUNNING)):
         adapter = fal_adapter({("GET", "/a/b/requests/r1/status"): httpx.Response(202, json={"status": queued})})  # fmt: skip
         assert (await adapter.fetch_status(record("fal", provider_state=state))).status is expected

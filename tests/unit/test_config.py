@@ -54,3 +54,31 @@ def test_bad_values_name_the_variable(env: dict[str, str]) -> None:
                                                ("::1", True), ("0.0.0.0", False), ("10.0.0.1", False), ("example.com", False)])  # fmt: skip
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
+
+
+def test_archive_settings_default_to_a_folder_under_the_data_dir() -> None:
+    s = Settings.from_env({"SERVICE_DATA_DIR": "/srv/imagejobs"})
+    assert s.output_store == "file:///srv/imagejobs/outputs"
+    assert (s.output_fetch_allow_private, s.output_max_bytes) == (False, 52_428_800)
+    assert s.archive_lease_s == 60
+
+
+def test_archive_settings_are_read() -> None:
+    s = Settings.from_env({
+        "OUTPUT_STORE_URL": "s3://bucket/some/prefix/", "OUTPUT_FETCH_ALLOW_PRIVATE": "true",
+        "OUTPUT_MAX_BYTES": "1000", "AWS_ACCESS_KEY_ID": "AKIA-test", "AWS_SECRET_ACCESS_KEY": "shh",
+        "AWS_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "ARCHIVE_LEASE_S": "5", "OUTPUT_FETCH_ATTEMPTS": "2", "OUTPUT_FETCH_BACKOFF_S": "0.5",
+    })  # fmt: skip
+    assert s.output_store == "s3://bucket/some/prefix"
+    assert (s.output_fetch_allow_private, s.output_max_bytes, s.archive_lease_s) == (True, 1000, 5)
+    assert (s.output_fetch_attempts, s.output_fetch_backoff_s) == (2, 0.5)
+    assert (s.aws_region, s.aws_endpoint_url) == ("eu-west-1", "http://127.0.0.1:9000")
+    assert "shh" not in repr(s)
+    assert Settings.from_env({"OUTPUT_STORE_URL": "none"}).output_store == "none"
+
+
+@pytest.mark.parametrize("url", ["ftp://x/y", "file://relative/path", "s3://", "/plain/path"])
+def test_an_unknown_output_store_refuses_to_start(url: str) -> None:
+    with pytest.raises(ConfigError, match="output_store_url"):
+        Settings.from_env({"OUTPUT_STORE_URL": url})

@@ -33,7 +33,7 @@ async def test_a_signed_fal_webhook_is_observed() -> None:
     observation = await adapter.parse_callback(record("fal"), *fal_signed(FAL_OK))
     assert (observation.status, observation.provider_job_id) == (S.SUCCEEDED, "p-1")
     assert observation.outputs is not None
-    assert [o.model_dump() for o in observation.outputs] == [IMAGE]
+    assert [o.model_dump(exclude_none=True) for o in observation.outputs] == [IMAGE]
     failed = await adapter.parse_callback(record("fal"), *fal_signed(FAL_ERROR))
     assert failed.status is S.FAILED and failed.error is not None
     assert failed.error.provider_detail["error"] == "Invalid status code: 422"

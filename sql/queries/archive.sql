@@ -1,0 +1,24 @@
+-- Named queries of the output archive.
+
+-- name: claim_output_archives
+SELECT * FROM claim_output_archives($1, $2, make_interval(secs => $3));
+
+-- name: next_output_archive_due
+SELECT min(next_attempt_at) FROM output_archives WHERE next_attempt_at IS NOT NULL;
+
+-- name: record_output_archived
+SELECT recorded, all_archived FROM record_output_archived($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
+-- name: record_output_attempt_failed
+SELECT record_output_attempt_failed($1, $2, $3, $4, $5, $6);
+
+-- name: get_output_archive
+-- One output of a job as the API serves it: whether the job has that output, and its archive.
+SELECT j.outputs -> $2::integer IS NOT NULL AS exists,
+       a.state, a.storage_key, a.sha256, a.bytes, a.content_type
+FROM jobs j
+LEFT JOIN output_archives a ON a.job_id = j.id AND a.output_index = $2::integer
+WHERE j.id = $1;
+
+-- name: output_archive_backlog
+SELECT count(*) FROM output_archives WHERE state = 'pending';
