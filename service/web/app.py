@@ -26,6 +26,7 @@ from service.web.callbacks_api import CallbacksApi
 from service.web.jobs_api import JobsApi
 from service.web.middleware import error_middleware, request_context_middleware, token_middleware
 from service.web.ops_api import OpsApi
+from service.web.page_api import PageApi
 from service.web.stream_api import StreamApi
 from service.webhooks.delivery import WebhookDeliverer
 from service.workers.runner import JobRunner
@@ -135,6 +136,7 @@ def _add_routes(app: web.Application, parts: _Parts) -> None:
     stream = StreamApi(hub=parts.hub, store=parts.store, heartbeat_s=settings.stream_heartbeat_s)
     app.add_routes(stream.routes())
     app.add_routes(OpsApi(parts.database).routes())
+    app.add_routes(PageApi().routes())
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:
