@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +145,15 @@ async def _stop(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _end_streams(hub: EventHub) -> Callable[[web.Application], Awaitable[None]]:
+    """At shutdown, before the server waits for open requests: streams end (EventHub.end_streams)."""
+
+    async def end_streams(_app: web.Application) -> None:
+        hub.end_streams()
+
+    return end_streams
+
+
 def _lifetime(parts: _Parts) -> Callable[[web.Application], AsyncIterator[None]]:
     """Starts the hub and the workers; at shutdown closes everything in reverse order, every
     close attempted even when an earlier one fails (AsyncExitStack)."""
@@ -202,6 +211,7 @@ def create_app(
     app[RUNNER_KEY] = parts.runner
     app[HUB_KEY] = parts.hub
     _add_routes(app, parts)
+    app.on_shutdown.append(_end_streams(parts.hub))
     app.cleanup_ctx.append(_lifetime(parts))
     return app
 
