@@ -315,7 +315,7 @@ async function* serverSentEvents(body) {
 function addEvent(current, event) {
   if (current !== view || current.events.has(event.id)) return;
   const change = event.to_status
-    ? el("span", {}, " ", statusEl(event.from_status || "—"), " → ", statusEl(event.to_status))
+    ? el("span", {}, " ", event.from_status ? statusEl(event.from_status) : null, " → ", statusEl(event.to_status))
     : null;
   const item = el("li", { class: "event", "data-seq": event.seq, "data-type": event.type },
     el("div", { class: "event-head" },
