@@ -385,6 +385,70 @@ async def intake(bench: Bench) -> None:
     print(f"    naive statuses {naive.statuses}, ours statuses {ours.statuses}", flush=True)
 
 
+SEALER_LOCK = 7428061944  # sql/queries/audit.sql, audit_try_lock
+
+
+async def audit_chain(bench: Bench) -> None:
+    """The audit chain's cost: the same saturated intake with every sealer held off (the bench
+    holds the sealers' advisory lock, so they skip) and with them sealing, in one run; the
+    sealing rate on the backlog left by the first; how long events wait for their seal."""
+    print(
+        "\n7. Audit chain: intake with and without the sealer, sealing rate, seal delay", flush=True
+    )
+    n = int(24000 * (0.25 if bench.quick else 1.0))
+    # Settle whatever earlier sections left unsealed, so each run starts from a sealed log.
+    await _sealed_through(
+        bench, int(await bench.conn.fetchval("SELECT coalesce(max(id), 0) FROM job_events"))
+    )
+    await bench.conn.execute("SELECT pg_advisory_lock($1)", SEALER_LOCK)
+    try:
+        without = await closed_loop(bench.url, await bench.callbacks(n), concurrency=64)
+    finally:
+        await bench.conn.execute("SELECT pg_advisory_unlock($1)", SEALER_LOCK)
+    backlog_end = int(await bench.conn.fetchval("SELECT coalesce(max(id), 0) FROM job_events"))
+    backlog = int(await bench.conn.fetchval(
+        "SELECT count(*) FROM job_events e WHERE NOT EXISTS (SELECT 1 FROM event_seals s WHERE s.event_id = e.id)"))  # fmt: skip
+    started = time.perf_counter()
+    await _sealed_through(bench, backlog_end)
+    drain_s = time.perf_counter() - started
+    with_chain = await closed_loop(bench.url, await bench.callbacks(n), concurrency=64)
+    assert without.errors == 0 and with_chain.errors == 0, (without.statuses, with_chain.statuses)
+    bench.add("audit", "intake throughput, sealer running", with_chain.throughput, "req/s",
+              "sealer held off", without.throughput)  # fmt: skip
+    bench.add("audit", "intake ack p99, sealer running", with_chain.p(99), "ms",
+              "sealer held off", without.p(99))  # fmt: skip
+    bench.add("audit", "sealing rate on a backlog", backlog / drain_s, "events/s",
+              note=f"{backlog} events sealed in {drain_s:.2f} s")  # fmt: skip
+    first = backlog_end
+    rate = 500
+    requests = await bench.callbacks(int(rate * (4 if bench.quick else 10)))
+    await fixed_rate(bench.url, requests, rate=rate)
+    last = int(await bench.conn.fetchval("SELECT coalesce(max(id), 0) FROM job_events"))
+    await _sealed_through(bench, last)
+    row = await bench.conn.fetchrow(
+        """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d) AS p50,
+                  percentile_cont(0.99) WITHIN GROUP (ORDER BY d) AS p99
+           FROM (SELECT extract(epoch FROM s.sealed_at - e.created_at) * 1000 AS d
+                 FROM job_events e JOIN event_seals s ON s.event_id = e.id
+                 WHERE e.id > $1 AND e.id <= $2) t""", first, last)  # fmt: skip
+    bench.add(
+        "audit", f"commit -> sealed at {rate}/s, p50", row["p50"], "ms", target="within a second"
+    )
+    bench.add(
+        "audit", f"commit -> sealed at {rate}/s, p99", row["p99"], "ms", target="within a second"
+    )
+
+
+async def _sealed_through(bench: Bench, event_id: int, *, within_s: float = 120) -> None:
+    deadline = time.monotonic() + within_s
+    while (
+        await bench.conn.fetchval("SELECT coalesce(max(event_id), 0) FROM event_seals") < event_id
+    ):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"events up to {event_id} not sealed within {within_s} s")
+        await asyncio.sleep(0.01)
+
+
 async def callback_to_client(bench: Bench) -> None:
     print(
         "\n2. Callback to client: callback sent -> server-sent event received, at 1000/s",
@@ -661,14 +725,14 @@ async def main() -> None:
         "--only",
         nargs="*",
         default=None,
-        help="sections: intake stream submit requests wake polling",
+        help="sections: intake stream submit requests wake polling audit",
     )
     args = parser.parse_args()
     started = datetime.now(UTC)
     logs = OUT / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     bench = Bench(quick=args.quick, logs=logs)
-    sections = args.only or ["intake", "stream", "submit", "requests", "wake", "polling"]
+    sections = args.only or ["intake", "stream", "submit", "requests", "wake", "polling", "audit"]
     try:
         await bench.start()
         if "intake" in sections:
@@ -684,6 +748,8 @@ async def main() -> None:
         if "polling" in sections:
             await polling(bench, 10_000)
             await polling(bench, 100_000 if not args.quick else 20_000)
+        if "audit" in sections:
+            await audit_chain(bench)
     finally:
         await bench.stop()
         write_report(bench, started)

@@ -1,4 +1,4 @@
-"""Command line: `python -m service serve | migrate | demo`."""
+"""Command line: `python -m service serve | migrate | demo | audit verify | audit keygen`."""
 
 from __future__ import annotations
 
@@ -61,6 +61,16 @@ def migrate(settings: Settings) -> None:
     get_logger("service").info("migrations_done")
 
 
+def audit(settings: Settings, args: argparse.Namespace) -> int:
+    """`audit verify`: 0 when every chain and checkpoint holds, 1 naming what does not;
+    `audit keygen`: prints a new AUDIT_SIGNING_KEY and its public key."""
+    from service.audit.cli import keygen, verify
+
+    if args.audit_command == "keygen":
+        return keygen()
+    return asyncio.run(verify(resolve_dsn(settings), args))
+
+
 def check_sql_files() -> None:
     """Refuses to start without the migrations and the named queries (a broken installation)
     before anything else starts: never a silent "nothing to migrate" nor a later KeyError."""
@@ -68,14 +78,34 @@ def check_sql_files() -> None:
     load_queries()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service")
-    parser.add_argument(
-        "command",
-        choices=["serve", "migrate", "demo"],
-        help="serve: the service; migrate: apply migrations and exit; demo: what `make run` runs",
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands.add_parser("serve", help="the service, configured by the environment")
+    commands.add_parser("migrate", help="apply the migrations and exit")
+    commands.add_parser("demo", help="what `make run` runs: the simulators and the service")
+    audit_parser = commands.add_parser("audit", help="the audit chain")
+    audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify",
+        help="recompute every chain and checkpoint from the database: exit 0 when all hold, "
+        "1 naming the first event or checkpoint that does not",
     )
-    args = parser.parse_args(argv)
+    verify.add_argument("--job", metavar="ID", help="verify this job's chain only")
+    verify.add_argument(
+        "--checkpoint", metavar="ID=DIGEST", action="append", default=[],
+        help="a checkpoint kept outside the database: its digest must be unchanged (repeatable)",
+    )  # fmt: skip
+    verify.add_argument(
+        "--public-key", metavar="BASE64",
+        help="every checkpoint must be signed with this Ed25519 public key",
+    )  # fmt: skip
+    audit_commands.add_parser("keygen", help="print a new AUDIT_SIGNING_KEY and its public key")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -84,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
         check_sql_files()
+        if args.command == "audit":
+            return audit(settings, args)
         {"serve": serve, "migrate": migrate, "demo": demo}[args.command](settings)
     except (SqlFilesError, MigrationError) as exc:
         print(f"cannot {args.command}: {exc}", file=sys.stderr)

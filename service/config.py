@@ -6,6 +6,7 @@ Every other module receives a `Settings` (or the part of it it needs); nothing e
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -57,6 +58,12 @@ class Settings(BaseModel):
     run_workers: bool = True  # false: this instance serves HTTP only (API, callbacks, streams)
     intake_max_batch: int = Field(default=256, ge=1)
 
+    # The audit chain: the sealer runs where this is true (one seals at a time across
+    # instances); checkpoints every audit_checkpoint_interval_s, signed when a key is given.
+    audit_sealer: bool = True
+    audit_checkpoint_interval_s: float = Field(default=60, gt=0)
+    audit_signing_key: SecretStr | None = None
+
     log_level: str = "info"
     log_format: str | None = None  # "json" or "console"; None = json unless stdout is a terminal
     db_pool_min: int = Field(default=2, ge=0)
@@ -66,6 +73,18 @@ class Settings(BaseModel):
     @classmethod
     def _strip_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @field_validator("audit_signing_key")
+    @classmethod
+    def _check_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                raw = base64.b64decode(value.get_secret_value(), validate=True)
+            except ValueError as exc:
+                raise ValueError("must be base64") from exc
+            if len(raw) != 32:
+                raise ValueError("must be the base64 of a 32-byte Ed25519 private key")
+        return value
 
     @property
     def base_url(self) -> str:
@@ -122,6 +141,9 @@ class Settings(BaseModel):
             "stream_heartbeat_s": get("STREAM_HEARTBEAT_S"),
             "run_workers": get("RUN_WORKERS"),
             "intake_max_batch": get("INTAKE_MAX_BATCH"),
+            "audit_sealer": get("AUDIT_SEALER"),
+            "audit_checkpoint_interval_s": get("AUDIT_CHECKPOINT_INTERVAL_S"),
+            "audit_signing_key": get("AUDIT_SIGNING_KEY"),
             "log_level": get("LOG_LEVEL"),
             "log_format": get("LOG_FORMAT"),
             "db_pool_min": get("DB_POOL_MIN"),

@@ -44,6 +44,15 @@ DUE_LAG = Histogram(
     registry=REGISTRY,
 )
 
+AUDIT_EVENTS_SEALED = Counter(
+    "audit_events_sealed_total",
+    "Events hashed into the audit chain by this instance's sealer.",
+    registry=REGISTRY,
+)
+AUDIT_CHECKPOINTS = Counter(
+    "audit_checkpoints_total", "Audit checkpoints made by this instance.", registry=REGISTRY
+)
+
 
 def render() -> bytes:
     """The registry in the Prometheus text exposition format."""

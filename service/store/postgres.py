@@ -99,6 +99,8 @@ def event_from_row(row: asyncpg.Record) -> Event:
         source=row["source"],
         data=row["data"],
         created_at=row["created_at"],
+        prev_hash=row.get("prev_hash"),
+        hash=row.get("hash"),
     )
 
 

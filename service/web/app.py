@@ -11,16 +11,20 @@ from typing import Any
 
 from aiohttp import web
 
+from service.audit.sealer import Sealer
+from service.audit.signing import CheckpointSigner
 from service.config import Settings
 from service.db.database import Database, connect
 from service.db.migrations import apply_migrations
 from service.errors import DatabaseUnavailable
-from service.events.hub import JOBS_DUE_CHANNEL, WEBHOOKS_DUE_CHANNEL, EventHub
+from service.events.hub import EVENTS_CHANNEL, JOBS_DUE_CHANNEL, WEBHOOKS_DUE_CHANNEL, EventHub
 from service.logs import get_logger
 from service.providers.registry import Providers, build_providers
 from service.store import JobStore
+from service.store.audit import AuditLog
 from service.store.outbox import WebhookOutbox
 from service.store.postgres import PostgresJobStore
+from service.web.audit_api import AuditApi
 from service.web.bodies import CALLBACK_BODY_LIMIT
 from service.web.callbacks_api import CallbacksApi
 from service.web.jobs_api import JobsApi
@@ -46,6 +50,7 @@ STORE_KEY = web.AppKey("store", JobStore)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 RUNNER_KEY = web.AppKey("runner", JobRunner)
 HUB_KEY = web.AppKey("hub", EventHub)
+SEALER_KEY = web.AppKey("sealer", Sealer)
 
 
 async def prepare_database(dsn: str, *, wait_seconds: float = 30.0) -> None:
@@ -83,6 +88,9 @@ class _Parts:
     outbox: WebhookOutbox
     deliverer: WebhookDeliverer | None
     hub: EventHub
+    audit: AuditLog
+    signer: CheckpointSigner | None
+    sealer: Sealer | None
     run_workers: bool
 
 
@@ -118,8 +126,20 @@ def _build_parts(
         channels[JOBS_DUE_CHANNEL] = runner.wake
         if deliverer is not None:
             channels[WEBHOOKS_DUE_CHANNEL] = deliverer.wake
+    audit = AuditLog(database)
+    key = settings.audit_signing_key
+    signer = CheckpointSigner(key.get_secret_value()) if key is not None else None
+    sealer = None
+    if settings.audit_sealer:
+        sealer = Sealer(
+            audit, signer=signer, checkpoint_interval_s=settings.audit_checkpoint_interval_s
+        )
+        channels[EVENTS_CHANNEL] = sealer.wake  # beside the hub's own reader of the log
     hub = EventHub(store=store, dsn=database.dsn, channels=channels)
-    return _Parts(settings, database, providers, store, runner, outbox, deliverer, hub, run_workers)
+    return _Parts(
+        settings, database, providers, store, runner, outbox, deliverer, hub, audit, signer,
+        sealer, run_workers,
+    )  # fmt: skip
 
 
 def _add_routes(app: web.Application, parts: _Parts) -> None:
@@ -135,6 +155,8 @@ def _add_routes(app: web.Application, parts: _Parts) -> None:
     app.add_routes(CallbacksApi(parts.store, adapters=parts.providers.adapters).routes())
     stream = StreamApi(hub=parts.hub, store=parts.store, heartbeat_s=settings.stream_heartbeat_s)
     app.add_routes(stream.routes())
+    public_key = parts.signer.public_key if parts.signer else None
+    app.add_routes(AuditApi(parts.audit, public_key=public_key).routes())
     app.add_routes(OpsApi(parts.database).routes())
     app.add_routes(PageApi().routes())
 
@@ -173,6 +195,8 @@ def _lifetime(parts: _Parts) -> Callable[[web.Application], AsyncIterator[None]]
                 closing.push_async_callback(parts.deliverer.close)
                 if parts.run_workers:
                     tasks.append(asyncio.create_task(parts.deliverer.run(), name="webhooks"))
+            if parts.sealer is not None:
+                tasks.append(asyncio.create_task(parts.sealer.run(), name="audit-sealer"))
             closing.push_async_callback(_stop, tasks)  # first: no work starts while closing
             yield
 
@@ -210,6 +234,8 @@ def create_app(
     app[STORE_KEY] = parts.store
     app[RUNNER_KEY] = parts.runner
     app[HUB_KEY] = parts.hub
+    if parts.sealer is not None:
+        app[SEALER_KEY] = parts.sealer
     _add_routes(app, parts)
     app.on_shutdown.append(_end_streams(parts.hub))
     app.cleanup_ctx.append(_lifetime(parts))

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from schemas.audit import CheckpointList, JobAudit
 from schemas.errors import ErrorBody
 from schemas.events import EventList
 from schemas.jobs import Job, JobCreate, JobList
@@ -92,11 +93,38 @@ def _history_paths() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _audit_paths() -> dict[str, Any]:
+    page = [
+        _query("after", {"type": "integer", "minimum": 0}),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+    ]
+    return {
+        "/v1/audit/checkpoints": {"get": {
+            "summary": "The audit checkpoints, oldest first, after a checkpoint id",
+            "parameters": page,
+            "responses": _answers("200", "CheckpointList", "checkpoints")}},
+        "/v1/jobs/{job_id}/audit": {"get": {
+            "summary": "Verification of the job's audit chain", "parameters": [_JOB_ID],
+            "responses": _answers("200", "JobAudit", "verified, pending or failed")}},
+    }  # fmt: skip
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 of /v1/*."""
     _, defs = models_json_schema(
-        [(m, "serialization") for m in (Job, JobList, EventList, ErrorBody, WebhookDeliveryList)]
+        [
+            (m, "serialization")
+            for m in (
+                Job,
+                JobList,
+                EventList,
+                ErrorBody,
+                WebhookDeliveryList,
+                CheckpointList,
+                JobAudit,
+            )
+        ]
         + [(JobCreate, "validation")],
         ref_template="#/components/schemas/{model}",
     )
@@ -108,5 +136,5 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-        "paths": {**_jobs_paths(), **_history_paths()},
+        "paths": {**_jobs_paths(), **_history_paths(), **_audit_paths()},
     }

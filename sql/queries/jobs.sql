@@ -29,7 +29,10 @@ ORDER BY id DESC
 LIMIT $4;
 
 -- name: list_events
-SELECT * FROM job_events WHERE job_id = $1 ORDER BY seq;
+-- With each event's seal (prev_hash, hash: null until the sealer reaches it).
+SELECT e.*, s.prev_hash, s.hash
+FROM job_events e LEFT JOIN event_seals s ON s.event_id = e.id
+WHERE e.job_id = $1 ORDER BY e.seq;
 
 -- name: job_exists
 SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1);

@@ -241,9 +241,12 @@ async def test_operations_endpoints(http: httpx.AsyncClient, service: Service) -
     assert spec["openapi"].startswith("3.1")
     assert set(spec["paths"]) == {
         "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel",
-        "/v1/jobs/{job_id}/webhooks", "/v1/events/stream",
+        "/v1/jobs/{job_id}/webhooks", "/v1/events/stream", "/v1/audit/checkpoints",
+        "/v1/jobs/{job_id}/audit",
     }  # fmt: skip
     assert "JobCreate" in spec["components"]["schemas"]
+    event = spec["components"]["schemas"]["Event"]["properties"]
+    assert {"prev_hash", "hash"} <= set(event)
     assert (await http.get("/healthz")).headers["X-Request-Id"]
 
 
