@@ -466,5 +466,6 @@ $("filters").addEventListener("change", (event) => {
 });
 $("more").addEventListener("click", () => quietly(loadJobs(true)));
 $("cancel").addEventListener("click", () => quietly(cancelJob()));
+$("verify").addEventListener("click", () => { if (view) quietly(checkAudit(view)); });
 window.addEventListener("hashchange", () => openJob(location.hash.slice(1)));
 start();
