@@ -97,7 +97,8 @@ async def test_readme_screenshot(browsing: RecordedPage, database_url: str, rece
         await expect(delivered).to_have_count(len(sent), timeout=20_000)
         attempts = page.locator("#webhooks article .attempts tbody tr")
         await expect(attempts).to_have_count(2 * len(sent))
-        await expect(page.locator("#audit")).not_to_be_empty()
+        audit = page.locator("#audit")  # sealed a moment after commit; the page re-checks
+        await expect(audit).to_have_attribute("data-status", "verified", timeout=15_000)
         await expect(page.locator("#timeline li").last).to_have_attribute(
             "data-type", "status_changed"
         )
