@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all install run test test-unit test-chaos lint format bench clean
+.PHONY: all install browser run test test-unit test-chaos test-page screenshot lint format bench clean
 
 all: lint test
 
@@ -20,9 +20,22 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/python -m service demo
 
-## The whole suite (unit, integration, acceptance) against a real PostgreSQL.
-test: install
+## The whole suite (unit, integration, acceptance, the operator page in Chromium) against a real PostgreSQL.
+test: install browser
 	$(BIN)/python -m pytest
+
+## Debian's Chromium for tests/page (Playwright drives it; it downloads no browser of its own).
+## Without apt-get (or root) this fails loudly, and so would the page tests: they never skip.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+
+## Only the operator page's tests (headless Chromium); screenshots in test-artifacts/.
+test-page: install browser
+	$(BIN)/python -m pytest tests/page
+
+## Refreshes docs/operator-page.png, the README's screenshot, from a stack with real jobs.
+screenshot: install browser
+	README_SCREENSHOT=docs/operator-page.png $(BIN)/python -m pytest tests/page -k readme_screenshot
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
@@ -45,4 +58,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info test-artifacts

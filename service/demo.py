@@ -3,7 +3,8 @@
 Starts the embedded PostgreSQL (unless DATABASE_URL is set), applies migrations, starts the
 built-in provider simulators for every provider that has no credentials and points the service
 at them, serves the API with a bearer token (API_TOKENS, or one generated once and kept under
-SERVICE_DATA_DIR), and prints the URL, the token and one curl per provider.
+SERVICE_DATA_DIR), creates one demo job per simulated provider (so the operator page shows
+something), and prints the operator page's URL, the token and one curl per provider.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import base64
 import contextlib
 import secrets
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import orjson
 from aiohttp import web
 from pydantic import SecretStr
@@ -60,17 +62,42 @@ EXAMPLES = {
 }
 
 
+async def create_demo_jobs(url: str, token: str, providers: list[str]) -> list[str]:
+    """One job per provider through the API, as a client would, so the operator page has
+    something to show. Only for simulated providers: a real one would bill its account."""
+    job_ids = []
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+    ) as client:
+        for provider in providers:
+            model, example = EXAMPLES[provider]
+            body = {"provider": provider, "model": model, "input": example,
+                    "metadata": {"demo": True, "order": f"demo-{provider}"}}  # fmt: skip
+            response = await client.post("/v1/jobs", json=body)
+            response.raise_for_status()
+            job_ids.append(response.json()["id"])
+    return job_ids
+
+
 def banner(
-    settings: Settings, token: str, *, simulated: dict[str, str], webhook_secret: str
+    settings: Settings,
+    token: str,
+    *,
+    simulated: dict[str, str],
+    webhook_secret: str,
+    demo_jobs: Sequence[str] = (),
 ) -> str:
     url = settings.base_url
     auth = f"-H 'Authorization: Bearer {token}'"
     lines = [
         "",
+        f"  Operator page: {url}/  (asks for the API token below)",
         f"  Image jobs service is running at {url}",
         f"  API token: {token}",
         "",
     ]
+    if demo_jobs:
+        lines += [f"  Demo jobs, one per simulated provider: {', '.join(demo_jobs)}", ""]
     for provider, (model, example) in EXAMPLES.items():
         where = f"simulator at {simulated[provider]}" if provider in simulated else "the real API"
         body = orjson.dumps({"provider": provider, "model": model, "input": example}).decode()
@@ -170,7 +197,14 @@ async def run_demo(settings: Settings, *, dsn: str) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
-    print(banner(settings, token, simulated=simulated, webhook_secret=webhook_secret), flush=True)
+    demo_jobs = await create_demo_jobs(settings.base_url, token, list(simulated))
+    print(
+        banner(
+            settings, token, simulated=simulated, webhook_secret=webhook_secret,
+            demo_jobs=demo_jobs,
+        ),
+        flush=True,
+    )  # fmt: skip
     get_logger("service").info("service_started", url=settings.base_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

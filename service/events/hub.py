@@ -129,6 +129,13 @@ class EventHub:
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
+        self.end_streams()
+
+    def end_streams(self) -> None:
+        """Ends every open stream; its client resumes after its Last-Event-ID elsewhere or
+        later. Done when the server starts shutting down, since it then waits for open
+        requests, and a stream (the operator page keeps one open) would hold it until its
+        timeout."""
         for subscription in [*self._all, *(s for subs in self._by_job.values() for s in subs)]:
             with contextlib.suppress(asyncio.QueueFull):
                 subscription.queue.put_nowait(None)

@@ -91,9 +91,19 @@ class JobStore(Protocol):
     async def get_job(self, job_id: str) -> Job | None: ...
 
     async def list_jobs(
-        self, *, provider: str | None, status: str | None, limit: int, before_id: str | None
+        self,
+        *,
+        provider: str | None,
+        status: str | None,
+        limit: int,
+        before_id: str | None,
+        search: str | None = None,
     ) -> tuple[list[Job], str | None]:
-        """A page of jobs, newest first, and the cursor of the next page (None at the end)."""
+        """A page of jobs, newest first, and the cursor of the next page (None at the end).
+
+        `search` keeps the job whose id it is, and the jobs whose metadata has a key or a
+        scalar value, at any depth, that contains it case-insensitively (a string as its text,
+        a number or boolean as JSON writes it; never the JSON punctuation between them)."""
 
     async def job_exists(self, job_id: str) -> bool: ...
 

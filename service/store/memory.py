@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from schemas.events import Event, EventSource
 from schemas.jobs import Job, JobCreate, JobError, JobOutput, JobStatus
 from service.providers.base import JobRecord, Observation
@@ -30,6 +32,20 @@ _RANK = {
 
 def transition_allowed(from_status: JobStatus, to_status: JobStatus) -> bool:
     return not from_status.is_terminal and _RANK[to_status] > _RANK[from_status]
+
+
+def _contains(value: Any, needle: str) -> bool:
+    """Whether a key or a scalar of `value`, at any depth, contains `needle` (lowercase): the
+    search of list_jobs as sql/queries/jobs.sql does it (strings as their text, other scalars as
+    JSON writes them, null never)."""
+    if isinstance(value, dict):
+        return any(needle in k.lower() or _contains(v, needle) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains(v, needle) for v in value)
+    if value is None:
+        return False
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return needle in text.lower()
 
 
 @dataclass
@@ -158,7 +174,13 @@ class MemoryJobStore:
         return row.job() if row else None
 
     async def list_jobs(
-        self, *, provider: str | None, status: str | None, limit: int, before_id: str | None
+        self,
+        *,
+        provider: str | None,
+        status: str | None,
+        limit: int,
+        before_id: str | None,
+        search: str | None = None,
     ) -> tuple[list[Job], str | None]:
         rows = sorted(self._jobs.values(), key=lambda r: r.id, reverse=True)
         rows = [
@@ -166,6 +188,8 @@ class MemoryJobStore:
             if (provider is None or r.request.provider == provider)
             and (status is None or r.status == status)
             and (before_id is None or r.id < before_id)
+            and (search is None or r.id == search
+                 or _contains(r.request.metadata, search.lower()))
         ]  # fmt: skip
         jobs = [r.job() for r in rows[:limit]]
         return jobs, jobs[-1].id if len(rows) > limit else None

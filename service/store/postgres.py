@@ -37,6 +37,11 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
+def escape_like(text: str) -> str:
+    """`text` matched literally inside a LIKE pattern (backslash is LIKE's escape)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def job_from_row(row: asyncpg.Record) -> Job:
     """The API's job object from a `jobs` row (or a row that expands one)."""
     outputs = row["outputs"] or []
@@ -179,9 +184,18 @@ class PostgresJobStore:
         return job_from_row(row) if row else None
 
     async def list_jobs(
-        self, *, provider: str | None, status: str | None, limit: int, before_id: str | None
+        self,
+        *,
+        provider: str | None,
+        status: str | None,
+        limit: int,
+        before_id: str | None,
+        search: str | None = None,
     ) -> tuple[list[Job], str | None]:
-        rows = await self.db.fetch("list_jobs", provider, status, before_id, limit + 1)
+        pattern = None if search is None else f"%{escape_like(search)}%"
+        rows = await self.db.fetch(
+            "list_jobs", provider, status, before_id, limit + 1, search, pattern
+        )
         jobs = [job_from_row(row) for row in rows[:limit]]
         return jobs, jobs[-1].id if len(rows) > limit else None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ from service.web.jobs_api import JobsApi
 from service.web.middleware import error_middleware, request_context_middleware, token_middleware
 from service.web.ops_api import OpsApi
 from service.web.outputs_api import OutputsApi
+from service.web.page_api import PageApi
 from service.web.stream_api import StreamApi
 from service.webhooks.delivery import WebhookDeliverer
 from service.workers.runner import JobRunner
@@ -213,12 +214,22 @@ def _add_routes(app: web.Application, parts: _Parts) -> None:
     app.add_routes(AuditApi(parts.audit, public_key=public_key).routes())
     app.add_routes(OutputsApi(parts.archive, parts.storage).routes())
     app.add_routes(OpsApi(parts.database, archive=parts.archive).routes())
+    app.add_routes(PageApi().routes())
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _end_streams(hub: EventHub) -> Callable[[web.Application], Awaitable[None]]:
+    """At shutdown, before the server waits for open requests: streams end (EventHub.end_streams)."""
+
+    async def end_streams(_app: web.Application) -> None:
+        hub.end_streams()
+
+    return end_streams
 
 
 def _lifetime(parts: _Parts) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -288,6 +299,7 @@ def create_app(
     if parts.archiver is not None:
         app[ARCHIVER_KEY] = parts.archiver
     _add_routes(app, parts)
+    app.on_shutdown.append(_end_streams(parts.hub))
     app.cleanup_ctx.append(_lifetime(parts))
     return app
 

@@ -26,6 +26,8 @@ from service.web.middleware import json_response
 JOB_ID_PATTERN = re.compile(r"^job_[0-9A-HJKMNP-TV-Z]{26}$")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
+MAX_SEARCH_LENGTH = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _job_body(job: Job) -> dict[str, Any]:
@@ -36,6 +38,19 @@ def _query_error(name: str, msg: str) -> ValidationFailed:
     return ValidationFailed(
         f"invalid query parameter {name!r}", details=[{"loc": ["query", name], "msg": msg}]
     )
+
+
+def _search_text(q: str | None) -> str | None:
+    """`q` of the job list: a job id, or text to find in the jobs' metadata (JobStore.list_jobs).
+    Bounded, since each search reads every job's metadata; no control characters (PostgreSQL's
+    text cannot hold NUL)."""
+    if q is None:
+        return None
+    if len(q) > MAX_SEARCH_LENGTH:
+        raise _query_error("q", f"must be at most {MAX_SEARCH_LENGTH} characters")
+    if _CONTROL.search(q):
+        raise _query_error("q", "must not contain control characters")
+    return q
 
 
 def encode_cursor(job_id: str) -> str:
@@ -139,8 +154,9 @@ class JobsApi:
                 raise _query_error("limit", f"must be between 1 and {MAX_PAGE_SIZE}")
         before = decode_cursor(params["cursor"]) if params.get("cursor") else None
         jobs, last_id = await self.store.list_jobs(
-            provider=provider, status=status, limit=limit, before_id=before
-        )
+            provider=provider, status=status, limit=limit, before_id=before,
+            search=_search_text(params.get("q") or None),
+        )  # fmt: skip
         page = JobList(jobs=jobs, next_cursor=encode_cursor(last_id) if last_id else None)
         return json_response(page.model_dump(mode="json"))
 

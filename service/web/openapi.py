@@ -46,7 +46,10 @@ def _jobs_paths() -> dict[str, Any]:
         _query("status", {"type": "string"}),
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
         _query("cursor", {"type": "string"}),
-    ]
+        {**_query("q", {"type": "string", "maxLength": 200}),
+         "description": "a job id, or text that a key or a scalar value of the job's metadata "
+                        "contains (case-insensitive, at any depth)"},
+    ]  # fmt: skip
     return {
         "/v1/jobs": {
             "post": {

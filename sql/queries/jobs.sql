@@ -9,10 +9,22 @@ SELECT * FROM jobs WHERE id = $1;
 
 -- name: list_jobs
 -- Newest first; job ids sort by creation time, so the cursor is the last id returned.
+-- $5 (the search) finds the job with that id, or jobs whose metadata has a key or a scalar
+-- value (at any depth) containing it, case-insensitively: $6 is $5 as an escaped ILIKE
+-- pattern. Scalars are compared as their text (strings unquoted, numbers and booleans as JSON
+-- writes them), so a search never matches JSON punctuation; no index: operators' searches.
 SELECT * FROM jobs
 WHERE ($1::text IS NULL OR provider = $1)
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR id < $3)
+  AND ($5::text IS NULL OR id = $5 OR EXISTS (
+        SELECT 1 FROM jsonb_path_query(metadata, 'strict $.**') AS node(value)
+        WHERE CASE jsonb_typeof(node.value)
+                WHEN 'object' THEN EXISTS (
+                  SELECT 1 FROM jsonb_object_keys(node.value) AS key WHERE key ILIKE $6)
+                WHEN 'array' THEN false
+                ELSE node.value #>> '{}' ILIKE $6
+              END))
 ORDER BY id DESC
 LIMIT $4;
 

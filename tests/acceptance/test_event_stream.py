@@ -234,3 +234,18 @@ async def test_a_stream_is_correct_while_two_instances_do_the_work(
         assert ids == sorted(set(ids))
     finally:
         await b.server.close()
+
+
+async def test_an_open_stream_ends_when_the_server_shuts_down(database_url: str) -> None:
+    """The server waits for open requests when it stops: a stream (the operator page keeps one
+    open) must end at once rather than hold the shutdown until its timeout (60 s)."""
+    async with (
+        running_stack(database_url) as stack,
+        stack.http.stream("GET", "/v1/events/stream") as response,
+    ):
+        assert response.status_code == 200
+        await stack.hub_has_subscriber()
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(stack.service.server.close(), 10)
+        assert [line async for line in response.aiter_lines()] == ["retry: 1000", ""]
+        assert asyncio.get_running_loop().time() - started < 5

@@ -221,6 +221,10 @@ async def test_the_wheel_migrates_and_serves_a_job(
                 await asyncio.sleep(0.2)
             assert job["status"] == "succeeded", job
             assert job["outputs"], job
+            # the operator page's files are package data: they must be in the wheel
+            for path, marker in (("/", "<html"), ("/page/page.js", "sessionStorage")):
+                page = await http.get(path)
+                assert page.status_code == 200 and marker in page.text, (path, page.text)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

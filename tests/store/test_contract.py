@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -186,6 +187,37 @@ async def test_jobs_are_listed_newest_first_with_a_cursor(store: JobStore) -> No
     assert [j.id for j in page] == ids[::-1][:2] and cursor == ids[1]
     rest, end = await store.list_jobs(provider=None, status="accepted", limit=2, before_id=cursor)
     assert [j.id for j in rest] == [ids[0]] and end is None
+
+
+async def test_jobs_are_found_by_id_or_by_text_in_their_metadata(store: JobStore) -> None:
+    def with_metadata(metadata: dict[str, Any]) -> JobCreate:
+        return create().model_copy(update={"metadata": metadata})
+
+    a = await store.create_job(with_metadata({"order": "A-17"}), idempotency_key=None)
+    b = await store.create_job(
+        with_metadata({"customer": {"name": "Ada", "tags": ["vip", 100_5]}, "rush": True}),
+        idempotency_key=None,
+    )
+    c = await store.create_job(with_metadata({"note": "50%_off \\ x"}), idempotency_key=None)
+    await store.create_job(create(), idempotency_key=None)  # no metadata: found by id only
+
+    async def found(search: str, **filters: Any) -> set[str]:
+        query = {"provider": None, "status": None, **filters}
+        jobs, _ = await store.list_jobs(limit=10, before_id=None, search=search, **query)
+        return {job.id for job in jobs}
+
+    assert await found(a.job.id) == {a.job.id}
+    assert await found("a-1") == {a.job.id}  # part of a value, any case
+    assert await found("ORDER") == {a.job.id}  # a key
+    assert await found("ada") == await found("VIP") == await found("1005") == {b.job.id}
+    assert await found("true") == {b.job.id}  # a boolean as JSON writes it
+    assert await found("customer") == {b.job.id}  # a key holding an object
+    # LIKE's wildcards and escape are plain text; JSON punctuation and quotes are not content
+    assert await found("%_off \\") == {c.job.id}
+    assert await found("_") == {c.job.id} and await found("%") == {c.job.id}
+    assert await found('"') == await found("A-17}") == await found(": ") == set()
+    assert await found("a-17", provider="fal") == set()  # filters still apply
+    assert await found("a-17", status="accepted") == {a.job.id}
 
 
 async def test_completion_times_of_recent_successes(store: JobStore) -> None:
