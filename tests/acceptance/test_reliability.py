@@ -147,7 +147,8 @@ async def test_stale_poll_news_never_moves_a_job_back(stack: Stack) -> None:
         result = await store.apply_observation(job["id"], Observation(stale), source="poll")
         assert not result.applied
     assert (await stack.job(job["id"]))["status"] == "succeeded"
-    assert await stack.events(job["id"]) == _events
+    # The same events (ids), none added; their seals may have been filled in meanwhile.
+    assert [e["id"] for e in await stack.events(job["id"])] == [e["id"] for e in _events]
 
 
 @pytest.mark.parametrize("provider", ["krea", "fal", "scenario"])
