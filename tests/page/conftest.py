@@ -70,6 +70,8 @@ class RecordedPage:
         self.closed = True
         ARTIFACTS.mkdir(exist_ok=True)
         await self.page.screenshot(path=self.screenshot, full_page=True)
+        # a test's route handler may be mid-request: its failure would land in a later test
+        await self.page.unroute_all(behavior="ignoreErrors")
         await self.page.context.close()
 
 
