@@ -56,24 +56,35 @@ class RecordedPage:
     """A page and everything it did: its requests and its uncaught script errors."""
 
     page: Page
+    screenshot: Path
     requests: list[Request] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    closed: bool = False
+
+    async def close(self) -> None:
+        """Screenshot, then close, once. A server the page uses calls this before it stops:
+        the page keeps reading (its stream, its timers), and a request cut by a stopped
+        server would fail the test after its end."""
+        if self.closed:
+            return
+        self.closed = True
+        ARTIFACTS.mkdir(exist_ok=True)
+        await self.page.screenshot(path=self.screenshot, full_page=True)
+        # a test's route handler may be mid-request: its failure would land in a later test
+        await self.page.unroute_all(behavior="ignoreErrors")
+        await self.page.context.close()
 
 
 @pytest.fixture
 async def browsing(browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[RecordedPage]:
     context = await browser.new_context(viewport={"width": 1400, "height": 900})
     page = await context.new_page()
-    recorded = RecordedPage(page)
+    recorded = RecordedPage(page, screenshot=ARTIFACTS / f"{request.node.name}.png")
     # a lambda: Playwright cannot register a bound builtin (list.append) as a handler
     page.on("request", lambda request: recorded.requests.append(request))
     page.on("pageerror", lambda error: recorded.errors.append(str(error)))
-    try:
-        yield recorded
-    finally:
-        ARTIFACTS.mkdir(exist_ok=True)
-        await page.screenshot(path=ARTIFACTS / f"{request.node.name}.png", full_page=True)
-        await context.close()
+    yield recorded
+    await recorded.close()
     assert not recorded.errors, recorded.errors
 
 
@@ -85,10 +96,11 @@ def locked_settings(**overrides: object) -> Settings:
 
 
 @pytest.fixture
-async def locked_service(database_url: str) -> AsyncIterator[Service]:
+async def locked_service(database_url: str, browsing: RecordedPage) -> AsyncIterator[Service]:
     db = await Database.open(database_url, min_size=1, max_size=5)
     svc = await start_service(locked_settings(), db)
     yield svc
+    await browsing.close()  # before the server it reads from
     await svc.server.close()
 
 

@@ -11,6 +11,7 @@ import pytest
 from playwright.async_api import Dialog, Route, expect
 
 from simulators import SimulatorConfig
+from simulators.images import solid_png
 from tests.acceptance.stack import Stack, running_stack
 from tests.conftest import Service
 from tests.page.conftest import TOKEN, RecordedPage
@@ -21,7 +22,7 @@ LIVE = {"submitted", "queued", "running"}
 
 
 @pytest.fixture
-async def slow_stack(database_url: str) -> AsyncIterator[Stack]:
+async def slow_stack(database_url: str, browsing: RecordedPage) -> AsyncIterator[Stack]:
     """Jobs that stay queued for a minute unless canceled; /v1/* behind TOKEN."""
     async with running_stack(
         database_url,
@@ -30,6 +31,7 @@ async def slow_stack(database_url: str) -> AsyncIterator[Stack]:
     ) as stack:
         stack.http.headers["Authorization"] = f"Bearer {TOKEN}"
         yield stack
+        await browsing.close()  # before the stack it reads from
 
 
 async def timeline_types(browsing: RecordedPage) -> list[str]:
@@ -147,3 +149,44 @@ async def test_cancel_of_a_job_that_just_finished_says_so(
     )
     await expect(page.locator("#job-status")).to_have_text("canceled")
     await expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
+
+
+async def test_archived_outputs_are_fetched_with_the_token_and_shown(
+    browsing: RecordedPage, locked_service: Service, api: httpx.AsyncClient
+) -> None:
+    """Thumbnails come from `archived_url` with the token in a header, shown from a blob: URL;
+    an output not archived yet links to the provider. The job's outputs are given to the page
+    here (archiving itself is another part's, tested there)."""
+    page = browsing.page
+    job_id = await create_job(api, "fal")
+    outputs = [
+        {"url": "https://provider.example/a.png", "content_type": "image/png", "width": 32,
+         "height": 16, "sha256": "ab" * 32, "bytes": 99, "archived_url": f"/v1/jobs/{job_id}/outputs/0"},
+        {"url": "https://provider.example/b.png", "content_type": "image/png", "width": 32,
+         "height": 16, "sha256": None, "bytes": None, "archived_url": None},
+    ]  # fmt: skip
+    image_requests: list[str | None] = []
+
+    async def job_with_outputs(route: Route) -> None:
+        response = await route.fetch()
+        await route.fulfill(response=response, json={**await response.json(), "outputs": outputs})
+
+    async def archived_image(route: Route) -> None:
+        image_requests.append(await route.request.header_value("authorization"))
+        await route.fulfill(status=200, content_type="image/png", body=solid_png(32, 16))
+
+    await page.route(f"**/v1/jobs/{job_id}", job_with_outputs)
+    await page.route(f"**/v1/jobs/{job_id}/outputs/0", archived_image)
+    await sign_in(page, f"{locked_service.url}/#{job_id}")
+
+    figures = page.locator("#outputs figure")
+    await expect(figures).to_have_count(2)
+    image = figures.nth(0).get_by_role("img", name=f"Output 1 of {job_id}")
+    await expect(image).to_have_js_property("naturalWidth", 32)
+    assert (await image.get_attribute("src") or "").startswith("blob:")
+    assert image_requests == [f"Bearer {TOKEN}"]
+    await expect(figures.nth(0)).to_contain_text(f"sha256 {'ab' * 6}")
+    await expect(figures.nth(1)).to_contain_text("not archived yet")
+    link = figures.nth(1).get_by_role("link", name="provider's URL")
+    await expect(link).to_have_attribute("href", "https://provider.example/b.png")
+    await expect(figures.nth(1).locator("img")).to_have_count(0)

@@ -112,4 +112,5 @@ async def test_without_api_tokens_the_page_needs_none(
         await expect(browsing.page.locator("#token-panel")).to_be_hidden()
         await expect(browsing.page.get_by_role("button", name="Forget token")).to_be_hidden()
     finally:
+        await browsing.close()  # before the server it reads from
         await svc.server.close()

@@ -106,3 +106,4 @@ async def test_readme_screenshot(browsing: RecordedPage, database_url: str, rece
         path = Path(os.environ.get("README_SCREENSHOT") or ARTIFACTS / "operator-page.png")
         (REPO / path).parent.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=REPO / path)
+        await browsing.close()  # before the stack it reads from

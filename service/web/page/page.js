@@ -224,7 +224,8 @@ function renderOutputs(current, job) {
     const caption = el("figcaption", {}, `Output ${index + 1}${facts ? ` (${facts})` : ""}`);
     if (output.sha256) caption.append(el("br"), el("code", { title: output.sha256 }, `sha256 ${shortHash(output.sha256)}`));
     const figure = el("figure", { class: "output" });
-    if (output.archived_url) {
+    // Only this service's own paths are fetched: the token must go nowhere else.
+    if (output.archived_url && output.archived_url.startsWith("/v1/")) {
       const img = el("img", { alt: `Output ${index + 1} of ${job.id}` });
       figure.append(img);
       quietly(showImage(current, img, output.archived_url));
