@@ -76,8 +76,10 @@ async def archive_settled(stack: Stack, job_id: str, *, within_s: float = 20.0) 
     async def settled() -> dict[str, Any]:
         async with stack.watcher.changed:
             while True:
-                job = await stack.job(job_id)
+                # Events first: the job read after them holds at least what they record (each
+                # archive event commits with its output's fields).
                 done = [e for e in await stack.events(job_id) if e["type"] in ARCHIVE_EVENTS]
+                job = await stack.job(job_id)
                 if job["status"] == "succeeded" and len(done) >= len(job["outputs"]):
                     return job
                 await stack.watcher.changed.wait()
