@@ -21,6 +21,7 @@ from simulators import RunningSimulators, SimulatorConfig, start_simulators
 from tests.conftest import Service, start_service
 
 TERMINAL = {"succeeded", "failed", "canceled"}
+ARCHIVE_EVENTS = ("output_archived", "output_archive_failed")
 
 # Quick polling so Scenario tests take a fraction of a second; webhook providers keep a long
 # grace period so their terminal news can only come by webhook unless a test says otherwise.
@@ -94,6 +95,23 @@ class Stack:
                     await self.watcher.changed.wait()
 
         return await asyncio.wait_for(reached(), within_s)
+
+    async def outputs_settled(self, job_id: str, *, within_s: float = 20.0) -> dict[str, Any]:
+        """The job once each of its outputs has its archive event (archived or failed); waits
+        on the log's commits (NOTIFY), not on a clock."""
+
+        async def settled() -> dict[str, Any]:
+            async with self.watcher.changed:
+                while True:
+                    # Events first: the job read after them holds at least what they record
+                    # (each archive event commits with its output's fields).
+                    done = [e for e in await self.events(job_id) if e["type"] in ARCHIVE_EVENTS]
+                    job = await self.job(job_id)
+                    if job["status"] == "succeeded" and len(done) >= len(job["outputs"]):
+                        return job
+                    await self.watcher.changed.wait()
+
+        return await asyncio.wait_for(settled(), within_s)
 
     async def hub_has_subscriber(self) -> None:
         """Returns once a stream on this instance has subscribed to the live events."""

@@ -70,21 +70,7 @@ async def archiving_stack(
 
 
 async def archive_settled(stack: Stack, job_id: str, *, within_s: float = 20.0) -> dict[str, Any]:
-    """The job once each of its outputs has its archive event (archived or failed); waits on
-    the log's commits (NOTIFY), not on a clock."""
-
-    async def settled() -> dict[str, Any]:
-        async with stack.watcher.changed:
-            while True:
-                # Events first: the job read after them holds at least what they record (each
-                # archive event commits with its output's fields).
-                done = [e for e in await stack.events(job_id) if e["type"] in ARCHIVE_EVENTS]
-                job = await stack.job(job_id)
-                if job["status"] == "succeeded" and len(done) >= len(job["outputs"]):
-                    return job
-                await stack.watcher.changed.wait()
-
-    return await asyncio.wait_for(settled(), within_s)
+    return await stack.outputs_settled(job_id, within_s=within_s)
 
 
 async def sim_control(stack: Stack, provider: str, path: str, **body: Any) -> dict[str, Any]:

@@ -45,12 +45,16 @@ async def receiver() -> AsyncIterator[str]:
     await server.close()
 
 
-async def test_readme_screenshot(browsing: RecordedPage, database_url: str, receiver: str) -> None:
+async def test_readme_screenshot(
+    browsing: RecordedPage, database_url: str, receiver: str, tmp_path: Path
+) -> None:
     page = browsing.page
     async with running_stack(
         database_url,
         sim_config=SimulatorConfig(queue_seconds=0.05, run_seconds=0.1),
         settings={
+            "output_store_url": f"file://{tmp_path / 'outputs'}",
+            "output_fetch_allow_private": True,  # the simulators listen on 127.0.0.1
             "api_tokens": (TOKEN,),
             "client_webhook_secret": SECRET,
             "client_webhook_retry_schedule": (0.05,),
@@ -74,21 +78,21 @@ async def test_readme_screenshot(browsing: RecordedPage, database_url: str, rece
             "fal", "fal-ai/flux/krea", {**PROMPT, "num_images": 2},
             webhook_url=receiver, metadata={"order": "A-17", "customer": "Ada"},
         )  # fmt: skip
-        job = await stack.wait_for(shown["id"])
+        await stack.wait_for(shown["id"])
+        job = await stack.outputs_settled(shown["id"])
         assert job["status"] == "succeeded" and len(job["outputs"]) == 2
+        assert all(output["archived_url"] for output in job["outputs"])
 
         await sign_in(page, f"{stack.service.url}/#{job['id']}")
         await expect(page.locator("#jobs-table tbody tr")).to_have_count(5)
         await expect(page.locator("#job-status")).to_have_text("succeeded")
         figures = page.locator("#outputs figure")
         await expect(figures).to_have_count(2)
-        for n in range(2):  # the archived image, or the provider's link until archiving lands
-            archived = bool(job["outputs"][n].get("archived_url"))
-            shows = figures.nth(n).locator("img") if archived else figures.nth(n)
-            if archived:
-                await expect(shows).to_have_js_property("complete", True)
-            else:
-                await expect(shows).to_contain_text("not archived yet")
+        for n in range(2):  # the archived images, fetched with the token, decoded
+            image = figures.nth(n).locator("img")
+            await expect(image).to_have_js_property("complete", True)
+            assert await image.evaluate("img => img.naturalWidth") == job["outputs"][n]["width"]
+            assert (await image.get_attribute("src") or "").startswith("blob:")
         # every status change delivered on its second try (the page reads them again while
         # some are pending), both tries listed
         sent = (await stack.http.get(f"/v1/jobs/{job['id']}/webhooks")).json()["deliveries"]
@@ -100,7 +104,7 @@ async def test_readme_screenshot(browsing: RecordedPage, database_url: str, rece
         audit = page.locator("#audit")  # sealed a moment after commit; the page re-checks
         await expect(audit).to_have_attribute("data-status", "verified", timeout=15_000)
         await expect(page.locator("#timeline li").last).to_have_attribute(
-            "data-type", "status_changed"
+            "data-type", "output_archived"
         )
 
         path = Path(os.environ.get("README_SCREENSHOT") or ARTIFACTS / "operator-page.png")
