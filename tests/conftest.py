@@ -123,6 +123,19 @@ async def database_url(pg_server_dsn: str, template_database: str) -> AsyncItera
 
 
 @pytest.fixture
+async def empty_database(pg_server_dsn: str) -> AsyncIterator[str]:
+    """A database of its own with nothing in it (not migrated)."""
+    name = f"imagejobs_empty_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield dsn_with_database(pg_server_dsn, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
 async def database(database_url: str) -> AsyncIterator[Database]:
     db = await Database.open(database_url, min_size=1, max_size=5)
     yield db

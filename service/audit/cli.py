@@ -8,6 +8,7 @@ import sys
 from service.audit.signing import CheckpointSigner, new_signing_key
 from service.audit.verify import verify_all
 from service.db.database import Database
+from service.errors import DatabaseUnavailable
 from service.store.audit import AuditLog
 
 
@@ -23,11 +24,21 @@ def _kept_checkpoints(values: list[str]) -> dict[int, str]:
 
 async def verify(dsn: str, args: argparse.Namespace) -> int:
     kept = _kept_checkpoints(args.checkpoint)
-    db = await Database.open(dsn, min_size=1, max_size=2)
     try:
-        report = await verify_all(
-            AuditLog(db), job_id=args.job, kept=kept, public_key=args.public_key
-        )
+        db = await Database.open(dsn, min_size=1, max_size=2)
+    except DatabaseUnavailable:
+        print("audit: cannot reach the database (DATABASE_URL)", file=sys.stderr)
+        return 2
+    try:
+        log = AuditLog(db)
+        if not await log.exists():
+            print(
+                "audit: this database holds no job log (not migrated: `python -m service "
+                "migrate`, or DATABASE_URL names another database)",
+                file=sys.stderr,
+            )
+            return 2
+        report = await verify_all(log, job_id=args.job, kept=kept, public_key=args.public_key)
     finally:
         await db.close()
     scope = f"job {args.job}" if args.job else "the whole log"

@@ -103,6 +103,10 @@ class AuditLog:
             await conn.execute(query("audit_notify_sealed"), str(events[-1].id))
             return len(events)
 
+    async def exists(self) -> bool:
+        """Whether this database holds the log and its chain (it was migrated)."""
+        return bool(await self.db.fetchval("audit_tables_exist"))
+
     async def last_sealed_event_id(self) -> int:
         return int(await self.db.fetchval("audit_last_sealed_event_id"))
 

@@ -91,3 +91,6 @@ SELECT pg_try_advisory_xact_lock(7428061944);
 
 -- name: audit_async_commit
 SET LOCAL synchronous_commit = off;
+
+-- name: audit_tables_exist
+SELECT to_regclass('jobs') IS NOT NULL AND to_regclass('event_seals') IS NOT NULL;

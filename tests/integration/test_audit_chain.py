@@ -125,6 +125,12 @@ async def test_an_untouched_log_verifies_and_the_command_says_so(log: Log) -> No
     assert "1 jobs, 5 events" in out
 
 
+async def test_verifying_a_database_without_the_log_says_so(empty_database: str) -> None:
+    code, out = await run_verify(empty_database)
+    assert code == 2
+    assert "holds no job log" in out and "Traceback" not in out
+
+
 async def test_each_event_is_sealed_once_chained_to_its_predecessor(log: Log) -> None:
     await log.seal_and_checkpoint()
     for job_id in log.jobs:

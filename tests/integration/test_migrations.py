@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import service.db.migrations as migrations_module
 from service.db.embedded import bundled_binary
 from service.db.migrations import Migration, MigrationError, apply_migrations, load_migrations
 from service.db.sql_files import SqlFilesError, sql_dir
-from tests.conftest import dsn_with_database
 
 
 def schema_dump(dsn: str) -> str:
@@ -32,18 +30,6 @@ def schema_dump(dsn: str) -> str:
         if line.strip() and not line.startswith("--") and not re.match(r"\\(un)?restrict ", line)
     ]
     return "\n".join(lines)
-
-
-@pytest.fixture
-async def empty_database(pg_server_dsn: str):
-    name = f"imagejobs_empty_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(pg_server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield dsn_with_database(pg_server_dsn, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_migrations_give_the_schema_file(database_url: str, empty_database: str) -> None:
