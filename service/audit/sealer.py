@@ -47,9 +47,14 @@ class Sealer:
         backoff = 0.5
         while True:
             try:
-                await self.run_once()
+                sealed = await self.run_once()
                 backoff = 0.5
-                await self._sleep(self.safety_poll_s)
+                if sealed is None:
+                    # Another instance seals: stand by, looking once per safety poll (to take
+                    # over if it stops) instead of competing for the lock at every commit.
+                    await asyncio.sleep(self.safety_poll_s)
+                else:
+                    await self._sleep(self.safety_poll_s)
             except DatabaseUnavailable:
                 self._log.warning("sealer_database_unavailable", retry_in_s=backoff)
                 await self._sleep(backoff)
@@ -59,14 +64,16 @@ class Sealer:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    async def run_once(self) -> int:
+    async def run_once(self) -> int | None:
         """Seals everything committed so far, then checkpoints if one is due; returns how
-        many events this call sealed."""
+        many events this call sealed (None: another instance holds the sealer's lock)."""
         self._wake.clear()
         total = 0
         while True:
             sealed = await self.log.seal(limit=self.batch)
-            if not sealed:  # None: another instance seals; 0: nothing left
+            if sealed is None and total == 0:
+                return None
+            if not sealed:  # None: another instance took over; 0: nothing left
                 break
             total += sealed
             AUDIT_EVENTS_SEALED.inc(sealed)
