@@ -402,11 +402,16 @@ $$;
 
 -- Observed completion times (submission to success) of one provider's model over the last day:
 -- the base of how long to wait for its webhook before checking by poll.
-CREATE FUNCTION completion_seconds_p95(p_provider text, p_model text, OUT samples bigint, OUT p95 double precision)
+CREATE FUNCTION completion_seconds(
+    p_provider text, p_model text,
+    OUT samples bigint, OUT p10 double precision, OUT p95 double precision
+)
 LANGUAGE sql STABLE AS $$
-    SELECT count(*), percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - submitted_at))
+    SELECT count(*),
+           percentile_cont(0.10) WITHIN GROUP (ORDER BY seconds),
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds)
     FROM (
-        SELECT completed_at, submitted_at FROM jobs
+        SELECT extract(epoch FROM completed_at - submitted_at) AS seconds FROM jobs
         WHERE provider = p_provider AND model = p_model AND status = 'succeeded'
           AND submitted_at IS NOT NULL AND completed_at > now() - interval '1 day'
         ORDER BY completed_at DESC

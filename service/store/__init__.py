@@ -3,6 +3,7 @@
 from service.store.base import (
     ApplyResult,
     CancelResult,
+    CompletionTimes,
     CreateResult,
     JobStore,
     Schedule,
@@ -13,6 +14,7 @@ from service.store.base import (
 __all__ = [
     "ApplyResult",
     "CancelResult",
+    "CompletionTimes",
     "CreateResult",
     "JobStore",
     "Schedule",

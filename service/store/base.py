@@ -65,6 +65,16 @@ class CancelResult:
 
 
 @dataclass(frozen=True)
+class CompletionTimes:
+    """A model's recent successes: how many, and their submission-to-completion seconds at
+    the 10th and 95th percentiles (None without any)."""
+
+    samples: int
+    p10_s: float | None
+    p95_s: float | None
+
+
+@dataclass(frozen=True)
 class Schedule:
     """A worker's part in a change: its lease on the job is released, and the job's next
     action is set (None keeps it; a terminal status clears it)."""
@@ -144,9 +154,9 @@ class JobStore(Protocol):
 
     async def next_due_at(self) -> datetime | None: ...
 
-    async def completion_p95(self, provider: str, model: str) -> tuple[int, float | None]:
-        """How many successes of the model the last day saw, and the p95 of their submission
-        to completion time in seconds."""
+    async def completion_times(self, provider: str, model: str) -> CompletionTimes:
+        """How many successes of the model the last day saw, and the p10 and p95 of their
+        submission to completion times."""
 
     async def begin_submission(self, job_id: str, *, owner: str, token_hash: str) -> str:
         """Marks the submission started (committed before anything is sent): 'go', 'canceled'

@@ -18,6 +18,7 @@ from service.providers.base import JobRecord, Observation
 from service.store.base import (
     ApplyResult,
     CancelResult,
+    CompletionTimes,
     CreateResult,
     Schedule,
     new_job_id,
@@ -287,7 +288,7 @@ class MemoryJobStore:
         times = [r.next_action_at for r in self._jobs.values() if r.next_action_at is not None]
         return min(times, default=None)
 
-    async def completion_p95(self, provider: str, model: str) -> tuple[int, float | None]:
+    async def completion_times(self, provider: str, model: str) -> CompletionTimes:
         since = self.now() - timedelta(days=1)
         durations = sorted(
             (r.completed_at - r.submitted_at).total_seconds()
@@ -296,7 +297,9 @@ class MemoryJobStore:
             and r.status is JobStatus.SUCCEEDED and r.submitted_at and r.completed_at
             and r.completed_at > since
         )  # fmt: skip
-        return len(durations), _percentile(durations, 0.95)
+        return CompletionTimes(
+            len(durations), _percentile(durations, 0.10), _percentile(durations, 0.95)
+        )
 
     async def begin_submission(self, job_id: str, *, owner: str, token_hash: str) -> str:
         row = self._leased(job_id, owner)

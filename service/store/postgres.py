@@ -26,6 +26,7 @@ from service.providers.base import JobRecord, Observation
 from service.store.base import (
     ApplyResult,
     CancelResult,
+    CompletionTimes,
     CreateResult,
     Schedule,
     new_job_id,
@@ -283,10 +284,10 @@ class PostgresJobStore:
         value: datetime | None = await self.db.fetchval("next_due_at")
         return value
 
-    async def completion_p95(self, provider: str, model: str) -> tuple[int, float | None]:
-        row = await self.db.fetchrow("completion_seconds_p95", provider, model)
+    async def completion_times(self, provider: str, model: str) -> CompletionTimes:
+        row = await self.db.fetchrow("completion_seconds", provider, model)
         assert row is not None
-        return int(row["samples"]), row["p95"]
+        return CompletionTimes(int(row["samples"]), row["p10"], row["p95"])
 
     async def begin_submission(self, job_id: str, *, owner: str, token_hash: str) -> str:
         return await self._begins.submit(_Begin(job_id, owner, token_hash))

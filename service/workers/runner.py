@@ -40,10 +40,15 @@ from service.providers.base import (
     ProviderRateLimited,
     state_json,
 )
-from service.store import JobStore, Schedule
+from service.store import CompletionTimes, JobStore, Schedule
 from service.workers.claim_loop import ClaimLoop
 from service.workers.decide import Action, decide
-from service.workers.schedule import DEFAULT_TIMINGS, GraceRule, ProviderTiming
+from service.workers.schedule import (
+    DEFAULT_TIMINGS,
+    CompletionWindow,
+    GraceRule,
+    ProviderTiming,
+)
 from service.workers.unknown import Judgement, judge, submission_window
 
 #: When an effect left the job due next (None: not due, e.g. terminal).
@@ -91,8 +96,8 @@ class JobRunner(ClaimLoop[JobRecord]):
         self._limits = {name: asyncio.Semaphore(concurrency_per_provider) for name in adapters}
         self.grace_rule = grace_rule or GraceRule()
         self.grace_refresh_s = grace_refresh_s
-        # (provider, model) -> (completions seen, their p95 in s, loop time read)
-        self._observed: dict[tuple[str, str], tuple[int, float | None, float]] = {}
+        # (provider, model) -> (its recent completion times, loop time they were read)
+        self._observed: dict[tuple[str, str], tuple[CompletionTimes, float]] = {}
 
     async def claim(self) -> list[JobRecord]:
         jobs = await self.store.claim_due(
@@ -161,23 +166,49 @@ class JobRunner(ClaimLoop[JobRecord]):
             when = min(when, job.deadline_at)
         return when
 
-    async def _observed_wait_s(self, job: JobRecord, *, default_s: float) -> float:
-        """How long news of this job may take, from its model's observed completion times
-        (GraceRule); `default_s` until there is enough history. Cached per model."""
+    async def _completion_times(self, job: JobRecord) -> CompletionTimes:
+        """The model's observed completion times, read at most every `grace_refresh_s`."""
         key = (job.provider, job.model)
         cached = self._observed.get(key)
         loop_now = asyncio.get_running_loop().time()
-        if cached is None or loop_now - cached[2] > self.grace_refresh_s:
-            samples, p95 = await self.store.completion_p95(job.provider, job.model)
-            cached = (samples, p95, loop_now)
+        if cached is None or loop_now - cached[1] > self.grace_refresh_s:
+            cached = (await self.store.completion_times(job.provider, job.model), loop_now)
             self._observed[key] = cached
-        return self.grace_rule.grace(samples=cached[0], p95_s=cached[1], default_s=default_s)
+        return cached[0]
+
+    async def _observed_wait_s(self, job: JobRecord, *, default_s: float) -> float:
+        """How long news of this job may take, from its model's observed completion times
+        (GraceRule); `default_s` until there is enough history."""
+        times = await self._completion_times(job)
+        return self.grace_rule.grace(samples=times.samples, p95_s=times.p95_s, default_s=default_s)
+
+    async def _poll_delay_s(self, job: JobRecord, timing: ProviderTiming, checks: int) -> float:
+        """The next status request of a job. A polled provider's (Scenario's) lands in its
+        model's completion window (CompletionWindow) once the model has history; otherwise,
+        and for webhook providers, the policy's backoff."""
+        backoff = timing.poll.delay(checks)
+        if timing.webhook_grace_s is not None or job.submitted_at is None:
+            return backoff
+        window = await self._window(job)
+        if window is None:
+            return backoff
+        elapsed = (_now() - job.submitted_at).total_seconds()
+        return window.next_poll_s(elapsed_s=elapsed, backoff_s=backoff, max_s=timing.poll.max_s)
+
+    async def _window(self, job: JobRecord) -> CompletionWindow | None:
+        times = await self._completion_times(job)
+        return self.grace_rule.window(samples=times.samples, p10_s=times.p10_s, p95_s=times.p95_s)
 
     async def _first_check_s(self, job: JobRecord, timing: ProviderTiming) -> float:
-        """Scenario: a quick first poll. Webhook providers: the grace their webhook gets, from
-        the model's observed completion times."""
+        """Scenario: a quick first poll, or the start of its model's completion window.
+        Webhook providers: the grace their webhook gets, from the model's observed completion
+        times."""
         if timing.webhook_grace_s is None:
-            return timing.poll.delay(0)
+            first = timing.poll.delay(0)
+            window = await self._window(job)
+            if window is not None:  # the usual first look, or the window if it opens sooner
+                return min(first, window.next_poll_s(elapsed_s=0.0, backoff_s=first, max_s=first))
+            return first
         return await self._observed_wait_s(job, default_s=timing.webhook_grace_s)
 
     @staticmethod
@@ -406,7 +437,7 @@ class JobRunner(ClaimLoop[JobRecord]):
 
     async def _poll(self, job: JobRecord, adapter: ProviderAdapter) -> Next:
         timing = self.timings[job.provider]
-        delay = timing.poll.delay(job.attempts)
+        delay = await self._poll_delay_s(job, timing, job.attempts)
         try:
             PROVIDER_REQUESTS.labels(provider=job.provider, operation="status").inc()
             observation = await adapter.fetch_status(job)

@@ -52,8 +52,8 @@ SELECT record_cancel_sent($1, $2, $3, $4, $5);
 -- name: record_job_event
 SELECT record_job_event($1, $2, $3, $4);
 
--- name: completion_seconds_p95
-SELECT samples, p95 FROM completion_seconds_p95($1, $2);
+-- name: completion_seconds
+SELECT samples, p10, p95 FROM completion_seconds($1, $2);
 
 -- name: apply_observations
 SELECT ord, applied, event_id

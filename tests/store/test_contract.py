@@ -13,7 +13,7 @@ import pytest
 from schemas.jobs import JobCreate, JobError, JobOutput, JobStatus
 from service.db.database import Database
 from service.providers.base import Observation
-from service.store import JobStore, Schedule, new_job_id
+from service.store import CompletionTimes, JobStore, Schedule, new_job_id
 from service.store.memory import MemoryJobStore
 from service.store.postgres import PostgresJobStore
 
@@ -221,11 +221,12 @@ async def test_jobs_are_found_by_id_or_by_text_in_their_metadata(store: JobStore
 
 
 async def test_completion_times_of_recent_successes(store: JobStore) -> None:
-    assert await store.completion_p95("krea", "bfl/flux-1-dev") == (0, None)
+    assert await store.completion_times("krea", "bfl/flux-1-dev") == CompletionTimes(0, None, None)
     job_id = (await store.create_job(create(), idempotency_key=None)).job.id
     await store.apply_observation(
         job_id, Observation(S.SUBMITTED, provider_job_id="p"), source="system"
     )
     await store.apply_observation(job_id, Observation(S.SUCCEEDED), source="webhook")
-    samples, p95 = await store.completion_p95("krea", "bfl/flux-1-dev")
-    assert samples == 1 and p95 is not None and 0 <= p95 < 60
+    times = await store.completion_times("krea", "bfl/flux-1-dev")
+    assert times.samples == 1 and times.p95_s is not None and 0 <= times.p95_s < 60
+    assert times.p10_s is not None and 0 <= times.p10_s <= times.p95_s
