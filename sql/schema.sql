@@ -454,20 +454,26 @@ CREATE TABLE webhook_attempts (
     UNIQUE (delivery_id, attempt)
 );
 
+-- The job's public columns (those the API's job object is built from): the snapshot each
+-- client webhook carries, defined once for the status webhooks and job.outputs_archived
+-- (STABLE: timestamps become text in the session's time zone).
+CREATE FUNCTION job_public_snapshot(j jobs) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', j.id, 'provider', j.provider, 'model', j.model, 'status', j.status,
+        'provider_job_id', j.provider_job_id, 'input', j.input, 'metadata', j.metadata,
+        'webhook_url', j.webhook_url, 'outputs', j.outputs, 'error', j.error,
+        'cancel_requested_at', j.cancel_requested_at, 'created_at', j.created_at,
+        'updated_at', j.updated_at, 'completed_at', j.completed_at)
+$$;
+
 CREATE FUNCTION enqueue_client_webhook() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO webhook_deliveries (job_id, event_id, url, job_snapshot, event_type, event_at,
                                     next_attempt_at)
-    SELECT j.id, NEW.id, j.webhook_url,
-           -- The job's public columns only (those the API's job object is built from).
-           jsonb_build_object(
-               'id', j.id, 'provider', j.provider, 'model', j.model, 'status', j.status,
-               'provider_job_id', j.provider_job_id, 'input', j.input, 'metadata', j.metadata,
-               'webhook_url', j.webhook_url, 'outputs', j.outputs, 'error', j.error,
-               'cancel_requested_at', j.cancel_requested_at, 'created_at', j.created_at,
-               'updated_at', j.updated_at, 'completed_at', j.completed_at),
-           'job.' || NEW.to_status, NEW.created_at, NEW.created_at
+    SELECT j.id, NEW.id, j.webhook_url, job_public_snapshot(j), 'job.' || NEW.to_status,
+           NEW.created_at, NEW.created_at
     FROM jobs j
     WHERE j.id = NEW.job_id AND j.webhook_url IS NOT NULL AND j.webhook_stopped_at IS NULL;
     IF FOUND THEN
@@ -856,13 +862,7 @@ BEGIN
     INSERT INTO webhook_deliveries (job_id, event_id, url, job_snapshot, event_type, event_at,
                                     next_attempt_at)
     VALUES (j.id, ev.id, j.webhook_url,
-            jsonb_build_object(
-                'id', j.id, 'provider', j.provider, 'model', j.model, 'status', j.status,
-                'provider_job_id', j.provider_job_id, 'input', j.input, 'metadata', j.metadata,
-                'webhook_url', j.webhook_url, 'outputs', j.outputs, 'error', j.error,
-                'cancel_requested_at', j.cancel_requested_at, 'created_at', j.created_at,
-                'updated_at', j.updated_at, 'completed_at', j.completed_at),
-            'job.outputs_archived', ev.created_at, ev.created_at);
+            job_public_snapshot(j), 'job.outputs_archived', ev.created_at, ev.created_at);
     PERFORM pg_notify('webhook_deliveries', '');
 END
 $$;
