@@ -385,13 +385,14 @@ DECLARE
     job jobs;
 BEGIN
     SELECT * INTO job FROM jobs WHERE id = p_job_id FOR UPDATE;
-    IF NOT FOUND OR job_status_is_terminal(job.status) THEN
+    IF NOT FOUND THEN
         RETURN false;
     END IF;
     UPDATE jobs SET
         cancel_sent_at = clock_timestamp(),
         provider_state = provider_state || p_provider_state,
-        next_action_at = p_next_action_at,
+        next_action_at = CASE WHEN job_status_is_terminal(job.status) THEN NULL
+                              ELSE p_next_action_at END,
         lease_owner    = CASE WHEN lease_owner = p_owner THEN NULL ELSE lease_owner END,
         last_seq       = last_seq + 1
     WHERE id = p_job_id RETURNING * INTO job;
@@ -399,7 +400,6 @@ BEGIN
     RETURN true;
 END
 $$;
-
 -- Observed completion times (submission to success) of one provider's model over the last day:
 -- the base of how long to wait for its webhook before checking by poll.
 CREATE FUNCTION completion_seconds(

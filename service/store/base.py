@@ -176,9 +176,16 @@ class JobStore(Protocol):
         submission that certainly did not leave, and recording why."""  # fmt: skip
 
     async def record_cancel_sent(
-        self, job_id: str, *, owner: str, provider_state: dict[str, Any],
-        next_action_at: datetime, data: dict[str, Any],
-    ) -> bool: ...  # fmt: skip
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        provider_state: dict[str, Any],
+        next_action_at: datetime,
+        data: dict[str, Any],
+    ) -> bool:
+        """Records the cancel sent to the provider, even if the job ended meanwhile (then it
+        gets no next action)."""  # fmt: skip
 
     async def record_event(
         self, job_id: str, *, type: str, source: EventSource, data: dict[str, Any]

@@ -344,9 +344,10 @@ class MemoryJobStore:
         data: dict[str, Any],
     ) -> bool:
         row = self._jobs.get(job_id)
-        if row is None or row.status.is_terminal:
+        if row is None:
             return False
-        row.cancel_sent_at, row.next_action_at = self.now(), next_action_at
+        row.cancel_sent_at = self.now()
+        row.next_action_at = None if row.status.is_terminal else next_action_at
         row.provider_state = {**row.provider_state, **provider_state}
         if row.lease_owner == owner:
             row.lease_owner = None

@@ -107,6 +107,27 @@ async def test_a_submission_begins_once_and_a_cancel_before_it_wins(store: JobSt
     assert record.callback_token_hash == "h" and record.submit_attempts == 1
 
 
+async def test_a_cancel_sent_is_recorded_even_when_the_job_ended_meanwhile(
+    store: JobStore,
+) -> None:
+    """The provider's "cancelled" webhook may commit before the runner records the cancel it
+    sent: the request is still part of the history, and the ended job gets no next action."""
+    job_id = await claimed(store)
+    await store.begin_submission(job_id, owner="w1", token_hash="h")
+    await store.apply_observation(
+        job_id, Observation(S.SUBMITTED, provider_job_id="p-1"), source="system"
+    )
+    assert (await store.request_cancel(job_id)).outcome == "requested"
+    await store.apply_observation(job_id, Observation(S.CANCELED), source="webhook")
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert await store.record_cancel_sent(
+        job_id, owner="w1", provider_state={}, next_action_at=later, data={"accepted": True}
+    )
+    events = await store.list_events(job_id)
+    assert events[-1].type == "cancel_sent" and events[-1].data == {"accepted": True}
+    assert await store.next_due_at() is None  # nothing left to do for the ended job
+
+
 async def test_an_unknown_submission_is_recorded_once_then_resent_or_bound(
     store: JobStore,
 ) -> None:
