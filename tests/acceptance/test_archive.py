@@ -76,8 +76,10 @@ async def archive_settled(stack: Stack, job_id: str, *, within_s: float = 20.0) 
     async def settled() -> dict[str, Any]:
         async with stack.watcher.changed:
             while True:
-                job = await stack.job(job_id)
+                # The events first: the job read after them shows at least what they record
+                # (an archive event and the output's archived fields commit together).
                 done = [e for e in await stack.events(job_id) if e["type"] in ARCHIVE_EVENTS]
+                job = await stack.job(job_id)
                 if job["status"] == "succeeded" and len(done) >= len(job["outputs"]):
                     return job
                 await stack.watcher.changed.wait()
