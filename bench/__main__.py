@@ -16,6 +16,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,7 +24,7 @@ import httpx
 import orjson
 
 from bench.loadgen import Request, Result, closed_loop, fixed_rate, percentile
-from bench.stack import REPO, Deployment, Stack
+from bench.stack import REPO, Deployment, Stack, cpu_seconds
 
 OUT = REPO / "bench-results"
 RATE = 500  # the "at 500/s" figures
@@ -101,8 +102,15 @@ async def intake(bench: Bench, dep: Deployment) -> None:
           flush=True)  # fmt: skip
     n = bench.n(24000, 6000)
     requests = await bench.stack.callbacks(dep, n)
-    trivial = await closed_loop(bench.stack.trivial_url, requests, concurrency=64)
+    stack = bench.stack
+    trivial_pids, pg_pids = stack.trivial.pids(), stack.postgres_pids()
+    cpu0 = cpu_seconds(trivial_pids)
+    trivial = await closed_loop(stack.trivial_url, requests, concurrency=64)
+    trivial_cpu = cpu_seconds(trivial_pids) - cpu0
+    ours_pids = dep.pids()
+    cpu0, pg0 = cpu_seconds(ours_pids), cpu_seconds(pg_pids)
     ours = await closed_loop(dep.url, requests, concurrency=64)
+    ours_cpu, pg_cpu = cpu_seconds(ours_pids) - cpu0, cpu_seconds(pg_pids) - pg0
     assert ours.errors == 0, ours.statuses
     bench.add(dep, "intake", "saturation throughput", ours.throughput, "req/s",
               "trivial handler", trivial.throughput, ">= 0.45 x trivial")  # fmt: skip
@@ -111,6 +119,11 @@ async def intake(bench: Bench, dep: Deployment) -> None:
     )
     bench.add(dep, "intake", "saturation ack p99", ours.p(99), "ms", "trivial handler", trivial.p(99),
               "<= 50 ms")  # fmt: skip
+    # CPU per request, the measure a shared machine does not blur: the service's processes,
+    # and PostgreSQL's, against the trivial handler's.
+    bench.add(dep, "intake", "service CPU per callback", ours_cpu / n * 1e6, "us",
+              "trivial handler CPU per request", trivial_cpu / n * 1e6)  # fmt: skip
+    bench.add(dep, "intake", "PostgreSQL CPU per callback", pg_cpu / n * 1e6, "us")
     print(f"    statuses {ours.statuses} (each answered after its commit)", flush=True)
 
 
@@ -490,12 +503,13 @@ def write_report(bench: Bench, started: datetime) -> None:
     print(f"\nwritten: {OUT / 'latest.json'}, {OUT / 'latest.md'}")
 
 
-async def run_deployment(bench: Bench, name: str, sections: list[str]) -> None:
-    options = DEPLOYMENTS[name]
+async def run_deployment(
+    bench: Bench, name: str, sections: list[str], options: dict[str, Any]
+) -> None:
     wanted = [s for s in PER_DEPLOYMENT if s in sections]
     if options.get("split"):
         wanted = [s for s in wanted if s in SPLIT_SECTIONS]
-    if name == "serve" and "audit" in sections:
+    if options.get("processes") == 1 and "audit" in sections:  # the single serve only
         wanted.append("audit")
     if not wanted:
         return
@@ -515,7 +529,7 @@ async def run_deployment(bench: Bench, name: str, sections: list[str]) -> None:
                 await wake(bench, dep)
             elif section == "polling":
                 await polling(bench, dep, 10_000)
-                if name == "serve":
+                if options.get("processes") == 1:
                     await polling(bench, dep, bench.n(100_000, 20_000))
             elif section == "audit":
                 await audit_chain(bench, dep)
@@ -530,6 +544,9 @@ async def main() -> None:
                         help=f"sections: {' '.join(PER_DEPLOYMENT)} audit archive")  # fmt: skip
     parser.add_argument("--deployments", nargs="*", default=list(DEPLOYMENTS),
                         choices=list(DEPLOYMENTS), help="deployments measured (default: all)")  # fmt: skip
+    parser.add_argument("--before", type=Path, metavar="TREE",
+                        help="also measure each deployment with the service of this source tree "
+                             "(`git archive COMMIT | tar -x -C TREE`) first: a before/after in one run")  # fmt: skip
     args = parser.parse_args()
     started = datetime.now(UTC)
     logs = OUT / "logs"
@@ -539,7 +556,10 @@ async def main() -> None:
     try:
         await bench.stack.start()
         for name in args.deployments:
-            await run_deployment(bench, name, sections)
+            if args.before is not None:
+                before = {**DEPLOYMENTS[name], "tree": args.before.resolve()}
+                await run_deployment(bench, f"{name}@before", sections, before)
+            await run_deployment(bench, name, sections, DEPLOYMENTS[name])
         if "archive" in sections:
             await archive(bench)
     finally:

@@ -39,16 +39,37 @@ def free_port() -> int:
         return port
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (processes gone since count 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+    return total
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 class Child:
     """A child process whose output goes to a log file."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], logs: Path, *, cwd: Path = REPO
+    ) -> None:
         self.name = name
         self.log = logs / f"{name}.log"
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
             args,
             env=env,
-            cwd=REPO,
+            cwd=cwd,  # `python -m service` imports the service found there first
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -83,9 +104,7 @@ class Child:
 
     def pids(self) -> list[int]:
         """The process and its children (a `serve` of WEB_CONCURRENCY processes)."""
-        pid = self.proc.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return [pid, *(int(c) for c in children)]
+        return [self.proc.pid, *children_of(self.proc.pid)]
 
     def rss_mib(self) -> float:
         total = 0.0
@@ -122,6 +141,9 @@ class Deployment:
     @property
     def workers(self) -> Child:
         return self.children[-1]
+
+    def pids(self) -> list[int]:
+        return [pid for child in self.children for pid in child.pids()]
 
     async def metric(self, name: str, **labels: str) -> float:
         text = await _get_text(f"{self.workers_url}/metrics")
@@ -230,10 +252,16 @@ class Stack:
 
         trivial_port = free_port()
         self.trivial_url = f"http://127.0.0.1:{trivial_port}"
-        trivial = Child("trivial", [sys.executable, "-m", "bench.trivial", str(trivial_port)],
-                        self.env, self.logs)  # fmt: skip
-        self.children.append(trivial)
-        await trivial.ready(f"{self.trivial_url}/")
+        self.trivial = Child("trivial", [sys.executable, "-m", "bench.trivial", str(trivial_port)],
+                             self.env, self.logs)  # fmt: skip
+        self.children.append(self.trivial)
+        await self.trivial.ready(f"{self.trivial_url}/")
+
+    def postgres_pids(self) -> list[int]:
+        """The postmaster and its processes (a backend that exits meanwhile is not counted:
+        the service's pools keep theirs)."""
+        postmaster = int((self.pg.pgdata / "postmaster.pid").read_text().split()[0])
+        return [postmaster, *children_of(postmaster)]
 
     async def stop(self) -> None:
         for child in reversed(self.children):
@@ -257,11 +285,18 @@ class Stack:
         }  # fmt: skip
 
     async def deploy(
-        self, name: str, *, processes: int = 1, split: bool = False, **extra: str
+        self,
+        name: str,
+        *,
+        processes: int = 1,
+        split: bool = False,
+        tree: Path = REPO,
+        **extra: str,
     ) -> Deployment:
         """One `python -m service serve` with WEB_CONCURRENCY=`processes`; or, `split`, an API
         instance (RUN_WORKERS=false) and a worker instance. A fresh database each, and the
-        simulators reset (no earlier deployment's jobs in flight)."""
+        simulators reset (no earlier deployment's jobs in flight). `tree`: a source tree of
+        the service to run instead of this one (an earlier commit, for a before/after)."""
         for provider in PROVIDERS:
             await self.sim(provider, "POST", "/_sim/reset")
         slug = re.sub(r"[^a-z0-9]+", "_", name.lower())
@@ -287,7 +322,9 @@ class Stack:
             await worker.ready(f"{workers_url}/readyz")
         else:
             env = self.service_env(port, url, dsn, WEB_CONCURRENCY=str(processes), **extra)
-            serve = Child(slug, [sys.executable, "-m", "service", "serve"], env, self.logs)
+            serve = Child(
+                slug, [sys.executable, "-m", "service", "serve"], env, self.logs, cwd=tree
+            )
             children.append(serve)
             await serve.ready(f"{url}/readyz", processes=processes)
             workers_url = url
