@@ -135,6 +135,7 @@ class Deployment:
     url: str
     workers_url: str
     dsn: str
+    database: str
     conn: asyncpg.Connection
     children: list[Child]
 
@@ -329,12 +330,19 @@ class Stack:
             await serve.ready(f"{url}/readyz", processes=processes)
             workers_url = url
         conn = await asyncpg.connect(dsn)
-        return Deployment(name, processes, url, workers_url, dsn, conn, children)
+        return Deployment(name, processes, url, workers_url, dsn, database, conn, children)
 
     async def undeploy(self, deployment: Deployment) -> None:
+        """Stops the deployment and drops its database (a run would otherwise leave hundreds
+        of thousands of staged jobs behind in .data/bench)."""
         await deployment.conn.close()
         for child in reversed(deployment.children):
             child.stop()
+        admin = await asyncpg.connect(self.admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{deployment.database}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
     async def sim(self, provider: str, method: str, path: str, body: Any = None) -> Any:
         async with (
