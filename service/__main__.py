@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from service.db.queries import load_queries
 from service.db.sql_files import SqlFilesError
 from service.logs import configure_logging, get_logger
 from service.web.app import build_app, prepare_database
+from service.web.processes import supervise
 
 
 def resolve_dsn(settings: Settings) -> str:
@@ -34,31 +36,52 @@ def _fast_event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings) -> int:
+    """One process, or WEB_CONCURRENCY processes on one port (service.web.processes): the
+    database is started and migrated once, here, before any of them."""
     _fast_event_loop()
     dsn = resolve_dsn(settings)
     log = get_logger("service")
-    log.info("service_starting", url=settings.base_url, auth_required=settings.auth_required)
+    log.info(
+        "service_starting",
+        url=settings.base_url,
+        auth_required=settings.auth_required,
+        processes=settings.web_concurrency,
+    )
+    if settings.web_concurrency == 1:
+        _serve_one(settings, dsn, migrate=True, reuse_port=False)
+        return 0
+    asyncio.run(prepare_database(dsn))
+    return supervise(
+        settings.web_concurrency,
+        functools.partial(_serve_one, settings, dsn, migrate=False, reuse_port=True),
+    )
+
+
+def _serve_one(settings: Settings, dsn: str, *, migrate: bool, reuse_port: bool) -> None:
     web.run_app(
-        build_app(settings, dsn=dsn),
+        build_app(settings, dsn=dsn, migrate=migrate),
         host=settings.host,
         port=settings.port,
+        reuse_port=reuse_port,
         print=None,
         access_log=None,
         shutdown_timeout=10,
     )
 
 
-def demo(settings: Settings) -> None:
+def demo(settings: Settings) -> int:
     from service.demo import run_demo
 
     _fast_event_loop()
     asyncio.run(run_demo(settings, dsn=resolve_dsn(settings)))
+    return 0
 
 
-def migrate(settings: Settings) -> None:
+def migrate(settings: Settings) -> int:
     asyncio.run(prepare_database(resolve_dsn(settings)))
     get_logger("service").info("migrations_done")
+    return 0
 
 
 def audit(settings: Settings, args: argparse.Namespace) -> int:
@@ -116,11 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         check_sql_files()
         if args.command == "audit":
             return audit(settings, args)
-        {"serve": serve, "migrate": migrate, "demo": demo}[args.command](settings)
+        return {"serve": serve, "migrate": migrate, "demo": demo}[args.command](settings)
     except (SqlFilesError, MigrationError) as exc:
         print(f"cannot {args.command}: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 DEFAULT_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+MAX_WEB_CONCURRENCY = 64
 
 
 class ConfigError(Exception):
@@ -32,6 +33,8 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     public_base_url: str | None = None
+    # HTTP server processes of one `serve`, sharing its port (service.web.processes).
+    web_concurrency: int = 1
     api_tokens: tuple[SecretStr, ...] = ()
 
     krea_api_url: str = "https://api.krea.ai"
@@ -83,6 +86,20 @@ class Settings(BaseModel):
     log_format: str | None = None  # "json" or "console"; None = json unless stdout is a terminal
     db_pool_min: int = Field(default=2, ge=0)
     db_pool_max: int = Field(default=10, ge=1)
+
+    @field_validator("web_concurrency", mode="before")
+    @classmethod
+    def _process_count(cls, value: object) -> int:
+        try:
+            count = int(str(value))
+        except ValueError:
+            count = 0
+        if not 1 <= count <= MAX_WEB_CONCURRENCY:
+            raise ValueError(
+                f"WEB_CONCURRENCY must be a whole number of processes from 1 to "
+                f"{MAX_WEB_CONCURRENCY}, not {value!r}"
+            )
+        return count
 
     @field_validator("output_store_url")
     @classmethod
@@ -153,6 +170,7 @@ class Settings(BaseModel):
             "host": get("HOST"),
             "port": get("PORT"),
             "public_base_url": get("PUBLIC_BASE_URL"),
+            "web_concurrency": get("WEB_CONCURRENCY"),
             "api_tokens": _split_list(get("API_TOKENS")),
             "krea_api_url": get("KREA_API_URL"),
             "krea_api_token": get("KREA_API_TOKEN"),
@@ -205,7 +223,13 @@ class Settings(BaseModel):
         return settings
 
     def check_startable(self) -> None:
-        """Refuses an open API on a non-loopback address (CONTRACT.md, API_TOKENS)."""
+        """Refuses an open API on a non-loopback address (CONTRACT.md, API_TOKENS), and
+        several processes on PORT=0 (each would listen on a port of its own)."""
+        if self.web_concurrency > 1 and self.port == 0:
+            raise ConfigError(
+                f"WEB_CONCURRENCY={self.web_concurrency} needs a fixed PORT: with PORT=0 "
+                "each process would listen on a different port"
+            )
         if not self.api_tokens and not is_loopback_host(self.host):
             raise ConfigError(
                 f"API_TOKENS is unset and HOST={self.host} is not a loopback address: "

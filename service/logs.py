@@ -7,6 +7,7 @@ stable snake_case (`job_created`, `webhook_rejected`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -72,13 +73,23 @@ _SECRET_TEXT = (
 )
 
 
+# Text that none of _SECRET_TEXT can match, recognised by one cheap test: every pattern needs a
+# character outside this set (one of `?&;%/,+@`, a backslash or whitespace), the literal
+# `whsec_`, or 128 hex digits in a row. Most logged values (ids, names, statuses, timestamps)
+# are such text, and skip the eight substitutions (75 -> 4 us per webhook_recorded line).
+_PLAIN = re.compile(r"[A-Za-z0-9_.:\-]{0,127}")
+
+
 def redact_text(text: str) -> str:
     """Masks credentials that appear inside a string."""
+    if _PLAIN.fullmatch(text) and "whsec_" not in text:
+        return text
     for pattern, replacement in _SECRET_TEXT:
         text = pattern.sub(replacement, text)
     return text
 
 
+@functools.lru_cache(maxsize=4096)  # keys are the code's field and header names: few, repeated
 def is_secret_key(key: str) -> bool:
     """Whether a value named `key` (a log field, a header, a route's variable) is a secret."""
     return bool(_SECRET_KEY.search(key)) and key not in _NOT_SECRET

@@ -304,9 +304,11 @@ def create_app(
     return app
 
 
-async def build_app(settings: Settings, *, dsn: str) -> web.Application:
-    """Migrates the database, opens the pool and returns the ready application."""
-    await prepare_database(dsn)
+async def build_app(settings: Settings, *, dsn: str, migrate: bool = True) -> web.Application:
+    """Migrates the database (unless the caller did), opens the pool and returns the ready
+    application."""
+    if migrate:
+        await prepare_database(dsn)
     database = await Database.open(
         dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 from aiohttp import web
 
@@ -30,7 +31,8 @@ class OpsApi:
         ]
 
     async def healthz(self, _request: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
+        # pid: which of a `serve`'s WEB_CONCURRENCY processes answered.
+        return json_response({"status": "ok", "pid": os.getpid()})
 
     async def readyz(self, _request: web.Request) -> web.Response:
         await self.db.ping()  # DatabaseUnavailable -> 503 through the error middleware

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import httpx
@@ -231,7 +232,7 @@ async def test_cancel_records_the_request_and_a_finished_job_is_409(
 
 
 async def test_operations_endpoints(http: httpx.AsyncClient, service: Service) -> None:
-    assert (await http.get("/healthz")).json() == {"status": "ok"}
+    assert (await http.get("/healthz")).json() == {"status": "ok", "pid": os.getpid()}
     assert (await http.get("/readyz")).json() == {"status": "ready"}
     await create(http)
     metrics = await http.get("/metrics")

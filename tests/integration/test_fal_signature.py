@@ -86,6 +86,22 @@ async def test_stale_and_malformed_headers_are_refused_before_any_key_lookup(
         assert sims.fal.stats["jwks_requests"] == 0
 
 
+async def test_a_signature_of_the_wrong_length_is_refused(sims: RunningSimulators) -> None:
+    client = make_client()
+    verifier = FalWebhookVerifier(jwks_url=sims.fal_jwks_url, client=client)
+    async with client:
+        response = await client.post(f"{sims.fal_url}/fal-ai/flux/krea", json={"prompt": "x"},
+                                     headers={"Authorization": f"Key {sims.fal_key}"})  # fmt: skip
+        body, headers = sims.fal.render_callback(sims.fal.jobs[response.json()["request_id"]])
+        for signature in (
+            "",
+            headers["X-Fal-Webhook-Signature"][:-2],
+            headers["X-Fal-Webhook-Signature"] + "00",
+        ):
+            with pytest.raises(InvalidCallback, match="does not verify"):
+                await verifier.verify({**headers, "X-Fal-Webhook-Signature": signature}, body)
+
+
 async def test_concurrent_first_callbacks_all_wait_for_the_first_key_fetch(
     sims: RunningSimulators,
 ) -> None:

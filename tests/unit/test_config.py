@@ -19,6 +19,7 @@ def test_defaults_match_the_contract() -> None:
     assert s.scenario_api_url == "https://api.cloud.scenario.com/v1"
     assert s.client_webhook_retry_schedule == DEFAULT_RETRY_SCHEDULE
     assert s.client_webhook_allow_private is False
+    assert s.web_concurrency == 1
 
 
 def test_values_are_parsed() -> None:
@@ -48,6 +49,20 @@ def test_an_open_api_on_a_public_address_refuses_to_start() -> None:
 def test_bad_values_name_the_variable(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="invalid configuration"):
         Settings.from_env(env)
+
+
+def test_web_concurrency_is_a_process_count_from_1_to_64() -> None:
+    assert Settings.from_env({"WEB_CONCURRENCY": "2"}).web_concurrency == 2
+    assert Settings.from_env({"WEB_CONCURRENCY": "64"}).web_concurrency == 64
+    for bad in ("0", "65", "-1", "two", "1.5"):
+        with pytest.raises(ConfigError, match="WEB_CONCURRENCY must be a whole number"):
+            Settings.from_env({"WEB_CONCURRENCY": bad})
+
+
+def test_several_processes_need_a_fixed_port() -> None:
+    with pytest.raises(ConfigError, match="needs a fixed PORT"):
+        Settings.from_env({"WEB_CONCURRENCY": "2", "PORT": "0"})
+    assert Settings.from_env({"WEB_CONCURRENCY": "1", "PORT": "0"}).port == 0
 
 
 @pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.8.9.1", True), ("localhost", True),
