@@ -167,11 +167,15 @@ class JobRunner(ClaimLoop[JobRecord]):
         return when
 
     async def _completion_times(self, job: JobRecord) -> CompletionTimes:
-        """The model's observed completion times, read at most every `grace_refresh_s`."""
+        """The model's observed completion times, read at most every `grace_refresh_s` (every
+        5 s while the model has too little history for the rules that use them)."""
         key = (job.provider, job.model)
         cached = self._observed.get(key)
         loop_now = asyncio.get_running_loop().time()
-        if cached is None or loop_now - cached[1] > self.grace_refresh_s:
+        refresh_s = self.grace_refresh_s
+        if cached is not None and cached[0].samples < self.grace_rule.min_samples:
+            refresh_s = min(refresh_s, 5.0)
+        if cached is None or loop_now - cached[1] > refresh_s:
             cached = (await self.store.completion_times(job.provider, job.model), loop_now)
             self._observed[key] = cached
         return cached[0]
