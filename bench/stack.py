@@ -146,14 +146,6 @@ class Deployment:
     def pids(self) -> list[int]:
         return [pid for child in self.children for pid in child.pids()]
 
-    async def metric(self, name: str, **labels: str) -> float:
-        text = await _get_text(f"{self.workers_url}/metrics")
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
     async def histogram(self, name: str, **labels: str) -> dict[float, float]:
         text = await _get_text(f"{self.workers_url}/metrics")
         buckets: dict[float, float] = {}

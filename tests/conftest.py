@@ -188,6 +188,23 @@ async def service(settings: Settings, database_url: str) -> AsyncIterator[Servic
     await svc.server.close()
 
 
+#: The API tokens of `locked` (tests of the bearer token and of what needs none).
+LOCKED_TOKENS = ("tok-alpha-0123456789", "tok-beta-9876543210")
+
+
+@pytest.fixture
+async def locked(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The service with API tokens set (LOCKED_TOKENS), and a client that holds none."""
+    settings = Settings.model_validate(
+        {"host": "127.0.0.1", "port": 0, "api_tokens": LOCKED_TOKENS, **PROVIDERS_OFFLINE}
+    )
+    db = await Database.open(database_url, min_size=1, max_size=2)
+    svc = await start_service(settings, db)
+    async with httpx.AsyncClient(base_url=svc.url) as client:
+        yield client
+    await svc.server.close()
+
+
 @pytest.fixture
 async def http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:

@@ -107,9 +107,6 @@ class AuditLog:
         """Whether this database holds the log and its chain (it was migrated)."""
         return bool(await self.db.fetchval("audit_tables_exist"))
 
-    async def last_sealed_event_id(self) -> int:
-        return int(await self.db.fetchval("audit_last_sealed_event_id"))
-
     async def last_checkpoint(self) -> Checkpoint | None:
         row = await self.db.fetchrow("audit_last_checkpoint")
         return checkpoint_from_row(row) if row else None

@@ -61,8 +61,6 @@ STORE_KEY = web.AppKey("store", JobStore)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 RUNNER_KEY = web.AppKey("runner", JobRunner)
 HUB_KEY = web.AppKey("hub", EventHub)
-SEALER_KEY = web.AppKey("sealer", Sealer)
-ARCHIVER_KEY = web.AppKey("archiver", OutputArchiver)
 
 
 async def prepare_database(dsn: str, *, wait_seconds: float = 30.0) -> None:
@@ -294,10 +292,6 @@ def create_app(
     app[STORE_KEY] = parts.store
     app[RUNNER_KEY] = parts.runner
     app[HUB_KEY] = parts.hub
-    if parts.sealer is not None:
-        app[SEALER_KEY] = parts.sealer
-    if parts.archiver is not None:
-        app[ARCHIVER_KEY] = parts.archiver
     _add_routes(app, parts)
     app.on_shutdown.append(_end_streams(parts.hub))
     app.cleanup_ctx.append(_lifetime(parts))

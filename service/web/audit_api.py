@@ -7,9 +7,9 @@ from aiohttp import web
 
 from schemas.audit import CheckpointList
 from service.audit.verify import verify_job
-from service.errors import NotFound, ValidationFailed
+from service.errors import NotFound
 from service.store.audit import AuditLog
-from service.web.jobs_api import JOB_ID_PATTERN
+from service.web.jobs_api import JOB_ID_PATTERN, query_error
 from service.web.middleware import json_response
 
 DEFAULT_CHECKPOINTS = 100
@@ -25,10 +25,7 @@ def _int_query(request: web.Request, name: str, *, default: int, low: int, high:
     except ValueError:
         value = low - 1
     if not low <= value <= high:
-        raise ValidationFailed(
-            f"invalid query parameter {name!r}",
-            details=[{"loc": ["query", name], "msg": f"must be an integer in {low}..{high}"}],
-        )
+        raise query_error(name, f"must be an integer in {low}..{high}")
     return value
 
 

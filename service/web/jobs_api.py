@@ -34,7 +34,8 @@ def _job_body(job: Job) -> dict[str, Any]:
     return job.model_dump(mode="json")
 
 
-def _query_error(name: str, msg: str) -> ValidationFailed:
+def query_error(name: str, msg: str) -> ValidationFailed:
+    """A 422 naming one query parameter (the jobs and audit APIs)."""
     return ValidationFailed(
         f"invalid query parameter {name!r}", details=[{"loc": ["query", name], "msg": msg}]
     )
@@ -47,9 +48,9 @@ def _search_text(q: str | None) -> str | None:
     if q is None:
         return None
     if len(q) > MAX_SEARCH_LENGTH:
-        raise _query_error("q", f"must be at most {MAX_SEARCH_LENGTH} characters")
+        raise query_error("q", f"must be at most {MAX_SEARCH_LENGTH} characters")
     if _CONTROL.search(q):
-        raise _query_error("q", "must not contain control characters")
+        raise query_error("q", "must not contain control characters")
     return q
 
 
@@ -61,9 +62,9 @@ def decode_cursor(cursor: str) -> str:
     try:
         job_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise _query_error("cursor", "not a cursor returned by this API") from exc
+        raise query_error("cursor", "not a cursor returned by this API") from exc
     if not JOB_ID_PATTERN.match(job_id):
-        raise _query_error("cursor", "not a cursor returned by this API")
+        raise query_error("cursor", "not a cursor returned by this API")
     return job_id
 
 
@@ -140,18 +141,18 @@ class JobsApi:
         params = request.query
         provider = params.get("provider") or None
         if provider is not None and provider not in PROVIDERS:
-            raise _query_error("provider", f"must be one of {', '.join(PROVIDERS)}")
+            raise query_error("provider", f"must be one of {', '.join(PROVIDERS)}")
         status = params.get("status") or None
         if status is not None and status not in JobStatus.__members__.values():
-            raise _query_error("status", f"must be one of {', '.join(s.value for s in JobStatus)}")
+            raise query_error("status", f"must be one of {', '.join(s.value for s in JobStatus)}")
         limit = DEFAULT_PAGE_SIZE
         if params.get("limit"):
             try:
                 limit = int(params["limit"])
             except ValueError as exc:
-                raise _query_error("limit", "must be an integer") from exc
+                raise query_error("limit", "must be an integer") from exc
             if not 1 <= limit <= MAX_PAGE_SIZE:
-                raise _query_error("limit", f"must be between 1 and {MAX_PAGE_SIZE}")
+                raise query_error("limit", f"must be between 1 and {MAX_PAGE_SIZE}")
         before = decode_cursor(params["cursor"]) if params.get("cursor") else None
         jobs, last_id = await self.store.list_jobs(
             provider=provider, status=status, limit=limit, before_id=before,

@@ -34,7 +34,6 @@ MODELS = {
     "fal": ("fal-ai/flux/krea", {"prompt": "a lighthouse", "num_images": 2}),
     "scenario": ("model_flux-krea-dev", {"prompt": "a lighthouse"}),
 }
-ARCHIVE_EVENTS = ("output_archived", "output_archive_failed")
 # Quick retries, so that a test sees every attempt within a second.
 FAST_RETRIES = {"output_fetch_backoff_s": 0.02, "output_fetch_attempts": 3}
 
@@ -69,10 +68,6 @@ async def archiving_stack(
         yield stack
 
 
-async def archive_settled(stack: Stack, job_id: str, *, within_s: float = 20.0) -> dict[str, Any]:
-    return await stack.outputs_settled(job_id, within_s=within_s)
-
-
 async def sim_control(stack: Stack, provider: str, path: str, **body: Any) -> dict[str, Any]:
     url = f"{stack.sims.control_url(provider)}/{path}"
     async with httpx.AsyncClient() as client:
@@ -85,7 +80,7 @@ async def sim_control(stack: Stack, provider: str, path: str, **body: Any) -> di
 async def run_job(stack: Stack, provider: str, **extra: Any) -> dict[str, Any]:
     model, input = MODELS[provider]
     created = await stack.create(provider, model, input, **extra)
-    return await archive_settled(stack, created["id"])
+    return await stack.outputs_settled(created["id"])
 
 
 async def received(receiver: Receiver, event_type: str) -> dict[str, Any]:
@@ -162,7 +157,7 @@ async def test_scenario_outputs_get_their_size_from_the_image_header(
         created = await stack.create(
             "scenario", model, {"prompt": "x", "width": 640, "height": 384}
         )
-        job = await archive_settled(stack, created["id"])
+        job = await stack.outputs_settled(created["id"])
         (event,) = archive_events(await stack.events(job["id"]), "output_archived")
         assert (job["outputs"][0]["width"], job["outputs"][0]["height"]) == (640, 384)
         assert (event["data"]["width"], event["data"]["height"]) == (640, 384)

@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
-from service.config import Settings
-from service.db.database import Database
-from tests.conftest import PROVIDERS_OFFLINE, start_service
-
-TOKENS = ("tok-alpha-0123456789", "tok-beta-9876543210")
-
-
-@pytest.fixture
-async def locked(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings.model_validate(
-        {"host": "127.0.0.1", "port": 0, "api_tokens": TOKENS, **PROVIDERS_OFFLINE}
-    )
-    db = await Database.open(database_url, min_size=1, max_size=2)
-    svc = await start_service(settings, db)
-    async with httpx.AsyncClient(base_url=svc.url) as client:
-        yield client
-    await svc.server.close()
+from tests.conftest import LOCKED_TOKENS as TOKENS
 
 
 @pytest.mark.parametrize(

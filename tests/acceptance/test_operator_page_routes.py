@@ -3,29 +3,10 @@ What the page does in a browser is tested in tests/page."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
-from service.config import Settings
-from service.db.database import Database
 from service.web.page_api import CONTENT_SECURITY_POLICY
-from tests.conftest import PROVIDERS_OFFLINE, start_service
-
-
-@pytest.fixture
-async def locked(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The service with API tokens set, and a client that holds none."""
-    settings = Settings.model_validate(
-        {"host": "127.0.0.1", "port": 0, "api_tokens": ("tok-page-0123456789",),
-         **PROVIDERS_OFFLINE}
-    )  # fmt: skip
-    db = await Database.open(database_url, min_size=1, max_size=2)
-    svc = await start_service(settings, db)
-    async with httpx.AsyncClient(base_url=svc.url) as client:
-        yield client
-    await svc.server.close()
 
 
 @pytest.mark.parametrize(
