@@ -42,6 +42,15 @@ def is_unavailable_error(exc: BaseException) -> bool:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a released connection needs before its next use: nothing beyond what asyncpg always
+    does (roll back a transaction left open, drop listeners). The service keeps no session state
+    on pooled connections: its advisory locks and settings are transaction-scoped, and LISTEN
+    and the migration lock have connections of their own. asyncpg's default reset would send
+    `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every release: a round trip
+    per use, 4 % of the service's CPU under saturated intake (py-spy)."""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
         await conn.set_type_codec(
@@ -89,6 +98,7 @@ class Database:
                 min_size=min_size,
                 max_size=max_size,
                 init=_init_connection,
+                reset=_keep_session,
                 timeout=connect_timeout,
                 command_timeout=60,
                 max_inactive_connection_lifetime=300,
