@@ -10,7 +10,7 @@ CREATE TABLE schema_migrations (
 );
 
 CREATE FUNCTION job_status_rank(status text) RETURNS smallint
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE status
         WHEN 'accepted'  THEN 0
         WHEN 'submitted' THEN 1
@@ -23,13 +23,13 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
 $$;
 
 CREATE FUNCTION job_status_is_terminal(status text) RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT status IN ('succeeded', 'failed', 'canceled')
 $$;
 
 -- A job only moves forward (steps may be skipped); terminal statuses are final.
 CREATE FUNCTION job_transition_allowed(from_status text, to_status text) RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT NOT job_status_is_terminal(from_status)
        AND job_status_rank(to_status) > job_status_rank(from_status)
 $$;

@@ -1,4 +1,36 @@
--- 0006: a batch of observations applied set-based. apply_observations called
+-- 0006: observations made cheaper for PostgreSQL.
+--
+-- The status rules as functions the planner inlines. Declared STRICT, they were not: the
+-- planner cannot prove their bodies strict (a CASE, calls of each other), so every use ran a
+-- SQL function call of its own, several per observation (the guard trigger, the transition
+-- rule, the terminal test), about 0.25 ms of each observation in a batch (auto_explain). Without
+-- STRICT they are inlined into each statement that uses them; on NULL they still give NULL (or
+-- false where one side already decides), and no caller passes NULL (status is NOT NULL).
+CREATE OR REPLACE FUNCTION job_status_rank(status text) RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE status
+        WHEN 'accepted'  THEN 0
+        WHEN 'submitted' THEN 1
+        WHEN 'queued'    THEN 2
+        WHEN 'running'   THEN 3
+        WHEN 'succeeded' THEN 4
+        WHEN 'failed'    THEN 4
+        WHEN 'canceled'  THEN 4
+    END::smallint
+$$;
+
+CREATE OR REPLACE FUNCTION job_status_is_terminal(status text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT status IN ('succeeded', 'failed', 'canceled')
+$$;
+
+CREATE OR REPLACE FUNCTION job_transition_allowed(from_status text, to_status text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT NOT job_status_is_terminal(from_status)
+       AND job_status_rank(to_status) > job_status_rank(from_status)
+$$;
+
+-- A batch of observations applied set-based. apply_observations called
 -- apply_observation once per item (a locking SELECT, an UPDATE and an event append, each a
 -- statement of its own) and took the event-order lock at its first event, so it held that lock
 -- through the rest of the batch's row work. Now each round of the batch (the k-th observation
