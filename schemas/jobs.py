@@ -17,6 +17,8 @@ IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
 
 Provider = Literal["krea", "fal", "scenario"]
 PROVIDERS: tuple[Provider, ...] = ("krea", "fal", "scenario")
+#: `provider` of a request for a routed model (CONTRACT.md, Routing across providers).
+AUTO = "auto"
 
 
 class JobStatus(StrEnum):
@@ -64,7 +66,9 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    provider: Provider
+    provider: Provider | Literal["auto"] = Field(
+        description="a provider, or `auto` for a model served by several (see `ROUTES`)"
+    )
     model: str = Field(min_length=1, max_length=200)
     input: dict[str, Any]
     webhook_url: WebhookUrl | None = None
@@ -92,8 +96,23 @@ class JobError(BaseModel):
     provider_detail: Any = None
 
 
+class JobAttempt(BaseModel):
+    """One provider tried for a routed job, oldest first. `status`: `pending` (chosen, nothing
+    sent yet), `started` (submission sent), `submitted` (the provider gave its job id), then
+    `succeeded`, `failed` (its error says why) or `canceled`."""
+
+    provider: Provider
+    model: str
+    provider_job_id: str | None
+    status: Literal["pending", "started", "submitted", "succeeded", "failed", "canceled"]
+    error: JobError | None
+    started_at: Timestamp | None
+
+
 class Job(BaseModel):
-    """The job object returned by every jobs endpoint."""
+    """The job object returned by every jobs endpoint. A routed job's `model` is the common
+    model asked for, its `provider` and `provider_job_id` are its latest attempt's, and it has
+    `attempts`; a direct job has none (the member is left out)."""
 
     id: str
     provider: Provider
@@ -109,6 +128,14 @@ class Job(BaseModel):
     created_at: Timestamp
     updated_at: Timestamp
     completed_at: Timestamp | None
+    attempts: list[JobAttempt] | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The job as the API returns it (no `attempts` member for a direct job)."""
+        body = self.model_dump(mode="json")
+        if body["attempts"] is None:
+            del body["attempts"]
+        return body
 
 
 class JobList(BaseModel):

@@ -158,7 +158,9 @@ def _check_range(
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"{low:g}..{high:g}" if high is not None else f">= {low:g}"
         raise Unservable(
-            provider, parameter, f"{parameter}={value:g} but its {own_name} takes {bounds} ({source})"
+            provider,
+            parameter,
+            f"{parameter}={value:g} but its {own_name} takes {bounds} ({source})",
         )
 
 

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from schemas.routing import DEFAULT_ROUTES, parse_routes
+
 DEFAULT_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
 MAX_WEB_CONCURRENCY = 64
 
@@ -60,6 +62,11 @@ class Settings(BaseModel):
     aws_region: str | None = None
     aws_endpoint_url: str | None = None
 
+    # Routed models (ROUTES): each with its providers in order of preference.
+    routes: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: {m: tuple(p) for m, p in parse_routes(DEFAULT_ROUTES).items()}
+    )
+
     # Reliability knobs (extensions of the contract's table; defaults suit production).
     krea_job_timeout_s: float = Field(default=3600, gt=0)
     fal_job_timeout_s: float = Field(default=3600, gt=0)
@@ -100,6 +107,13 @@ class Settings(BaseModel):
                 f"{MAX_WEB_CONCURRENCY}, not {value!r}"
             )
         return count
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _parse_routes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return {model: tuple(providers) for model, providers in parse_routes(value).items()}
+        return value
 
     @field_validator("output_store_url")
     @classmethod
@@ -184,6 +198,7 @@ class Settings(BaseModel):
             "client_webhook_retry_schedule": _split_list(get("CLIENT_WEBHOOK_RETRY_SCHEDULE")),
             "client_webhook_allow_private": get("CLIENT_WEBHOOK_ALLOW_PRIVATE"),
             "output_store_url": get("OUTPUT_STORE_URL"),
+            "routes": env.get("ROUTES"),  # set but empty: no routed model
             "output_fetch_allow_private": get("OUTPUT_FETCH_ALLOW_PRIVATE"),
             "output_max_bytes": get("OUTPUT_MAX_BYTES"),
             "aws_access_key_id": get("AWS_ACCESS_KEY_ID"),

@@ -142,6 +142,19 @@ class JobRecord:
     deadline_at: datetime | None = None
     due_at: datetime | None = None  # when the job was due at the claim that produced this record
     submit_unknown_at: datetime | None = None  # when its submission's outcome became unknown
+    route: str | None = None  # a routed job's common model (CONTRACT.md, Routing)
+    attempt: int | None = None  # a routed job's current attempt (1, 2, ...)
+    route_input: dict[str, Any] | None = None  # a routed job's common input, as the client sent it
+
+    @property
+    def awaits_submission(self) -> bool:
+        """Nothing of the current attempt has reached the provider's answer yet: a new job, or
+        a routed job's later attempt (whose status an earlier attempt may have moved on)."""
+        if self.status is JobStatus.ACCEPTED:
+            return True
+        return (
+            (self.attempt or 1) > 1 and self.provider_job_id is None and not self.status.is_terminal
+        )
 
 
 def read_state(model: type[S], job: JobRecord) -> S:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import orjson
 
 from schemas.events import Event, EventSource
-from schemas.jobs import Job, JobCreate
+from schemas.jobs import Job, JobCreate, JobError
 from service.providers.base import JobRecord, Observation
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -83,6 +83,18 @@ class Schedule:
     next_action_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class NextAttempt:
+    """A routed job's next attempt: the provider, its model id, the common input translated
+    for it (and what could not be honoured exactly), and how long it may take."""
+
+    provider: str
+    model: str
+    input: dict[str, Any]
+    adjustments: dict[str, Any]
+    timeout_s: float
+
+
 class JobStore(Protocol):
     """Reads and state changes of jobs and their history."""
 
@@ -97,6 +109,18 @@ class JobStore(Protocol):
     ) -> CreateResult:
         """Creates the job and its first event (due at once), or returns the job that holds
         the same idempotency key."""  # fmt: skip
+
+    async def create_routed_job(
+        self,
+        request: JobCreate,
+        *,
+        idempotency_key: str | None,
+        first: NextAttempt,
+        event_data: dict[str, Any],
+        job_id: str | None = None,
+    ) -> CreateResult:
+        """A routed job (`request.model` the common model, `request.input` the common input)
+        with its first attempt; or the job that holds the same idempotency key."""
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
@@ -158,9 +182,31 @@ class JobStore(Protocol):
         """How many successes of the model the last day saw, and the p10 and p95 of their
         submission to completion times."""
 
-    async def begin_submission(self, job_id: str, *, owner: str, token_hash: str) -> str:
+    async def begin_submission(
+        self, job_id: str, *, owner: str, token_hash: str, request: dict[str, Any]
+    ) -> str:
         """Marks the submission started (committed before anything is sent): 'go', 'canceled'
-        (a cancel came first) or 'skip' (not this owner's, or not to be submitted)."""
+        (a cancel came first) or 'skip' (not this owner's, or not to be submitted). The first
+        send of a routed job's attempt also records `attempt_started` with `request`."""
+
+    async def fail_over_attempt(
+        self,
+        job_id: str,
+        *,
+        attempt: int,
+        source: EventSource,
+        error: JobError,
+        data: dict[str, Any],
+        next_attempt: NextAttempt | None,
+    ) -> str:
+        """Ends a routed job's current attempt `attempt` as failed (`attempt_failed`), then
+        starts `next_attempt` ('next') or, with none, fails the job with `error` ('failed').
+        News of an attempt that is no longer current changes nothing ('stale')."""
+
+    async def superseded_attempt(
+        self, job_id: str, *, provider: str, token_hash: str
+    ) -> int | None:
+        """The earlier attempt of a routed job that a callback's token belongs to, if any."""
 
     async def reschedule(
         self,

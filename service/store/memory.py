@@ -13,13 +13,14 @@ from typing import Any
 import orjson
 
 from schemas.events import Event, EventSource
-from schemas.jobs import Job, JobCreate, JobError, JobOutput, JobStatus
+from schemas.jobs import Job, JobAttempt, JobCreate, JobError, JobOutput, JobStatus
 from service.providers.base import JobRecord, Observation
 from service.store.base import (
     ApplyResult,
     CancelResult,
     CompletionTimes,
     CreateResult,
+    NextAttempt,
     Schedule,
     new_job_id,
     request_hash,
@@ -78,21 +79,33 @@ class _Row:
     cancel_sent_at: datetime | None = None
     last_due_at: datetime | None = None
     events: list[Event] = field(default_factory=list)
+    # The current attempt (a direct job's only one): the provider and its model id.
+    provider: str = ""
+    model: str = ""
+    # A routed job: the common model, the current attempt, the input translated for it, and
+    # every attempt as the API shows it.
+    route: str | None = None
+    attempt: int | None = None
+    provider_input: dict[str, Any] | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def job(self) -> Job:
+        attempts = [JobAttempt.model_validate(a) for a in self.attempts] if self.route else None
         return Job(
-            id=self.id, provider=self.request.provider, model=self.request.model,
+            id=self.id, provider=self.provider, model=self.route or self.model,
             status=self.status, provider_job_id=self.provider_job_id, input=self.request.input,
             metadata=self.request.metadata, webhook_url=self.request.webhook_url,
             outputs=list(self.outputs or []), error=self.error,
             cancel_requested=self.cancel_requested_at is not None, created_at=self.created_at,
             updated_at=self.updated_at or self.created_at, completed_at=self.completed_at,
+            attempts=attempts,
         )  # fmt: skip
 
     def record(self) -> JobRecord:
         return JobRecord(
-            id=self.id, provider=self.request.provider, model=self.request.model,
-            status=self.status, provider_job_id=self.provider_job_id, input=self.request.input,
+            id=self.id, provider=self.provider, model=self.model, status=self.status,
+            provider_job_id=self.provider_job_id,
+            input=self.provider_input if self.provider_input is not None else self.request.input,
             provider_state=dict(self.provider_state),
             cancel_requested=self.cancel_requested_at is not None,
             submit_started_at=self.submit_started_at, submitted_at=self.submitted_at,
@@ -100,7 +113,29 @@ class _Row:
             submit_attempts=self.submit_attempts, cancel_sent=self.cancel_sent_at is not None,
             callback_token_hash=self.callback_token_hash, deadline_at=self.deadline_at,
             due_at=self.last_due_at, submit_unknown_at=self.submit_unknown_at,
+            route=self.route, attempt=self.attempt,
+            route_input=self.request.input if self.route else None,
         )  # fmt: skip
+
+    def current_attempt(self) -> dict[str, Any] | None:
+        return self.attempts[-1] if self.route else None
+
+    def follow(self) -> None:
+        """The current attempt's row follows the job's (the trigger of sql/ 0007)."""
+        current = self.current_attempt()
+        if current is None or current["status"] in ("succeeded", "failed", "canceled"):
+            return
+        current["provider_job_id"] = self.provider_job_id
+        if current["started_at"] is None and self.submit_started_at is not None:
+            current["started_at"] = self.submit_started_at.isoformat()
+        if self.status.is_terminal:
+            current["status"] = self.status.value
+            if self.status is JobStatus.FAILED and self.error is not None:
+                current["error"] = self.error.model_dump(mode="json")
+        elif self.provider_job_id is not None:
+            current["status"] = "submitted"
+        elif self.submit_started_at is not None:
+            current["status"] = "started"
 
 
 class MemoryJobStore:
@@ -139,6 +174,7 @@ class MemoryJobStore:
         row.status, row.updated_at = to, self.now()
         if to.is_terminal:
             row.completed_at, row.next_action_at = self.now(), None
+        row.follow()
         return event
 
     def _leased(self, job_id: str, owner: str) -> _Row | None:
@@ -162,13 +198,48 @@ class MemoryJobStore:
         row = _Row(
             id=job_id or new_job_id(), request=request, idempotency_key=idempotency_key,
             request_hash=request_hash(request), deadline_at=now + timedelta(seconds=timeout_s),
-            created_at=now, next_action_at=now,
+            created_at=now, next_action_at=now, provider=request.provider, model=request.model,
         )  # fmt: skip
         self._jobs[row.id] = row
         if idempotency_key is not None:
             self._by_key[idempotency_key] = row.id
         self._append(row, "status_changed", "api", to_status=JobStatus.ACCEPTED)
         return CreateResult(row.job(), created=True, request_hash=row.request_hash)
+
+    async def create_routed_job(
+        self,
+        request: JobCreate,
+        *,
+        idempotency_key: str | None,
+        first: NextAttempt,
+        event_data: dict[str, Any],
+        job_id: str | None = None,
+    ) -> CreateResult:
+        if idempotency_key is not None and idempotency_key in self._by_key:
+            held = self._jobs[self._by_key[idempotency_key]]
+            return CreateResult(held.job(), created=False, request_hash=held.request_hash)
+        now = self.now()
+        row = _Row(
+            id=job_id or new_job_id(), request=request, idempotency_key=idempotency_key,
+            request_hash=request_hash(request),
+            deadline_at=now + timedelta(seconds=first.timeout_s), created_at=now,
+            next_action_at=now, route=request.model, attempt=0,
+        )  # fmt: skip
+        self._start_attempt(row, first)
+        self._jobs[row.id] = row
+        if idempotency_key is not None:
+            self._by_key[idempotency_key] = row.id
+        self._append(row, "status_changed", "api", event_data, to_status=JobStatus.ACCEPTED)
+        return CreateResult(row.job(), created=True, request_hash=row.request_hash)
+
+    def _start_attempt(self, row: _Row, attempt: NextAttempt) -> None:
+        row.attempt = (row.attempt or 0) + 1
+        row.provider, row.model, row.provider_input = attempt.provider, attempt.model, attempt.input
+        row.attempts.append({
+            "provider": attempt.provider, "model": attempt.model, "provider_job_id": None,
+            "status": "pending", "error": None, "started_at": None, "token_hash": None,
+            "adjustments": attempt.adjustments,
+        })  # fmt: skip
 
     async def get_job(self, job_id: str) -> Job | None:
         row = self._jobs.get(job_id)
@@ -186,7 +257,7 @@ class MemoryJobStore:
         rows = sorted(self._jobs.values(), key=lambda r: r.id, reverse=True)
         rows = [
             r for r in rows
-            if (provider is None or r.request.provider == provider)
+            if (provider is None or r.provider == provider)
             and (status is None or r.status == status)
             and (before_id is None or r.id < before_id)
             and (search is None or r.id == search
@@ -208,7 +279,7 @@ class MemoryJobStore:
             return CancelResult("already_requested", row.job())
         row.cancel_requested_at = row.next_action_at = self.now()
         self._append(row, "cancel_requested", "api")
-        if row.status is JobStatus.ACCEPTED and row.submit_started_at is None:
+        if row.record().awaits_submission and row.submit_started_at is None:
             self._move(row, JobStatus.CANCELED, "api", {"reason": "canceled before submission"})
             return CancelResult("canceled", row.job())
         return CancelResult("requested", row.job())
@@ -252,6 +323,7 @@ class MemoryJobStore:
             row.provider_job_id = observation.provider_job_id
         if observation.provider_job_id is not None and row.submitted_at is None:
             row.submitted_at = self.now()
+        row.follow()
         row.provider_state = {**row.provider_state, **(provider_state or {})}
         if schedule is not None and schedule.next_action_at is not None:
             row.next_action_at = schedule.next_action_at
@@ -301,18 +373,75 @@ class MemoryJobStore:
             len(durations), _percentile(durations, 0.10), _percentile(durations, 0.95)
         )
 
-    async def begin_submission(self, job_id: str, *, owner: str, token_hash: str) -> str:
+    async def begin_submission(
+        self, job_id: str, *, owner: str, token_hash: str, request: dict[str, Any]
+    ) -> str:
         row = self._leased(job_id, owner)
-        if row is None or row.status is not JobStatus.ACCEPTED or row.submit_started_at:
+        if row is None or not row.record().awaits_submission or row.submit_started_at:
             return "skip"
         if row.cancel_requested_at is not None:
             self._move(row, JobStatus.CANCELED, "system", {"reason": "canceled before submission"})
             row.lease_owner = None
             return "canceled"
+        current = row.current_attempt()
+        if current is not None and row.submit_attempts == 0:
+            self._append(row, "attempt_started", "system", {
+                "attempt": row.attempt, "provider": row.provider, "model": row.model,
+                "request": request, "adjustments": current["adjustments"],
+            })  # fmt: skip
         row.submit_started_at, row.callback_token_hash = self.now(), token_hash
+        if current is not None:
+            current["token_hash"] = token_hash
         row.submit_attempts += 1
         self._append(row, "submission_started", "system", {"attempt": row.submit_attempts})
+        row.follow()
         return "go"
+
+    async def fail_over_attempt(
+        self,
+        job_id: str,
+        *,
+        attempt: int,
+        source: EventSource,
+        error: JobError,
+        data: dict[str, Any],
+        next_attempt: NextAttempt | None,
+    ) -> str:
+        row = self._jobs.get(job_id)
+        if row is None or row.route is None:
+            return "not_routed"
+        current = row.current_attempt()
+        if row.status.is_terminal or row.attempt != attempt or current is None:
+            return "stale"
+        error_json = error.model_dump(mode="json")
+        current.update(status="failed", error=error_json)
+        self._append(row, "attempt_failed", source, {
+            **data, "attempt": attempt, "provider": row.provider, "model": row.model,
+            "provider_job_id": row.provider_job_id, "error": error_json,
+        })  # fmt: skip
+        if next_attempt is None:
+            row.error, row.lease_owner = error, None
+            self._move(row, JobStatus.FAILED, source, {"code": error.code, "attempts": attempt})
+            return "failed"
+        self._start_attempt(row, next_attempt)
+        now = self.now()
+        row.provider_job_id, row.provider_state, row.callback_token_hash = None, {}, None
+        row.submit_started_at = row.submitted_at = row.submit_unknown_at = None
+        row.cancel_sent_at, row.submit_attempts, row.checks = None, 0, 0
+        row.deadline_at = now + timedelta(seconds=next_attempt.timeout_s)
+        row.next_action_at, row.lease_owner, row.updated_at = now, None, now
+        return "next"
+
+    async def superseded_attempt(
+        self, job_id: str, *, provider: str, token_hash: str
+    ) -> int | None:
+        row = self._jobs.get(job_id)
+        if row is None or row.route is None:
+            return None
+        for n, attempt in enumerate(row.attempts[:-1], start=1):
+            if attempt["provider"] == provider and attempt["token_hash"] == token_hash:
+                return n
+        return None
 
     async def reschedule(
         self,

@@ -19,7 +19,7 @@ import asyncpg
 import orjson
 
 from schemas.events import Event, EventSource
-from schemas.jobs import Job, JobCreate, JobError, JobOutput, JobStatus
+from schemas.jobs import Job, JobAttempt, JobCreate, JobError, JobOutput, JobStatus
 from service.db.batcher import Batcher
 from service.db.database import Database
 from service.providers.base import JobRecord, Observation
@@ -28,6 +28,7 @@ from service.store.base import (
     CancelResult,
     CompletionTimes,
     CreateResult,
+    NextAttempt,
     Schedule,
     new_job_id,
     request_hash,
@@ -44,13 +45,15 @@ def escape_like(text: str) -> str:
 
 
 def job_from_row(row: asyncpg.Record) -> Job:
-    """The API's job object from a `jobs` row (or a row that expands one)."""
+    """The API's job object from a `jobs` row (or a row that expands one); a routed job shows
+    the common model asked for, and its attempts when the row carries them (`attempts`)."""
     outputs = row["outputs"] or []
     error = row["error"]
+    attempts = row.get("attempts")
     return Job(
         id=row["id"],
         provider=row["provider"],
-        model=row["model"],
+        model=row["route"] or row["model"],
         status=JobStatus(row["status"]),
         provider_job_id=row["provider_job_id"],
         input=row["input"],
@@ -62,18 +65,21 @@ def job_from_row(row: asyncpg.Record) -> Job:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         completed_at=row["completed_at"],
+        attempts=None if attempts is None else [JobAttempt.model_validate(a) for a in attempts],
     )
 
 
 def record_from_row(row: asyncpg.Record) -> JobRecord:
-    """The internal view of a job that workers and adapters use."""
+    """The internal view of a job that workers and adapters use: a routed job's current attempt
+    (its provider, the provider's model, the input translated for it)."""
+    routed = row["route"] is not None
     return JobRecord(
         id=row["id"],
         provider=row["provider"],
         model=row["model"],
         status=JobStatus(row["status"]),
         provider_job_id=row["provider_job_id"],
-        input=row["input"],
+        input=row["provider_input"] if routed else row["input"],
         provider_state=row["provider_state"],
         cancel_requested=row["cancel_requested_at"] is not None,
         submit_started_at=row["submit_started_at"],
@@ -86,6 +92,9 @@ def record_from_row(row: asyncpg.Record) -> JobRecord:
         deadline_at=row["deadline_at"],
         due_at=row["last_due_at"],
         submit_unknown_at=row["submit_unknown_at"],
+        route=row["route"],
+        attempt=row["attempt"],
+        route_input=row["input"] if routed else None,
     )
 
 
@@ -128,6 +137,7 @@ class _Begin:
     job_id: str
     owner: str
     token_hash: str
+    request: dict[str, Any]
 
 
 class PostgresJobStore:
@@ -179,6 +189,53 @@ class PostgresJobStore:
             )
             for n in range(1, len(items) + 1)
         ]
+
+    async def create_routed_job(
+        self,
+        request: JobCreate,
+        *,
+        idempotency_key: str | None,
+        first: NextAttempt,
+        event_data: dict[str, Any],
+        job_id: str | None = None,
+    ) -> CreateResult:
+        row = await self.db.fetchrow(
+            "create_routed_job", job_id or new_job_id(), request.model, first.provider,
+            first.model, request.input, first.input, first.adjustments, request.metadata,
+            request.webhook_url, idempotency_key, request_hash(request), event_data,
+            first.timeout_s,
+        )  # fmt: skip
+        assert row is not None
+        return CreateResult(
+            job=job_from_row(row), created=row["created"], request_hash=row["request_hash"]
+        )
+
+    async def fail_over_attempt(
+        self,
+        job_id: str,
+        *,
+        attempt: int,
+        source: EventSource,
+        error: JobError,
+        data: dict[str, Any],
+        next_attempt: NextAttempt | None,
+    ) -> str:
+        nxt = next_attempt
+        value: str = await self.db.fetchval(
+            "fail_over_attempt", job_id, attempt, source, error.model_dump(mode="json"), data,
+            nxt.provider if nxt else None, nxt.model if nxt else None,
+            nxt.input if nxt else None, nxt.adjustments if nxt else None,
+            nxt.timeout_s if nxt else 0.0,
+        )  # fmt: skip
+        return value
+
+    async def superseded_attempt(
+        self, job_id: str, *, provider: str, token_hash: str
+    ) -> int | None:
+        value: int | None = await self.db.fetchval(
+            "superseded_attempt", job_id, provider, token_hash
+        )
+        return value
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self.db.fetchrow("get_job", job_id)
@@ -289,8 +346,10 @@ class PostgresJobStore:
         assert row is not None
         return CompletionTimes(int(row["samples"]), row["p10"], row["p95"])
 
-    async def begin_submission(self, job_id: str, *, owner: str, token_hash: str) -> str:
-        return await self._begins.submit(_Begin(job_id, owner, token_hash))
+    async def begin_submission(
+        self, job_id: str, *, owner: str, token_hash: str, request: dict[str, Any]
+    ) -> str:
+        return await self._begins.submit(_Begin(job_id, owner, token_hash, request))
 
     async def _flush_begins(self, items: Sequence[_Begin]) -> list[str]:
         """One statement per owner (a batch is nearly always one owner's); outcomes in order."""
@@ -302,6 +361,7 @@ class PostgresJobStore:
                 [items[n].job_id for n in positions],
                 owner,
                 [items[n].token_hash for n in positions],
+                [_json_text(items[n].request) for n in positions],
             )
             by_ord = {row["ord"]: row["outcome"] for row in rows}
             for k, n in enumerate(positions, start=1):

@@ -29,6 +29,7 @@ from service.events.hub import (
 )
 from service.logs import get_logger
 from service.providers.registry import Providers, build_providers
+from service.routing import Router
 from service.store import JobStore
 from service.store.archive import ArchiveQueue
 from service.store.audit import AuditLog
@@ -105,6 +106,7 @@ class _Parts:
     signer: CheckpointSigner | None
     sealer: Sealer | None
     run_workers: bool
+    router: Router
 
 
 def _archiver(
@@ -151,10 +153,16 @@ def _build_parts(
     runner_options: dict[str, Any],
 ) -> _Parts:
     store = PostgresJobStore(database, max_batch=settings.intake_max_batch)
+    router = Router(
+        settings.routes,
+        enabled=frozenset(providers.adapters),
+        timeout_s=settings.job_timeout_s,
+    )
     runner = JobRunner(
         store=store,
         adapters=providers.adapters,
         callback_base_url=settings.base_url,
+        router=router,
         **{**runner_options_from(settings), **runner_options},
     )
     outbox = WebhookOutbox(database)
@@ -191,7 +199,7 @@ def _build_parts(
     hub = EventHub(store=store, dsn=database.dsn, channels=channels)
     return _Parts(
         settings, database, providers, store, runner, outbox, deliverer, archive, storage,
-        archiver, hub, audit, signer, sealer, run_workers,
+        archiver, hub, audit, signer, sealer, run_workers, router,
     )  # fmt: skip
 
 
@@ -203,9 +211,11 @@ def _add_routes(app: web.Application, parts: _Parts) -> None:
         job_timeout_s=settings.job_timeout_s,
         webhooks_enabled=parts.deliverer is not None,
         outbox=parts.outbox,
+        router=parts.router,
     )
     app.add_routes(jobs.routes())
-    app.add_routes(CallbacksApi(parts.store, adapters=parts.providers.adapters).routes())
+    callbacks = CallbacksApi(parts.store, adapters=parts.providers.adapters, router=parts.router)
+    app.add_routes(callbacks.routes())
     stream = StreamApi(hub=parts.hub, store=parts.store, heartbeat_s=settings.stream_heartbeat_s)
     app.add_routes(stream.routes())
     public_key = parts.signer.public_key if parts.signer else None

@@ -9,6 +9,12 @@ its adapter demands (fal: a valid Ed25519 signature); a refused one gets 401, a 
 here (404). Because the token is in the URL the job was submitted with, a callback that arrives
 before the submit answer was recorded (the provider was fast) is still matched to its job and
 applied.
+
+A routed job (CONTRACT.md, Routing) has a token per attempt. A callback of an attempt that was
+superseded (the job moved on to another provider) is authentic news and is recorded, as
+`observation_ignored` with reason `superseded_attempt`, but never moves the job: its result is
+not the job's. A failure of the current attempt for a reason other than the content moves the
+job to its next provider instead of failing it (service.routing).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
+from schemas.jobs import JobStatus
 from service.callback_tokens import hash_callback_token
 from service.errors import BadRequest, NotFound, Unauthorized
 from service.logs import get_logger
@@ -33,6 +40,7 @@ from service.providers.base import (
     Observation,
     ProviderAdapter,
 )
+from service.routing import Router, fail_over, fails_over
 from service.store import JobStore
 from service.web.bodies import CALLBACK_BODY_LIMIT, read_body
 from service.web.middleware import json_response
@@ -41,9 +49,16 @@ from service.web.middleware import json_response
 class CallbacksApi:
     """The receiver of provider callbacks."""
 
-    def __init__(self, store: JobStore, *, adapters: Mapping[str, ProviderAdapter]) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        adapters: Mapping[str, ProviderAdapter],
+        router: Router | None = None,
+    ) -> None:
         self.store = store
         self.adapters = adapters
+        self.router = router
         self._log = get_logger("service.callbacks")
 
     def routes(self) -> list[web.RouteDef]:
@@ -59,19 +74,34 @@ class CallbacksApi:
         structlog.contextvars.bind_contextvars(job_id=job_id, provider=provider)
         body = await read_body(request, limit=CALLBACK_BODY_LIMIT)
         try:
-            job = await self._authenticate(job_id, provider, request.match_info["token"])
+            job, superseded = await self._authenticate(
+                job_id, provider, request.match_info["token"]
+            )
+            if superseded is not None:  # the attempt's own provider job: bound by its token
+                job = replace(job, provider=provider, provider_job_id=None)
             observation = await self._parse(adapter, job, request, body)
         except (Unauthorized, BadRequest) as exc:
             CALLBACKS.labels(provider=provider, outcome="rejected").inc()
             self._log.warning("webhook_rejected", reason=exc.message)
             raise
-        if observation.status is None:
-            CALLBACKS.labels(provider=provider, outcome="ignored").inc()
-            return json_response({"status": "ignored"})
         received = {
             "received_at": received_at.isoformat(),
             "body_sha256": hashlib.sha256(body).hexdigest(),
         }
+        if superseded is not None:
+            return await self._record_superseded(
+                job.id, provider, superseded, observation, received
+            )
+        if observation.status is None:
+            CALLBACKS.labels(provider=provider, outcome="ignored").inc()
+            return json_response({"status": "ignored"})
+        if (
+            self.router is not None
+            and job.route is not None
+            and observation.status is JobStatus.FAILED
+            and fails_over(observation.error)
+        ):
+            return await self._fail_over(job, observation, received)
         result = await self.store.apply_observation(
             job.id,
             replace(observation, data={**observation.data, **received}),
@@ -85,6 +115,38 @@ class CallbacksApi:
         )
         return json_response({"status": outcome})
 
+    async def _record_superseded(
+        self,
+        job_id: str,
+        provider: str,
+        attempt: int,
+        observation: Observation,
+        received: dict[str, str],
+    ) -> web.Response:
+        status = observation.status.value if observation.status else None
+        await self.store.record_event(
+            job_id, type="observation_ignored", source="webhook",
+            data={**observation.data, **received, "reason": "superseded_attempt",
+                  "attempt": attempt, "observed_status": status,
+                  "provider_status": observation.provider_status},
+        )  # fmt: skip
+        CALLBACKS.labels(provider=provider, outcome="ignored").inc()
+        self._log.info("webhook_recorded", applied=False, superseded_attempt=attempt)
+        return json_response({"status": "ignored"})
+
+    async def _fail_over(
+        self, job: JobRecord, observation: Observation, received: dict[str, str]
+    ) -> web.Response:
+        assert self.router is not None and observation.error is not None
+        outcome = await fail_over(
+            self.store, self.router, job, error=observation.error, source="webhook",
+            data={**received, "provider_status": observation.provider_status},
+        )  # fmt: skip
+        applied = outcome != "stale"
+        CALLBACKS.labels(provider=job.provider, outcome="applied" if applied else "ignored").inc()
+        self._log.info("webhook_recorded", applied=applied, failed_over=outcome)
+        return json_response({"status": "applied" if applied else "ignored"})
+
     @staticmethod
     async def _parse(
         adapter: ProviderAdapter, job: JobRecord, request: web.Request, body: bytes
@@ -96,12 +158,22 @@ class CallbacksApi:
         except MalformedCallback as exc:
             raise BadRequest(str(exc), code=exc.code, details=exc.details) from exc
 
-    async def _authenticate(self, job_id: str, provider: str, token: str) -> JobRecord:
+    async def _authenticate(
+        self, job_id: str, provider: str, token: str
+    ) -> tuple[JobRecord, int | None]:
+        """The job, and the superseded attempt the token belongs to (None: the current one)."""
         job = await self.store.lookup(job_id)
-        presented = hash_callback_token(token).encode()
+        token_hash = hash_callback_token(token)
+        presented = token_hash.encode()
         expected = (job.callback_token_hash if job else None) or ""
         # Compared even for an unknown job, so timing tells nothing about which jobs exist.
         valid = hmac.compare_digest(presented, expected.encode().ljust(len(presented), b"\0"))
-        if job is None or not expected or not valid or job.provider != provider:
-            raise Unauthorized("unknown job or wrong callback token", code="invalid_callback_token")
-        return job
+        if job is not None and expected and valid and job.provider == provider:
+            return job, None
+        if job is not None and job.route is not None:
+            attempt = await self.store.superseded_attempt(
+                job_id, provider=provider, token_hash=token_hash
+            )
+            if attempt is not None:
+                return job, attempt
+        raise Unauthorized("unknown job or wrong callback token", code="invalid_callback_token")

@@ -12,12 +12,14 @@ import structlog
 from aiohttp import web
 
 from schemas.events import EventList
-from schemas.jobs import IDEMPOTENCY_KEY_PATTERN, PROVIDERS, Job, JobCreate, JobList, JobStatus
+from schemas.jobs import AUTO, IDEMPOTENCY_KEY_PATTERN, PROVIDERS, Job, JobCreate, JobStatus
 from schemas.model_inputs import MODELS, models_of
+from schemas.routing import RoutedInput
 from schemas.webhooks import WebhookDeliveryList
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.logs import get_logger
 from service.metrics import JOBS_CREATED
+from service.routing import NoProvider, Plan, Router
 from service.store import JobStore, request_hash
 from service.store.outbox import WebhookOutbox
 from service.web.bodies import read_json_object, validate_model
@@ -31,7 +33,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _job_body(job: Job) -> dict[str, Any]:
-    return job.model_dump(mode="json")
+    return job.body()
 
 
 def query_error(name: str, msg: str) -> ValidationFailed:
@@ -79,7 +81,9 @@ class JobsApi:
         job_timeout_s: Callable[[str], float],
         webhooks_enabled: bool = False,
         outbox: WebhookOutbox,
+        router: Router,
     ) -> None:
+        self.router = router
         self.webhooks_enabled = webhooks_enabled
         self.store = store
         self.enabled_providers = enabled_providers
@@ -111,10 +115,17 @@ class JobsApi:
             )
         body = await read_json_object(request)
         create = validate_model(JobCreate, body)
-        self._check_provider_input(create)
-        result = await self.store.create_job(
-            create, idempotency_key=key, timeout_s=self.job_timeout_s(create.provider)
-        )
+        self._check_webhook(create)
+        if create.provider == AUTO:
+            plan = self._plan_route(create)
+            result = await self.store.create_routed_job(
+                create, idempotency_key=key, first=plan.first, event_data=plan.event_data
+            )
+        else:
+            self._check_provider_input(create)
+            result = await self.store.create_job(
+                create, idempotency_key=key, timeout_s=self.job_timeout_s(create.provider)
+            )
         job = result.job
         structlog.contextvars.bind_contextvars(job_id=job.id, provider=job.provider)
         headers = {"Location": f"/v1/jobs/{job.id}"}
@@ -158,8 +169,8 @@ class JobsApi:
             provider=provider, status=status, limit=limit, before_id=before,
             search=_search_text(params.get("q") or None),
         )  # fmt: skip
-        page = JobList(jobs=jobs, next_cursor=encode_cursor(last_id) if last_id else None)
-        return json_response(page.model_dump(mode="json"))
+        next_cursor = encode_cursor(last_id) if last_id else None
+        return json_response({"jobs": [job.body() for job in jobs], "next_cursor": next_cursor})
 
     async def list_events(self, request: web.Request) -> web.Response:
         job_id = self._job_id(request)
@@ -189,9 +200,30 @@ class JobsApi:
         self._log.info("job_cancel_requested", outcome=result.outcome)
         return json_response(_job_body(result.job), status=202)
 
-    def _check_provider_input(self, create: JobCreate) -> None:
-        """Provider enabled, model known, input valid for that model: all before anything is
-        recorded or sent."""
+    def _plan_route(self, create: JobCreate) -> Plan:
+        """A routed model's common input validated, and its first attempt chosen (a provider
+        that can serve it, is enabled, and whose circuit is not open): all before anything is
+        recorded. No provider on the route can take it: 422 `no_provider_available`."""
+        if create.model not in self.router.routes:
+            known = ", ".join(self.router.models()) or "none is configured (ROUTES)"
+            raise ValidationFailed(
+                f"unknown routed model {create.model!r}",
+                details=[{"loc": ["body", "model"], "msg": f"must be one of: {known}"}],
+            )
+        common = validate_model(RoutedInput, create.input, prefix=("body", "input"))
+        try:
+            return self.router.plan(create.model, common)
+        except NoProvider as exc:
+            raise ValidationFailed(
+                str(exc),
+                code="no_provider_available",
+                details=[
+                    {"loc": ["body", "provider"], "msg": f"{provider}: {reason}"}
+                    for provider, reason in exc.reasons.items()
+                ],
+            ) from exc
+
+    def _check_webhook(self, create: JobCreate) -> None:
         if create.webhook_url is not None and not self.webhooks_enabled:
             raise ValidationFailed(
                 "client webhooks are disabled: CLIENT_WEBHOOK_SECRET is not configured",
@@ -200,6 +232,10 @@ class JobsApi:
                     {"loc": ["body", "webhook_url"], "msg": "webhooks are disabled on this service"}
                 ],
             )
+
+    def _check_provider_input(self, create: JobCreate) -> None:
+        """Provider enabled, model known, input valid for that model: all before anything is
+        recorded or sent."""
         if create.provider not in self.enabled_providers:
             raise ValidationFailed(
                 f"provider {create.provider!r} is disabled: it has no credentials configured",

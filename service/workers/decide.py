@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from schemas.jobs import JobStatus
 from service.providers.base import JobRecord
 
 
@@ -25,7 +24,7 @@ def decide(job: JobRecord, now: datetime) -> Action:
         return Action.NOTHING
     if job.deadline_at is not None and now >= job.deadline_at:
         return Action.EXPIRE
-    if job.status is JobStatus.ACCEPTED:
+    if job.awaits_submission:
         if job.submit_started_at is None:
             return Action.SUBMIT
         if job.submit_unknown_at is None:

@@ -4,11 +4,18 @@ One loop per instance. It claims due jobs by lease on the job rows (`FOR UPDATE 
 any number of instances share the work with PostgreSQL as the only coordinator) and, per job,
 does what its state calls for:
 
-- accepted, submission not started: submit (at most once; see `_submit`);
+- accepted (or a routed job's later attempt), submission not started: submit (at most once;
+  see `_submit`);
 - accepted, submission started but its answer never recorded: its outcome is unknown, settled
   by asking the provider or by its callback (see `_settle_unknown`, service.workers.unknown);
 - cancel requested and not yet sent: send the cancel to the provider;
 - otherwise in flight: ask the provider (`fetch_status`) and record it as a `poll` observation.
+
+A routed job (CONTRACT.md, Routing across providers) moves to its next provider instead of
+failing when its attempt's provider is disabled, refuses the submission, stays unavailable
+through its retries, fails the job for a reason other than the content, or sends no news before
+the attempt's deadline and the attempt is known not to be live (never sent, or its cancel was
+confirmed): `_fail_over` (service.routing chooses where to).
 
 Work per provider runs under a concurrency limit. The loop sleeps until the next job is due, or
 until it is woken (a job was created or a cancel requested on this instance).
@@ -40,6 +47,7 @@ from service.providers.base import (
     ProviderRateLimited,
     state_json,
 )
+from service.routing import Router, fail_over, fails_over
 from service.store import CompletionTimes, JobStore, Schedule
 from service.workers.claim_loop import ClaimLoop
 from service.workers.decide import Action, decide
@@ -80,6 +88,7 @@ class JobRunner(ClaimLoop[JobRecord]):
         idle_wait_s: float = 1.0,
         grace_rule: GraceRule | None = None,
         grace_refresh_s: float = 60.0,
+        router: Router | None = None,
     ) -> None:
         super().__init__(
             name="runner",
@@ -94,6 +103,7 @@ class JobRunner(ClaimLoop[JobRecord]):
         self.timings = {**DEFAULT_TIMINGS, **(timings or {})}
         self.lease_seconds = lease_seconds
         self._limits = {name: asyncio.Semaphore(concurrency_per_provider) for name in adapters}
+        self.router = router
         self.grace_rule = grace_rule or GraceRule()
         self.grace_refresh_s = grace_refresh_s
         # (provider, model) -> (its recent completion times, loop time they were read)
@@ -120,6 +130,12 @@ class JobRunner(ClaimLoop[JobRecord]):
     async def _handle_limited(self, job: JobRecord) -> None:
         structlog.contextvars.bind_contextvars(job_id=job.id, provider=job.provider)
         adapter = self.adapters.get(job.provider)
+        if adapter is None and self._routed(job) and job.submit_started_at is None:
+            await self._fail_over(
+                job, code="provider_disabled",
+                message=f"{job.provider} has no credentials on this instance",
+            )  # fmt: skip
+            return
         if adapter is None:
             # This instance has no credentials for the provider; another instance may.
             self._log.warning("runner_provider_disabled")
@@ -215,6 +231,37 @@ class JobRunner(ClaimLoop[JobRecord]):
             return first
         return await self._observed_wait_s(job, default_s=timing.webhook_grace_s)
 
+    def _routed(self, job: JobRecord) -> bool:
+        return job.route is not None and self.router is not None
+
+    def _moves_on(self, job: JobRecord, observation: Observation) -> bool:
+        """A routed job's attempt failed for a reason another provider may not have."""
+        return (
+            self._routed(job)
+            and observation.status is JobStatus.FAILED
+            and fails_over(observation.error)
+        )
+
+    async def _fail_over(
+        self,
+        job: JobRecord,
+        *,
+        code: str,
+        message: str,
+        detail: Any = None,
+        data: dict[str, Any] | None = None,
+        source: Any = "system",
+    ) -> Next:
+        """A routed job's attempt failed in a way another provider may not: the next attempt
+        starts (due now), or the job fails when the route is exhausted."""
+        assert self.router is not None
+        error = JobError(code=code, message=message, provider_detail=detail)
+        outcome = await fail_over(
+            self.store, self.router, job, error=error, source=source, data=data
+        )
+        self._log.warning("attempt_failed", code=code, message=message, outcome=outcome)
+        return _now() if outcome == "next" else None
+
     @staticmethod
     def _provider_request(job: JobRecord) -> dict[str, Any]:
         """The request the provider gets: the job's input with the model's defaults."""
@@ -236,7 +283,7 @@ class JobRunner(ClaimLoop[JobRecord]):
             self.callback_base_url, provider=job.provider, job_id=job.id, token=token
         )
         outcome = await self.store.begin_submission(
-            job.id, owner=self.owner, token_hash=hash_callback_token(token)
+            job.id, owner=self.owner, token_hash=hash_callback_token(token), request=request
         )
         if outcome != "go":
             self._log.info("submission_skipped", outcome=outcome)
@@ -249,6 +296,11 @@ class JobRunner(ClaimLoop[JobRecord]):
             if verdict == "retry":
                 retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
                 return await self._retry_submission(job, timing, exc, retry_after=retry_after)
+            if verdict == "final" and self._routed(job):
+                return await self._fail_over(
+                    job, code="provider_rejected", message=str(exc), detail=exc.detail,
+                    data={"status": exc.status},
+                )  # fmt: skip
             if verdict == "final":
                 return await self._fail(
                     job,
@@ -293,6 +345,11 @@ class JobRunner(ClaimLoop[JobRecord]):
         retry_after: float | None,
     ) -> Next:
         attempts = job.submit_attempts + 1  # begin_submission counted this attempt
+        if attempts >= timing.retry.max_attempts and self._routed(job):
+            return await self._fail_over(
+                job, code="provider_unavailable", message=str(exc), detail=exc.detail,
+                data={"status": exc.status, "submissions": attempts},
+            )  # fmt: skip
         if attempts >= timing.retry.max_attempts:
             return await self._fail(
                 job, code="provider_unavailable", message=str(exc), detail=exc.detail
@@ -452,6 +509,14 @@ class JobRunner(ClaimLoop[JobRecord]):
             return await self._reschedule(job, delay)
         if observation.status is None:
             return await self._reschedule(job, delay)
+        if self._moves_on(job, observation):
+            error = observation.error
+            return await self._fail_over(
+                job, code=error.code if error else "provider_failed",
+                message=error.message if error else "the provider reported the job failed",
+                detail=error.provider_detail if error else None, source="poll",
+                data={"provider_status": observation.provider_status},
+            )  # fmt: skip
         next_at = self._at(job, delay)
         # A webhook provider's terminal state first learned by poll means its webhook was lost
         # (or is late past the grace): recorded on the event and counted per provider.
@@ -481,15 +546,18 @@ class JobRunner(ClaimLoop[JobRecord]):
                 observation = await adapter.fetch_status(job)
             except ProviderError as exc:
                 self._log.warning("deadline_check_failed", error=str(exc))
-        if (
+        ended = (
             observation is not None
             and observation.status is not None
-            and observation.status.is_terminal
-        ):
+            and (observation.status.is_terminal)
+        )
+        if ended and observation is not None and not self._moves_on(job, observation):
             await self.store.apply_observation(
                 job.id, observation, source="poll", schedule=Schedule(self.owner)
             )
             return None
+        if self._routed(job):
+            return await self._expire_attempt(job, adapter, observation)
         await self._fail(
             job,
             code="provider_timeout",
@@ -508,3 +576,40 @@ class JobRunner(ClaimLoop[JobRecord]):
             data={"accepted": outcome.accepted, "provider_answer": outcome.provider_answer, "reason": "deadline"},
         )  # fmt: skip
         return None
+
+    async def _expire_attempt(
+        self, job: JobRecord, adapter: ProviderAdapter, last_look: Observation | None
+    ) -> Next:
+        """A routed attempt past its deadline moves on only when it cannot be live: never sent,
+        reported ended (failed, not for its content), or its cancel confirmed by the provider.
+        Otherwise the job fails provider_timeout, as a direct job does: never two live attempts."""
+        code, message = "provider_timeout", "no provider news before the attempt's deadline"
+        deadline = {"deadline_at": job.deadline_at.isoformat() if job.deadline_at else None}
+        if job.submit_started_at is None or (
+            last_look is not None and last_look.status is JobStatus.FAILED
+        ):
+            return await self._fail_over(job, code=code, message=message, data=deadline)
+        if job.provider_job_id is not None:
+            try:
+                PROVIDER_REQUESTS.labels(provider=job.provider, operation="cancel").inc()
+                outcome = await adapter.cancel(job)
+            except ProviderError as exc:
+                self._log.warning("deadline_cancel_failed", error=str(exc))
+            else:
+                answer = {"accepted": outcome.accepted, "provider_answer": outcome.provider_answer}
+                await self.store.record_event(
+                    job.id,
+                    type="cancel_sent",
+                    source="system",
+                    data={**answer, "reason": "deadline"},
+                )
+                if outcome.accepted:
+                    return await self._fail_over(
+                        job, code=code, message=message, data={**deadline, "cancel": answer}
+                    )
+        return await self._fail(
+            job, code=code,
+            message="no provider news before the attempt's deadline, and the provider did not "
+            "confirm its cancel: the attempt may still be live, so no other provider is tried",
+            data=deadline,
+        )  # fmt: skip

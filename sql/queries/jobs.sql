@@ -1,11 +1,13 @@
 -- Named queries, loaded once at start by service.db.queries. "-- name: x" starts query x.
 
 -- name: request_cancel
-SELECT outcome, (job).*
+SELECT outcome, (job).*, CASE WHEN (job).route IS NOT NULL THEN job_attempts_json((job).id) END AS attempts
 FROM request_cancel($1);
 
 -- name: get_job
-SELECT * FROM jobs WHERE id = $1;
+-- A routed job with its attempts (job_attempts_json); a direct job's `attempts` is NULL.
+SELECT *, CASE WHEN route IS NOT NULL THEN job_attempts_json(id) END AS attempts
+FROM jobs WHERE id = $1;
 
 -- name: list_jobs
 -- Newest first; job ids sort by creation time, so the cursor is the last id returned.
@@ -13,7 +15,8 @@ SELECT * FROM jobs WHERE id = $1;
 -- value (at any depth) containing it, case-insensitively: $6 is $5 as an escaped ILIKE
 -- pattern. Scalars are compared as their text (strings unquoted, numbers and booleans as JSON
 -- writes them), so a search never matches JSON punctuation; no index: operators' searches.
-SELECT * FROM jobs
+SELECT *, CASE WHEN route IS NOT NULL THEN job_attempts_json(id) END AS attempts
+FROM jobs
 WHERE ($1::text IS NULL OR provider = $1)
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR id < $3)
@@ -71,7 +74,20 @@ FROM create_jobs($1::text[], $2::text[], $3::text[], $4::text[]::jsonb[], $5::te
                  $6::text[], $7::text[], $8::text[], $9::float8[]);
 
 -- name: begin_submissions
-SELECT ord, outcome FROM begin_submissions($1::text[], $2, $3::text[]);
+SELECT ord, outcome FROM begin_submissions($1::text[], $2, $3::text[], $4::text[]::jsonb[]);
+
+-- name: create_routed_job
+SELECT created, (job).*, job_attempts_json((job).id) AS attempts
+FROM create_routed_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, make_interval(secs => $13));
+
+-- name: fail_over_attempt
+SELECT fail_over_attempt($1, $2, $3, $4, $5, $6, $7, $8, $9, make_interval(secs => $10));
+
+-- name: superseded_attempt
+-- The earlier attempt of a routed job whose callback token this is (NULL: none).
+SELECT n FROM job_attempts
+WHERE job_id = $1 AND provider = $2 AND callback_token_hash = $3
+  AND n < (SELECT attempt FROM jobs WHERE id = $1);
 
 -- name: record_submission_unknown
 SELECT record_submission_unknown($1, $2, $3, $4);

@@ -14,6 +14,7 @@ from schemas.jobs import JobCreate, JobError, JobOutput, JobStatus
 from service.db.database import Database
 from service.providers.base import Observation
 from service.store import CompletionTimes, JobStore, Schedule, new_job_id
+from service.store.base import NextAttempt
 from service.store.memory import MemoryJobStore
 from service.store.postgres import PostgresJobStore
 
@@ -98,8 +99,8 @@ async def test_claims_lease_jobs_to_one_owner_until_released(store: JobStore) ->
 
 async def test_a_submission_begins_once_and_a_cancel_before_it_wins(store: JobStore) -> None:
     job_id = await claimed(store)
-    assert await store.begin_submission(job_id, owner="w1", token_hash="h") == "go"
-    assert await store.begin_submission(job_id, owner="w1", token_hash="h") == "skip"
+    assert await store.begin_submission(job_id, owner="w1", token_hash="h", request={}) == "go"
+    assert await store.begin_submission(job_id, owner="w1", token_hash="h", request={}) == "skip"
     other = await claimed(store)
     assert (await store.request_cancel(other)).outcome == "canceled"  # nothing was sent
     record = await store.lookup(job_id)
@@ -113,7 +114,7 @@ async def test_a_cancel_sent_is_recorded_even_when_the_job_ended_meanwhile(
     """The provider's "cancelled" webhook may commit before the runner records the cancel it
     sent: the request is still part of the history, and the ended job gets no next action."""
     job_id = await claimed(store)
-    await store.begin_submission(job_id, owner="w1", token_hash="h")
+    await store.begin_submission(job_id, owner="w1", token_hash="h", request={})
     await store.apply_observation(
         job_id, Observation(S.SUBMITTED, provider_job_id="p-1"), source="system"
     )
@@ -132,7 +133,7 @@ async def test_an_unknown_submission_is_recorded_once_then_resent_or_bound(
     store: JobStore,
 ) -> None:
     job_id = await claimed(store)
-    await store.begin_submission(job_id, owner="w1", token_hash="h")
+    await store.begin_submission(job_id, owner="w1", token_hash="h", request={})
     later = datetime.now(UTC) + timedelta(hours=1)
     assert await store.record_submission_unknown(job_id, owner="w1", next_action_at=later, data={})
     assert not await store.record_submission_unknown(
@@ -141,7 +142,7 @@ async def test_an_unknown_submission_is_recorded_once_then_resent_or_bound(
     assert (await store.lookup(job_id)).submit_unknown_at is not None  # type: ignore[union-attr]
     await store.reschedule(job_id, owner="nobody", at=later)
     twin = await claimed(store)
-    await store.begin_submission(twin, owner="w1", token_hash="h2")
+    await store.begin_submission(twin, owner="w1", token_hash="h2", request={})
     bind = {"provider": "krea", "provider_job_id": "p-9", "owner": "w1", "data": {}}
     assert await store.bind_listed_submission(twin, next_action_at=later, **bind)
     assert await store.bound_provider_job_ids("krea", ["p-9", "p-0"]) == {"p-9"}
@@ -153,7 +154,7 @@ async def test_a_provider_job_is_bound_to_one_job_only(store: JobStore) -> None:
     first, second = await claimed(store), await claimed(store)
     later = datetime.now(UTC) + timedelta(hours=1)
     for job_id in (first, second):
-        await store.begin_submission(job_id, owner="w1", token_hash="h")
+        await store.begin_submission(job_id, owner="w1", token_hash="h", request={})
     bind = {"provider": "krea", "provider_job_id": "p-1", "owner": "w1", "data": {}}
     results = await asyncio.gather(
         store.bind_listed_submission(first, next_action_at=later, **bind),
@@ -164,11 +165,11 @@ async def test_a_provider_job_is_bound_to_one_job_only(store: JobStore) -> None:
 
 async def test_a_resent_submission_is_due_and_can_begin_again(store: JobStore) -> None:
     job_id = await claimed(store)
-    await store.begin_submission(job_id, owner="w1", token_hash="h")
+    await store.begin_submission(job_id, owner="w1", token_hash="h", request={})
     assert await store.resend_unsent_submission(job_id, owner="w1", data={"verdict": "send"})
     [again] = await store.claim_due(owner="w1", limit=10, lease_seconds=60)
     assert again.submit_started_at is None and again.submit_unknown_at is None
-    assert await store.begin_submission(job_id, owner="w1", token_hash="h") == "go"
+    assert await store.begin_submission(job_id, owner="w1", token_hash="h", request={}) == "go"
     assert (await store.lookup(job_id)).submit_attempts == 2  # type: ignore[union-attr]
 
 
@@ -251,3 +252,145 @@ async def test_completion_times_of_recent_successes(store: JobStore) -> None:
     times = await store.completion_times("krea", "bfl/flux-1-dev")
     assert times.samples == 1 and times.p95_s is not None and 0 <= times.p95_s < 60
     assert times.p10_s is not None and 0 <= times.p10_s <= times.p95_s
+
+
+# --- routed jobs (CONTRACT.md, Routing across providers) -----------------------------------
+
+
+def routed(prompt: str = "a lighthouse") -> JobCreate:
+    return JobCreate(provider="auto", model="flux-1-krea-dev", input={"prompt": prompt})
+
+
+def attempt(provider: str, model: str, timeout_s: float = 60.0) -> NextAttempt:
+    return NextAttempt(
+        provider=provider, model=model, input={"prompt": "a lighthouse"}, adjustments={},
+        timeout_s=timeout_s,
+    )  # fmt: skip
+
+
+FAL = attempt("fal", "fal-ai/flux/krea")
+SCENARIO = attempt("scenario", "model_flux-krea-dev")
+PROVIDER_DOWN = JobError(code="provider_unavailable", message="503 three times")
+
+
+async def routed_claimed(store: JobStore) -> str:
+    created = await store.create_routed_job(
+        routed(), idempotency_key=None, first=FAL, event_data={"route": ["fal", "scenario"]}
+    )
+    [record] = await store.claim_due(owner="w1", limit=10, lease_seconds=60)
+    assert record.id == created.job.id
+    return created.job.id
+
+
+async def test_a_routed_job_shows_its_common_model_and_its_attempt(store: JobStore) -> None:
+    created = await store.create_routed_job(
+        routed(), idempotency_key="rk", first=FAL, event_data={"route": ["fal", "scenario"]}
+    )
+    job = created.job
+    assert (job.provider, job.model, job.input) == (
+        "fal",
+        "flux-1-krea-dev",
+        {"prompt": "a lighthouse"},
+    )
+    assert job.attempts is not None and [(a.provider, a.model, a.status) for a in job.attempts] == [
+        ("fal", "fal-ai/flux/krea", "pending")
+    ]
+    again = await store.create_routed_job(routed(), idempotency_key="rk", first=FAL, event_data={})
+    assert not again.created and again.job.id == job.id
+    record = await store.lookup(job.id)
+    assert record is not None
+    assert (record.provider, record.model, record.route, record.attempt) == (
+        "fal", "fal-ai/flux/krea", "flux-1-krea-dev", 1
+    )  # fmt: skip
+    [accepted] = await store.list_events(job.id)
+    assert accepted.data == {"route": ["fal", "scenario"]}
+
+
+async def test_an_attempt_fails_over_to_the_next_provider_and_starts_again(
+    store: JobStore,
+) -> None:
+    job_id = await routed_claimed(store)
+    assert (
+        await store.begin_submission(job_id, owner="w1", token_hash="h1", request={"p": 1}) == "go"
+    )
+    outcome = await store.fail_over_attempt(
+        job_id, attempt=1, source="system", error=PROVIDER_DOWN, data={}, next_attempt=SCENARIO
+    )
+    assert outcome == "next"
+    record = await store.lookup(job_id)
+    assert record is not None
+    assert (record.provider, record.attempt, record.submit_started_at, record.status) == (
+        "scenario", 2, None, S.ACCEPTED
+    )  # fmt: skip
+    # A news of attempt 1 arriving now changes nothing.
+    stale = await store.fail_over_attempt(
+        job_id, attempt=1, source="webhook", error=PROVIDER_DOWN, data={}, next_attempt=None
+    )
+    assert stale == "stale"
+    [again] = await store.claim_due(owner="w2", limit=10, lease_seconds=60)
+    assert again.id == job_id and again.awaits_submission
+    assert (
+        await store.begin_submission(job_id, owner="w2", token_hash="h2", request={"p": 2}) == "go"
+    )
+    assert await store.superseded_attempt(job_id, provider="fal", token_hash="h1") == 1
+    assert await store.superseded_attempt(job_id, provider="scenario", token_hash="h2") is None
+    events = await store.list_events(job_id)
+    assert [e.type for e in events] == [
+        "status_changed", "attempt_started", "submission_started", "attempt_failed",
+        "attempt_started", "submission_started",
+    ]  # fmt: skip
+    failed, started = events[3], events[4]
+    assert failed.data["error"]["code"] == "provider_unavailable" and failed.data["attempt"] == 1
+    assert started.data["provider"] == "scenario" and started.data["request"] == {"p": 2}
+    job = await store.get_job(job_id)
+    assert job is not None and job.attempts is not None
+    assert [(a.provider, a.status) for a in job.attempts] == [
+        ("fal", "failed"), ("scenario", "started")
+    ]  # fmt: skip
+
+
+async def test_a_routed_job_fails_when_its_route_is_exhausted(store: JobStore) -> None:
+    job_id = await routed_claimed(store)
+    outcome = await store.fail_over_attempt(
+        job_id, attempt=1, source="system", error=PROVIDER_DOWN, data={}, next_attempt=None
+    )
+    assert outcome == "failed"
+    job = await store.get_job(job_id)
+    assert job is not None and job.status is S.FAILED
+    assert job.error is not None and job.error.code == "provider_unavailable"
+
+
+async def test_the_status_never_moves_back_across_attempts(store: JobStore) -> None:
+    job_id = await routed_claimed(store)
+    await store.begin_submission(job_id, owner="w1", token_hash="h1", request={})
+    running = Observation(S.RUNNING, provider_job_id="fal-1")
+    assert (await store.apply_observation(job_id, running, source="webhook")).applied
+    await store.fail_over_attempt(
+        job_id, attempt=1, source="webhook", error=PROVIDER_DOWN, data={}, next_attempt=SCENARIO
+    )
+    record = await store.lookup(job_id)
+    assert record is not None and record.status is S.RUNNING and record.awaits_submission
+    submitted = Observation(S.SUBMITTED, provider_job_id="sc-1")
+    assert not (await store.apply_observation(job_id, submitted, source="system")).applied
+    record = await store.lookup(job_id)
+    assert record is not None and record.provider_job_id == "sc-1"
+    assert not record.awaits_submission
+    done = Observation(S.SUCCEEDED, outputs=[JobOutput(url="https://x/1.png")])
+    assert (await store.apply_observation(job_id, done, source="poll")).applied
+    job = await store.get_job(job_id)
+    assert job is not None and job.attempts is not None
+    assert [(a.provider, a.status, a.provider_job_id) for a in job.attempts] == [
+        ("fal", "failed", "fal-1"), ("scenario", "succeeded", "sc-1")
+    ]  # fmt: skip
+
+
+async def test_a_cancel_between_attempts_ends_the_job_at_once(store: JobStore) -> None:
+    job_id = await routed_claimed(store)
+    await store.begin_submission(job_id, owner="w1", token_hash="h1", request={})
+    await store.apply_observation(job_id, Observation(S.QUEUED, provider_job_id="f"), source="poll")
+    await store.fail_over_attempt(
+        job_id, attempt=1, source="system", error=PROVIDER_DOWN, data={}, next_attempt=SCENARIO
+    )
+    result = await store.request_cancel(job_id)
+    assert result.outcome == "canceled"
+    assert result.job is not None and result.job.status is S.CANCELED
