@@ -66,7 +66,7 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    provider: Provider | Literal["auto"] = Field(
+    provider: Literal["krea", "fal", "scenario", "auto"] = Field(
         description="a provider, or `auto` for a model served by several (see `ROUTES`)"
     )
     model: str = Field(min_length=1, max_length=200)
@@ -132,10 +132,7 @@ class Job(BaseModel):
 
     def body(self) -> dict[str, Any]:
         """The job as the API returns it (no `attempts` member for a direct job)."""
-        body = self.model_dump(mode="json")
-        if body["attempts"] is None:
-            del body["attempts"]
-        return body
+        return self.model_dump(mode="json", exclude={"attempts"} if self.attempts is None else None)
 
 
 class JobList(BaseModel):

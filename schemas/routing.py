@@ -321,7 +321,7 @@ class RoutedModel:
 
     @classmethod
     def of(cls, name: str, *mappings: ProviderMapping) -> RoutedModel:
-        by_provider = {m.provider: m for m in mappings}
+        by_provider: dict[str, ProviderMapping] = {m.provider: m for m in mappings}
         if len(by_provider) != len(mappings):
             raise ValueError(f"{name}: one mapping per provider")
         for m in mappings:

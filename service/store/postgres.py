@@ -53,7 +53,7 @@ def job_from_row(row: asyncpg.Record) -> Job:
     return Job(
         id=row["id"],
         provider=row["provider"],
-        model=row["route"] or row["model"],
+        model=row.get("route") or row["model"],
         status=JobStatus(row["status"]),
         provider_job_id=row["provider_job_id"],
         input=row["input"],

@@ -11,6 +11,7 @@ from schemas.audit import CheckpointList, JobAudit
 from schemas.errors import ErrorBody
 from schemas.events import EventList
 from schemas.jobs import Job, JobCreate, JobList
+from schemas.routing import RoutedInput
 from schemas.webhooks import WebhookDeliveryList
 
 _ERROR_STATUSES = ("400", "401", "404", "409", "413", "422", "503")
@@ -53,7 +54,10 @@ def _jobs_paths() -> dict[str, Any]:
     return {
         "/v1/jobs": {
             "post": {
-                "summary": "Create a job", "parameters": [key],
+                "summary": "Create a job",
+                "description": "With `provider` `auto`, `model` is a routed model (`ROUTES`) and "
+                               "`input` its common input (`RoutedInput`).",
+                "parameters": [key],
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _ref("JobCreate")}}},
                 "responses": _answers("202", "Job", "accepted",
@@ -160,7 +164,7 @@ def openapi_document() -> dict[str, Any]:
                 JobAudit,
             )
         ]
-        + [(JobCreate, "validation")],
+        + [(JobCreate, "validation"), (RoutedInput, "validation")],
         ref_template="#/components/schemas/{model}",
     )
     return {

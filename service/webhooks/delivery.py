@@ -44,7 +44,7 @@ def webhook_body(delivery: Delivery) -> bytes:
         {
             "type": delivery.event_type,
             "timestamp": format_timestamp(delivery.event_at),
-            "data": delivery.job.model_dump(mode="json"),
+            "data": delivery.job.body(),
         }
     )
 
