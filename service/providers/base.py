@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from schemas.jobs import JobError, JobOutput, JobStatus
@@ -94,6 +95,21 @@ class BadSignature(InvalidCallback):
 
 class MalformedCallback(CallbackError):
     """An authentic callback whose body does not have the provider's documented shape (400)."""
+
+
+#: What the providers put in a job's failure when their content checker refused it (fal's error
+#: type `content_policy_violation`; Krea's and Scenario's failure text): the content's fault,
+#: which another provider would refuse too (CONTRACT.md, Routing: never retried elsewhere).
+_CONTENT_REFUSAL_MARKERS = ("content_policy_violation", "content policy", "nsfw", "safety filter")
+
+
+def failure(message: str, detail: Any) -> JobError:
+    """A provider-reported job failure: `content_refused` when the provider's detail says its
+    content checker refused the job, `provider_failed` otherwise."""
+    text = orjson.dumps(detail, default=str).decode().lower() if detail is not None else ""
+    refused = any(marker in text for marker in _CONTENT_REFUSAL_MARKERS)
+    code = "content_refused" if refused else "provider_failed"
+    return JobError(code=code, message=message, provider_detail=detail)
 
 
 def validated(

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import httpx
 
-from schemas.jobs import JobError, JobOutput, JobStatus
+from schemas.jobs import JobOutput, JobStatus
 from schemas.providers import (
     FalCancelAnswer,
     FalImagesResult,
@@ -31,6 +31,7 @@ from service.providers.base import (
     SubmitPolicy,
     callback_payload,
     check_provider_job,
+    failure,
     read_state,
 )
 from service.providers.fal_signature import FalWebhookVerifier
@@ -58,7 +59,7 @@ def _ended_with_error(
     # recorded answer yet, an error completion is taken as the cancel too; only a cancel that fal
     # refused (ALREADY_COMPLETED, NOT_FOUND) leaves the error a failure.
     canceled = job.cancel_requested if state.cancel_accepted is None else state.cancel_accepted
-    error = JobError(code="provider_failed", message=message, provider_detail=detail)
+    error = failure(message, detail)
     return Observation(
         status=JobStatus.CANCELED if canceled else JobStatus.FAILED,
         provider_status=provider_status,

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from schemas.jobs import JobError, JobOutput, JobStatus
+from schemas.jobs import JobOutput, JobStatus
 from schemas.providers import KreaJob, KreaJobList, KreaSize, KreaState
 from service.providers.base import (
     CancelOutcome,
@@ -21,6 +21,7 @@ from service.providers.base import (
     SubmitPolicy,
     callback_payload,
     check_provider_job,
+    failure,
     read_state,
 )
 from service.providers.http import cancel_outcome, make_client, request_as, send
@@ -56,9 +57,7 @@ def _observe(job: KreaJob, size: KreaSize) -> Observation:
         ]  # fmt: skip
     if status is JobStatus.FAILED:
         detail = job.result.error if job.result is not None else None
-        error = JobError(
-            code="provider_failed", message="Krea reported the job failed", provider_detail=detail
-        )
+        error = failure("Krea reported the job failed", detail)
     return Observation(
         status=status,
         provider_status=job.status,

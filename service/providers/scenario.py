@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from schemas.jobs import JobError, JobOutput, JobStatus
+from schemas.jobs import JobOutput, JobStatus
 from schemas.providers import (
     ScenarioAsset,
     ScenarioAssetEnvelope,
@@ -28,6 +28,7 @@ from service.providers.base import (
     Observation,
     Submission,
     SubmitPolicy,
+    failure,
 )
 from service.providers.http import cancel_outcome, make_client, request_as, send
 from service.providers.listing import LIST_PAGE_SIZE, echo_matches, jobs_in_window, provider_time
@@ -126,11 +127,7 @@ class ScenarioAdapter:
                 status=status, provider_status=found.status, outputs=outputs, data=data
             )
         if status is JobStatus.FAILED:
-            error = JobError(
-                code="provider_failed",
-                message="Scenario reported the job failed",
-                provider_detail=found.metadata.error,
-            )
+            error = failure("Scenario reported the job failed", found.metadata.error)
             return Observation(status=status, provider_status=found.status, error=error, data=data)
         return Observation(status=status, provider_status=found.status, data=data)
 

@@ -28,6 +28,7 @@ from service.providers.base import (
     ProviderRejected,
     ProviderServerError,
     ProviderUnreachable,
+    failure,
     state_json,
 )
 from service.providers.fal import FalAdapter
@@ -334,3 +335,18 @@ async def test_the_cancel_answer_carries_the_state_to_record() -> None:
     outcome = await krea.cancel(record("krea"))
     assert not outcome.accepted and outcome.provider_answer.startswith("refused 400")
     assert state_json(outcome.state) == {}  # Krea keeps nothing of its cancels
+
+
+@pytest.mark.parametrize(
+    ("detail", "code"),
+    [
+        ({"detail": [{"type": "content_policy_violation", "msg": "flagged"}]}, "content_refused"),
+        ("content policy violation: flagged as NSFW by the safety filter", "content_refused"),
+        ("Content policy violation: the request was flagged", "content_refused"),
+        ("simulated generation failure", "provider_failed"),
+        ({"detail": [{"type": "value_error", "msg": "bad"}]}, "provider_failed"),
+        (None, "provider_failed"),
+    ],
+)
+def test_a_content_refusal_is_told_from_other_failures(detail: object, code: str) -> None:
+    assert failure("the provider reported the job failed", detail).code == code
