@@ -78,8 +78,8 @@ class RoutedInput(BaseModel):
         description=(
             "Image width in pixels, given together with `height`. A provider that cannot produce "
             "this exact size (Scenario: aspect ratios at about one megapixel) gets the nearest "
-            "it can: nearest aspect ratio, then nearest pixel count; the attempt's submission "
-            "event records the choice. Left out: each provider's default size."
+            "it can: nearest aspect ratio, then nearest pixel count, recorded with the attempt "
+            "as an adjustment. Left out: each provider's default size."
         ),
     )
     height: Annotated[int, Field(ge=1, le=MAX_SIDE)] | None = Field(
@@ -158,7 +158,9 @@ def _check_range(
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"{low:g}..{high:g}" if high is not None else f">= {low:g}"
         raise Unservable(
-            provider, parameter, f"{parameter}={value:g} but its {own_name} takes {bounds} ({source})"
+            provider,
+            parameter,
+            f"{parameter}={value:g} but its {own_name} takes {bounds} ({source})",
         )
 
 
@@ -319,7 +321,7 @@ class RoutedModel:
 
     @classmethod
     def of(cls, name: str, *mappings: ProviderMapping) -> RoutedModel:
-        by_provider = {m.provider: m for m in mappings}
+        by_provider: dict[str, ProviderMapping] = {m.provider: m for m in mappings}
         if len(by_provider) != len(mappings):
             raise ValueError(f"{name}: one mapping per provider")
         for m in mappings:
