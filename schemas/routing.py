@@ -78,8 +78,8 @@ class RoutedInput(BaseModel):
         description=(
             "Image width in pixels, given together with `height`. A provider that cannot produce "
             "this exact size (Scenario: aspect ratios at about one megapixel) gets the nearest "
-            "it can: nearest aspect ratio, then nearest pixel count; the attempt's submission "
-            "event records the choice. Left out: each provider's default size."
+            "it can: nearest aspect ratio, then nearest pixel count, recorded with the attempt "
+            "as an adjustment. Left out: each provider's default size."
         ),
     )
     height: Annotated[int, Field(ge=1, le=MAX_SIDE)] | None = Field(
