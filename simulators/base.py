@@ -170,12 +170,15 @@ class ProviderSimulator(ABC, Generic[C]):
             drop_callbacks=plan.drop_callbacks,
             callback_url=callback_url,
             fingerprint=submission or fingerprint(model, body, callback_url),
+            fail_reason=plan.fail_reason,
         )
 
     def register(self, job: SimJob) -> None:
         """Store a new job and count its submission (repeats share a fingerprint)."""
         repeat = self.store.add(job)
         self.stats["jobs_created"] += 1
+        if job.refused_content:
+            self.stats["content_refusals"] += 1
         if repeat:
             self.stats["duplicate_submits"] += 1
 

@@ -15,6 +15,8 @@ from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from simulators.jobs import FailReason
+
 
 class SimulatorConfig(BaseModel):
     """Timing and injected faults every simulator understands; changeable at run time."""
@@ -34,6 +36,11 @@ class SimulatorConfig(BaseModel):
 
     # Job outcome faults.
     fail_rate: float = Field(0.0, ge=0, le=1)
+    fail_reason: FailReason = Field(
+        "error",
+        description="how a failing job (fail_rate, `[fail]`) fails: a provider-side error, or "
+        "a content (safety) refusal; the `[content]` marker forces the latter for one job",
+    )
 
     # Submit faults: counters are consumed one per submit request.
     rate_limit_next: int = Field(0, ge=0)

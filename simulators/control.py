@@ -31,6 +31,7 @@ STAT_NAMES = (
     "server_errors",
     "errors_after_submit",
     "poll_errors",
+    "content_refusals",  # jobs created to end in a content refusal ([content], fail_reason)
     "status_requests",
     "status_stream_requests",
     "result_requests",

@@ -42,6 +42,15 @@ IMAGE_SIZES: dict[str, tuple[int, int]] = {
 }
 
 CANCELLED_MESSAGE = "Request was cancelled"
+# REFERENCE.md section 1 documents no content-refusal shape; its closest is the model's 422
+# error (`{"detail": [{"loc", "msg", "type"}]}`, also the ERROR webhook's payload) with the
+# status's `error_type`. A content refusal is that error with type `content_policy_violation`,
+# fal's name for input or output flagged by a content checker (documented in fal's own error
+# reference, outside REFERENCE.md).
+CONTENT_POLICY_TYPE = "content_policy_violation"
+CONTENT_POLICY_MESSAGE = (
+    "The content could not be processed because it contained material flagged by a content checker."
+)
 
 
 class FalImageSize(BaseModel):
@@ -271,6 +280,18 @@ class FalSimulator(ProviderSimulator[FalConfig]):
                 "Invalid status code: 422",
                 "validation_error",
             )
+        if job.refused_content:
+            refusal = [
+                {
+                    "loc": ["body", "prompt"],
+                    "msg": CONTENT_POLICY_MESSAGE,
+                    "type": CONTENT_POLICY_TYPE,
+                    "input": job.prompt,
+                }
+            ]
+            return FalFailure(
+                422, {"detail": refusal}, "Invalid status code: 422", CONTENT_POLICY_TYPE
+            )
         detail = [
             {
                 "loc": ["body", "prompt"],
@@ -441,8 +462,8 @@ class FalSimulator(ProviderSimulator[FalConfig]):
         prompt = prompt if isinstance(prompt, str) else ""
         plan = self.faults.plan_job(prompt)
         if detail is not None:
-            # An invalid body fails as soon as a runner picks it up.
-            plan = dataclasses.replace(plan, run_s=0.0, will_fail=True)
+            # An invalid body fails as soon as a runner picks it up, as a validation error.
+            plan = dataclasses.replace(plan, run_s=0.0, will_fail=True, fail_reason="error")
         common = self.new_job(
             request,
             plan,

@@ -1,5 +1,6 @@
 """Injected faults decided per request or per job: the submit and poll gates, the answer lost
-after a job was created, and each new job's plan (failure, early end, dropped webhook).
+after a job was created, and each new job's plan (failure and how it fails, early end,
+dropped webhook).
 
 Counters (`rate_limit_next`, `server_error_next`, `error_after_submit_next`, `poll_error_next`)
 are used up one per request; prompt markers force a fault on one job whatever the config says.
@@ -20,6 +21,7 @@ from simulators.wire import format_seconds
 
 # Prompt markers: deterministic faults for one job, whatever the global config says.
 FAIL_MARKER = "[fail]"
+CONTENT_MARKER = "[content]"  # fails as a content (safety) refusal, whatever fail_reason says
 DROP_CALLBACK_MARKER = "[drop-callback]"
 EARLY_MARKER = "[early]"
 
@@ -83,10 +85,14 @@ class Faults:
         """Decide a new job's timing and faults from the config and the prompt's markers."""
         cfg = self.config_state.current
         early = cfg.callback_early or EARLY_MARKER in prompt
+        refused = CONTENT_MARKER in prompt
         return JobPlan(
             queue_s=0.0 if early else cfg.queue_seconds,
             run_s=0.0 if early else cfg.run_seconds,
-            will_fail=FAIL_MARKER in prompt or self.config_state.draw(cfg.fail_rate),
+            # Markers first: a job they decide takes no random draw, so the seeded sequence
+            # of the other jobs stays what it was.
+            will_fail=refused or FAIL_MARKER in prompt or self.config_state.draw(cfg.fail_rate),
             early=early,
             drop_callbacks=DROP_CALLBACK_MARKER in prompt,
+            fail_reason="content" if refused else cfg.fail_reason,
         )

@@ -23,6 +23,12 @@ from simulators.wire import is_http_url, iso_ms, json_response, read_json_object
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FAILURE_MESSAGE = "simulated generation failure"
+# REFERENCE.md section 2 documents no content-refusal shape: only that a failed job carries
+# its details in `result.error` (a string). So a content refusal is a `failed` job whose
+# `result.error` names the content policy, on `GET /jobs/{id}` and in the webhook alike.
+CONTENT_REFUSAL_MESSAGE = (
+    "content policy violation: the request was flagged as NSFW by the safety filter"
+)
 
 
 class FluxDevBody(BaseModel):
@@ -160,7 +166,7 @@ class KreaSimulator(ProviderSimulator[KreaConfig]):
             )
             result = {"urls": [url]}
         elif outcome == "failed":
-            result = {"error": _FAILURE_MESSAGE}
+            result = {"error": CONTENT_REFUSAL_MESSAGE if job.refused_content else _FAILURE_MESSAGE}
         return {
             "job_id": job.id,
             "status": self.public_status(job, now),

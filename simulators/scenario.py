@@ -30,6 +30,12 @@ PREFIX = "/v1"
 CU_PER_OUTPUT = 5
 _FAILURE_MESSAGE = "simulated generation failure"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# REFERENCE.md section 3 documents no content-refusal shape: a job ends in status `failure`
+# with its reason in `metadata.error` (null otherwise). So a content refusal is a `failure`
+# whose `metadata.error` names the content policy (Scenario is polled: no webhook).
+CONTENT_REFUSAL_MESSAGE = (
+    "Content policy violation: the request was flagged as NSFW by the safety filter"
+)
 
 # Required parameters of the models documented in seeds 000-002; other models accept any body.
 REQUIRED_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -219,7 +225,7 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
             "ownerId": "proj_sim",
             "metadata": {
                 "assetIds": list(job.asset_ids) if outcome == "succeeded" else [],
-                "error": _FAILURE_MESSAGE if outcome == "failed" else None,
+                "error": self._failure_message(job) if outcome == "failed" else None,
                 "hint": None,
                 "input": {"modelId": job.model, **job.input},
             },
@@ -228,6 +234,11 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
             ],
             "billing": {"cuCost": CU_PER_OUTPUT * len(job.asset_ids), "cuDiscount": 0},
         }
+
+    @staticmethod
+    def _failure_message(job: ScenarioJob) -> str:
+        """`metadata.error` of a failed job: a content refusal, or the simulated failure."""
+        return CONTENT_REFUSAL_MESSAGE if job.refused_content else _FAILURE_MESSAGE
 
     def asset_json(self, job: ScenarioJob, index: int) -> dict[str, Any]:
         """The asset object of `GET /assets/{id}`, with a signed-looking temporary URL."""
