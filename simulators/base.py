@@ -30,6 +30,8 @@ from simulators.wire import CONTROL_PREFIX, iso_ms
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
 
+UNAVAILABLE_MESSAGE = "service unavailable"
+
 
 class ProviderSimulator(ABC, Generic[C]):
     """One provider's simulator: its config, jobs, counters, faults and webhooks, as an app."""
@@ -51,7 +53,12 @@ class ProviderSimulator(ABC, Generic[C]):
         # webhook backoff) ends at once instead of holding the server.
         self.pauses = Pauses()
         self.faults = Faults(
-            self.config_state, self.stats, self.error_response, self.rate_limit_message
+            self.config_state,
+            self.stats,
+            self.error_response,
+            self.rate_limit_message,
+            self.refused_submit,
+            self.unavailable_submit,
         )
         self.webhooks = WebhookSender(
             self.config_state,
@@ -206,6 +213,15 @@ class ProviderSimulator(ABC, Generic[C]):
         self, status: int, message: str, *, headers: Mapping[str, str] | None = None
     ) -> web.Response:
         """Answer an error in the provider's own body shape."""
+
+    @abstractmethod
+    def refused_submit(self) -> web.Response:
+        """Answer a submit under `submit_mode: refuse`: the provider's documented client-error
+        refusal (a 4xx other than 429), whatever the request."""
+
+    def unavailable_submit(self, status: int) -> web.Response:
+        """Answer a submit under `submit_mode: unavailable` with `status` (a 5xx)."""
+        return self.error_response(status, UNAVAILABLE_MESSAGE)
 
     @abstractmethod
     def add_routes(self, router: web.UrlDispatcher) -> None:

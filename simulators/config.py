@@ -50,6 +50,9 @@ class SimulatorConfig(BaseModel):
     error_after_submit_next: int = Field(0, ge=0)
     error_after_submit_mode: Literal["status", "drop"] = "status"
     error_after_submit_status: int = Field(500, ge=500, le=599)
+    # A provider that fails every submit, unlike the counters above (which strike first):
+    # "refuse" answers its documented client-error refusal, "unavailable" server_error_status.
+    submit_mode: Literal["accept", "refuse", "unavailable"] = "accept"
     # Poll faults: consumed one per status / result / list / asset request.
     poll_error_next: int = Field(0, ge=0)
     slow_seconds: float = Field(0.0, ge=0, description="delay before answering any API request")

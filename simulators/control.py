@@ -31,6 +31,8 @@ STAT_NAMES = (
     "server_errors",
     "errors_after_submit",
     "poll_errors",
+    "submits_refused",  # submit_mode "refuse"
+    "submits_unavailable",  # submit_mode "unavailable"
     "content_refusals",  # jobs created to end in a content refusal ([content], fail_reason)
     "status_requests",
     "status_stream_requests",

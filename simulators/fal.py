@@ -51,6 +51,14 @@ CONTENT_POLICY_TYPE = "content_policy_violation"
 CONTENT_POLICY_MESSAGE = (
     "The content could not be processed because it contained material flagged by a content checker."
 )
+# The refusal of every submit: REFERENCE.md documents no account-level refusal for fal, only
+# the 422 validation error, so the submit is refused in that shape.
+REFUSAL_DETAIL = [
+    {"loc": ["body"], "msg": "submissions to this app are refused", "type": "value_error"}
+]
+# REFERENCE.md section 1: fal's infrastructure errors name their cause in `error_type` (and in
+# the `X-Fal-Error-Type` header); these are its documented types for a 503 and a 504.
+UNAVAILABLE_TYPES = {503: "runner_scheduling_failure", 504: "startup_timeout"}
 
 
 class FalImageSize(BaseModel):
@@ -248,6 +256,19 @@ class FalSimulator(ProviderSimulator[FalConfig]):
         self, status: int, message: str, *, headers: Mapping[str, str] | None = None
     ) -> web.Response:
         return json_response({"detail": message}, status=status, headers=headers)
+
+    def refused_submit(self) -> web.Response:
+        return json_response({"detail": REFUSAL_DETAIL}, status=422)
+
+    def unavailable_submit(self, status: int) -> web.Response:
+        error_type = UNAVAILABLE_TYPES.get(status)
+        if error_type is None:
+            return super().unavailable_submit(status)
+        return json_response(
+            {"detail": "No runner available", "error_type": error_type},
+            status=status,
+            headers={"X-Fal-Error-Type": error_type},
+        )
 
     def add_control_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/_sim/rotate_key", self._rotate_key)

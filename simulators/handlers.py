@@ -8,8 +8,9 @@ first, in the order the checks run:
     @poll_faults                  # an injected 5xx instead of the answer
     async def _get_job(self, request: web.Request) -> web.StreamResponse: ...
 
-`@submit_faults` takes `@poll_faults`' place on submit handlers: an injected 429 or 5xx before
-the handler runs, and, once it has created a job (a 2xx answer), maybe the answer lost after all.
+`@submit_faults` takes `@poll_faults`' place on submit handlers: an injected 429 or 5xx, or the
+refusal of the submit mode in force, before the handler runs, and, once it has created a job
+(a 2xx answer), maybe the answer lost after all.
 
 Helpers deep in a handler (an unknown job's 404, a bad page size) `raise Answer(response)`;
 the `answer_early` middleware sends it.
@@ -99,7 +100,8 @@ poll_faults = refusing(_poll_fault)
 
 
 def submit_faults(handler: Method[S, P]) -> Method[S, P]:
-    """Injected 429 / 5xx before a submit; after one that created a job, maybe a lost answer.
+    """Injected 429 / 5xx (or `submit_mode`'s refusal) before a submit; after one that created
+    a job, maybe a lost answer.
 
     A submit handler answers 2xx exactly when it created a job: only then can the
     error-after-submit fault hide that job behind a 5xx or a dropped connection.

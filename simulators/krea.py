@@ -29,6 +29,10 @@ _FAILURE_MESSAGE = "simulated generation failure"
 CONTENT_REFUSAL_MESSAGE = (
     "content policy violation: the request was flagged as NSFW by the safety filter"
 )
+# REFERENCE.md section 2: 402 is Krea's documented answer when the account is out of credits,
+# the refusal that stops every submit whatever its body.
+REFUSAL_STATUS = 402
+REFUSAL_MESSAGE = "out of credits"
 
 
 class FluxDevBody(BaseModel):
@@ -134,6 +138,9 @@ class KreaSimulator(ProviderSimulator[KreaConfig]):
         self, status: int, message: str, *, headers: Mapping[str, str] | None = None
     ) -> web.Response:
         return json_response({"error": message}, status=status, headers=headers)
+
+    def refused_submit(self) -> web.Response:
+        return self.error_response(REFUSAL_STATUS, REFUSAL_MESSAGE)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/generate/image/{model:.+}", self._generate)

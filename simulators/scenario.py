@@ -36,6 +36,10 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 CONTENT_REFUSAL_MESSAGE = (
     "Content policy violation: the request was flagged as NSFW by the safety filter"
 )
+# REFERENCE.md section 3 lists 403 among Scenario's errors (body shape undocumented): the
+# refusal of every submit, whatever its body.
+REFUSAL_STATUS = 403
+REFUSAL_MESSAGE = "Forbidden: this project may not generate"
 
 # Required parameters of the models documented in seeds 000-002; other models accept any body.
 REQUIRED_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -121,6 +125,9 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
         if status == 429:
             body["details"] = {"actionName": "generate", "actionLimit": 10}
         return json_response(body, status=status, headers=headers)
+
+    def refused_submit(self) -> web.Response:
+        return self.error_response(REFUSAL_STATUS, REFUSAL_MESSAGE)
 
     def add_control_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/_sim/bulk_jobs", self._bulk_jobs)
