@@ -2,7 +2,8 @@
 
 Each part has one job: `config` (settings and faults in force), `faults` (which fault strikes
 a request or a job), `jobs` (the lazy job model and the job store), `webhooks` (delivery with
-retries), `control` (the `/_sim` routes), `images` (the served outputs). A provider subclass
+retries), `silence` (the requests and webhooks held while silent), `control` (the `/_sim`
+routes), `images` (the served outputs). A provider subclass
 adds its API routes, auth, error shape and rendering; `handlers` has the decorators its
 route handlers share (auth, fault gates, counters).
 """
@@ -24,6 +25,7 @@ from simulators.faults import Faults
 from simulators.handlers import Answer, answer_early
 from simulators.jobs import J, JobPlan, JobStore, Lifecycle, NewJob, SimJob, fingerprint
 from simulators.pauses import Pauses
+from simulators.silence import Silence
 from simulators.webhooks import WebhookSender
 from simulators.wire import CONTROL_PREFIX, iso_ms
 
@@ -67,6 +69,7 @@ class ProviderSimulator(ABC, Generic[C]):
             self.render_callback,
             self.default_callback_attempts,
         )
+        self.silence = Silence(self.config_state, self.stats, self.webhooks)
 
     # ----- state -------------------------------------------------------------------------
 
@@ -81,13 +84,21 @@ class ProviderSimulator(ABC, Generic[C]):
         return self.store.jobs
 
     def update_config(self, patch: Mapping[str, Any]) -> C:
-        """Merge `patch` into the config (validated as a whole); used by `POST /_sim/config`."""
-        return self.config_state.update(patch)
+        """Merge `patch` into the config (validated as a whole); used by `POST /_sim/config`.
+
+        Turning `silent` off lets the held requests answer and sends the held webhooks.
+        """
+        was_silent = self.config.silent
+        config = self.config_state.update(patch)
+        if was_silent and not config.silent:
+            self.silence.end()
+        return config
 
     def reset(self) -> None:
         """Forget jobs, stats and faults: back to the config the simulator was built with."""
         self.webhooks.reset()
         self.pauses.interrupt()
+        self.silence.reset()
         self.store.clear()
         self.stats.clear()
         self.config_state.reset()
@@ -190,18 +201,25 @@ class ProviderSimulator(ABC, Generic[C]):
             self.stats["duplicate_submits"] += 1
 
     async def start_job(self, job: SimJob, plan: JobPlan) -> None:
-        """Register a job, then send its webhook now (the early fault) or when it ends."""
+        """Register a job, then send its webhook now (the early fault) or when it ends; a job
+        created while silent keeps it until the silence ends."""
         self.register(job)
+        if self.silence.holds_webhook(job):
+            return
         if plan.early and job.callback_url is not None:
             await self.webhooks.deliver(job)
         else:
             self.webhooks.schedule(job)
 
     def cancel_job(self, job: SimJob, now: float) -> None:
-        """Cancel a pending job now; its webhook follows unless `callback_on_cancel` is off."""
+        """Cancel a pending job now; its webhook follows unless `callback_on_cancel` is off
+        (a webhook held by the silence stays held, sent only once the silence ends)."""
         job.cancelled_mono = now
         self.stats["jobs_cancelled"] += 1
-        if self.config.callback_on_cancel:
+        if job.callback_state == "held":
+            if not self.config.callback_on_cancel:
+                job.callback_state = "none"
+        elif self.config.callback_on_cancel:
             self.webhooks.schedule(job)
         else:
             self.webhooks.unschedule(job)
@@ -284,6 +302,7 @@ class ProviderSimulator(ABC, Generic[C]):
         # Runs before aiohttp waits for in-flight handlers: end every injected delay first.
         del app
         self.pauses.interrupt()
+        self.silence.let_go()
         await self.webhooks.shutdown()
 
     async def _on_cleanup(self, app: web.Application) -> None:

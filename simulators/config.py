@@ -56,6 +56,12 @@ class SimulatorConfig(BaseModel):
     # Poll faults: consumed one per status / result / list / asset request.
     poll_error_next: int = Field(0, ge=0)
     slow_seconds: float = Field(0.0, ge=0, description="delay before answering any API request")
+    # A provider gone quiet: see `simulators.silence`.
+    silent: bool = Field(
+        False,
+        description="take submits and cancels, but hold status / result / list requests "
+        "unanswered and keep back the webhooks of jobs created meanwhile",
+    )
 
     # Output file faults: consumed one per file request (`/_sim/files/...`).
     file_error_next: int = Field(0, ge=0)

@@ -34,6 +34,8 @@ STAT_NAMES = (
     "submits_refused",  # submit_mode "refuse"
     "submits_unavailable",  # submit_mode "unavailable"
     "content_refusals",  # jobs created to end in a content refusal ([content], fail_reason)
+    "silent_holds",  # requests held unanswered while silent
+    "callbacks_held",  # webhooks kept back because their job was created while silent
     "status_requests",
     "status_stream_requests",
     "result_requests",

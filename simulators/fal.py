@@ -24,7 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simulators.base import ProviderSimulator
 from simulators.config import SimulatorConfig
-from simulators.handlers import Answer, authenticated, counted, poll_faults, submit_faults
+from simulators.handlers import (
+    Answer,
+    authenticated,
+    counted,
+    held_while_silent,
+    poll_faults,
+    submit_faults,
+)
 from simulators.images import ImageFormat, clamp_side, file_url
 from simulators.jobs import JobPlan, Lifecycle, Outcome, SimJob
 from simulators.wire import is_http_url, iso_ms, json_response, read_json, read_json_object
@@ -510,6 +517,7 @@ class FalSimulator(ProviderSimulator[FalConfig]):
 
     @counted("status_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _status(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)
@@ -518,6 +526,7 @@ class FalSimulator(ProviderSimulator[FalConfig]):
 
     @counted("status_stream_requests")
     @authenticated
+    @held_while_silent
     async def _status_stream(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)
         with_logs = _wants_logs(request)
@@ -526,6 +535,9 @@ class FalSimulator(ProviderSimulator[FalConfig]):
         )
         await response.prepare(request)
         while True:
+            # Gone silent mid-stream: no event until it speaks again (or the client leaves).
+            if not await self.silence.hold(request):
+                return response
             now = time.monotonic()
             body = self.status_json(job, now, with_logs=with_logs)
             await response.write(b"data: " + orjson.dumps(body) + b"\n\n")
@@ -541,6 +553,7 @@ class FalSimulator(ProviderSimulator[FalConfig]):
 
     @counted("result_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _result(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)

@@ -17,7 +17,9 @@ from typing import Any, Literal, TypedDict, TypeVar
 import orjson
 
 Outcome = Literal["succeeded", "failed", "cancelled"]
-CallbackState = Literal["none", "scheduled", "delivering", "delivered", "dropped", "failed"]
+# "held": the job was created while the provider was silent; its webhook waits for the silence
+# to end (see `simulators.silence`).
+CallbackState = Literal["none", "held", "scheduled", "delivering", "delivered", "dropped", "failed"]
 # How a failing job fails: a provider-side error, or a content (safety) refusal.
 FailReason = Literal["error", "content"]
 

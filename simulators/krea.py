@@ -16,7 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simulators.base import ProviderSimulator
 from simulators.config import SimulatorConfig
-from simulators.handlers import authenticated, counted, poll_faults, submit_faults
+from simulators.handlers import (
+    authenticated,
+    counted,
+    held_while_silent,
+    poll_faults,
+    submit_faults,
+)
 from simulators.images import clamp_side, file_url
 from simulators.jobs import Lifecycle, SimJob, newest_first
 from simulators.wire import is_http_url, iso_ms, json_response, read_json_object
@@ -228,6 +234,7 @@ class KreaSimulator(ProviderSimulator[KreaConfig]):
 
     @counted("status_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _get_job(self, request: web.Request) -> web.StreamResponse:
         job = self.find_job(KreaJob, request.match_info["job_id"], missing="job not found")
@@ -235,6 +242,7 @@ class KreaSimulator(ProviderSimulator[KreaConfig]):
 
     @counted("list_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _list_jobs(self, request: web.Request) -> web.StreamResponse:
         limit, before_us = self.page_query(request, ("limit", 100, 1000), ("cursor", _parse_cursor))

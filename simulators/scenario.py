@@ -21,7 +21,13 @@ from pydantic import Field
 
 from simulators.base import ProviderSimulator
 from simulators.config import SimulatorConfig
-from simulators.handlers import authenticated, counted, poll_faults, submit_faults
+from simulators.handlers import (
+    authenticated,
+    counted,
+    held_while_silent,
+    poll_faults,
+    submit_faults,
+)
 from simulators.images import clamp_side, file_url
 from simulators.jobs import JobPlan, Lifecycle, SimJob, newest_first
 from simulators.wire import iso_ms, json_response, read_json, read_json_object
@@ -324,6 +330,7 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
 
     @counted("status_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _get_job(self, request: web.Request) -> web.StreamResponse:
         job = self.find_job(ScenarioJob, request.match_info["job_id"], missing="Job not found")
@@ -331,6 +338,7 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
 
     @counted("list_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _list_jobs(self, request: web.Request) -> web.StreamResponse:
         # The token is the creation index to continue from (newest first); opaque to clients.
@@ -361,6 +369,7 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
 
     @counted("asset_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _get_asset(self, request: web.Request) -> web.StreamResponse:
         found = self._assets.get(request.match_info["asset_id"])

@@ -118,6 +118,18 @@ async def stats(http: httpx.AsyncClient, sims: RunningSimulators, provider: str)
     return counts
 
 
+async def stats_when(
+    http: httpx.AsyncClient, sims: RunningSimulators, provider: str, **wanted: int
+) -> dict[str, int]:
+    """Wait until the simulator's counters have the `wanted` values; return them all."""
+
+    async def probe() -> dict[str, int] | None:
+        counts = await stats(http, sims, provider)
+        return counts if all(counts[name] == value for name, value in wanted.items()) else None
+
+    return await wait_until(probe)
+
+
 async def job_ended(
     http: httpx.AsyncClient, sims: RunningSimulators, provider: str, job_id: str
 ) -> dict[str, Any]:
