@@ -2,8 +2,8 @@
 
 Each part has one job: `config` (settings and faults in force), `faults` (which fault strikes
 a request or a job), `jobs` (the lazy job model and the job store), `webhooks` (delivery with
-retries), `silence` (the requests and webhooks held while silent), `control` (the `/_sim`
-routes), `images` (the served outputs). A provider subclass
+retries), `silence` (the requests and webhooks held while silent), `load` (the API requests in
+flight), `control` (the `/_sim` routes), `images` (the served outputs). A provider subclass
 adds its API routes, auth, error shape and rendering; `handlers` has the decorators its
 route handlers share (auth, fault gates, counters).
 """
@@ -24,6 +24,7 @@ from simulators.control import ControlApi
 from simulators.faults import Faults
 from simulators.handlers import Answer, answer_early
 from simulators.jobs import J, JobPlan, JobStore, Lifecycle, NewJob, SimJob, fingerprint
+from simulators.load import InFlight
 from simulators.pauses import Pauses
 from simulators.silence import Silence
 from simulators.webhooks import WebhookSender
@@ -70,6 +71,7 @@ class ProviderSimulator(ABC, Generic[C]):
             self.default_callback_attempts,
         )
         self.silence = Silence(self.config_state, self.stats, self.webhooks)
+        self.in_flight = InFlight()
 
     # ----- state -------------------------------------------------------------------------
 
@@ -101,6 +103,7 @@ class ProviderSimulator(ABC, Generic[C]):
         self.silence.reset()
         self.store.clear()
         self.stats.clear()
+        self.in_flight.reset_peak()
         self.config_state.reset()
         self.on_reset()
 
@@ -282,14 +285,22 @@ class ProviderSimulator(ABC, Generic[C]):
         """Build the aiohttp application: control routes first, then the provider's API."""
 
         @web.middleware
-        async def slow_down(request: web.Request, handler: Handler) -> web.StreamResponse:
-            """Apply the `slow_seconds` fault to API requests (never to controls or JWKS)."""
-            slow = self.config.slow_seconds
-            if slow > 0 and not request.path.startswith((CONTROL_PREFIX, "/.well-known")):
-                await self.pauses.pause(slow)
-            return await handler(request)
+        async def api_load(request: web.Request, handler: Handler) -> web.StreamResponse:
+            """Apply the load faults to API requests (never to controls, files or JWKS): a 429
+            over `max_concurrent_requests`, else counted in flight through `slow_seconds` and
+            the handler, so that a slow answer holds its place."""
+            if request.path.startswith((CONTROL_PREFIX, "/.well-known")):
+                return await handler(request)
+            refusal = self.faults.over_capacity(self.in_flight.count)
+            if refusal is not None:
+                return refusal
+            with self.in_flight.tracking():
+                slow = self.config.slow_seconds
+                if slow > 0:
+                    await self.pauses.pause(slow)
+                return await handler(request)
 
-        app = web.Application(middlewares=[slow_down, answer_early])
+        app = web.Application(middlewares=[api_load, answer_early])
         app[SIMULATOR_KEY] = self
         ControlApi(self).add_routes(app.router)
         self.add_control_routes(app.router)

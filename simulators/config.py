@@ -62,6 +62,8 @@ class SimulatorConfig(BaseModel):
         description="take submits and cancels, but hold status / result / list requests "
         "unanswered and keep back the webhooks of jobs created meanwhile",
     )
+    # Load: an API request arriving while this many are being handled is answered 429.
+    max_concurrent_requests: int | None = Field(None, ge=0)
 
     # Output file faults: consumed one per file request (`/_sim/files/...`).
     file_error_next: int = Field(0, ge=0)

@@ -1,6 +1,6 @@
 """Injected faults decided per request or per job: the submit and poll gates, the answer lost
-after a job was created, and each new job's plan (failure and how it fails, early end,
-dropped webhook).
+after a job was created, the concurrency limit, and each new job's plan (failure and how it
+fails, early end, dropped webhook).
 
 Counters (`rate_limit_next`, `server_error_next`, `error_after_submit_next`, `poll_error_next`)
 are used up one per request; `submit_mode` lasts until changed; prompt markers force a fault
@@ -68,6 +68,15 @@ class Faults:
             self.stats["submits_unavailable"] += 1
             return self.unavailable_submit(state.current.server_error_status)
         return None
+
+    def over_capacity(self, in_flight: int) -> web.Response | None:
+        """A 429 for an API request that arrives while `in_flight` others are being handled,
+        when that reaches `max_concurrent_requests`."""
+        limit = self.config_state.current.max_concurrent_requests
+        if limit is None or in_flight < limit:
+            return None
+        self.stats["rate_limited"] += 1
+        return self.rate_limited()
 
     def rate_limited(self) -> web.Response:
         """The provider's 429, with `Retry-After: retry_after_seconds`."""
