@@ -18,11 +18,12 @@ from aiohttp.log import access_logger
 from simulators.base import ProviderSimulator, get_simulator
 from simulators.config import SimulatorConfig
 from simulators.fal import FalConfig, FalSimulator, create_fal_app
-from simulators.faults import DROP_CALLBACK_MARKER, EARLY_MARKER, FAIL_MARKER
+from simulators.faults import CONTENT_MARKER, DROP_CALLBACK_MARKER, EARLY_MARKER, FAIL_MARKER
 from simulators.krea import KreaConfig, KreaSimulator, create_krea_app
 from simulators.scenario import ScenarioConfig, ScenarioSimulator, create_scenario_app
 
 __all__ = [
+    "CONTENT_MARKER",
     "DROP_CALLBACK_MARKER",
     "EARLY_MARKER",
     "FAIL_MARKER",

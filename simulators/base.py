@@ -2,7 +2,8 @@
 
 Each part has one job: `config` (settings and faults in force), `faults` (which fault strikes
 a request or a job), `jobs` (the lazy job model and the job store), `webhooks` (delivery with
-retries), `control` (the `/_sim` routes), `images` (the served outputs). A provider subclass
+retries), `silence` (the requests and webhooks held while silent), `load` (the API requests in
+flight), `control` (the `/_sim` routes), `images` (the served outputs). A provider subclass
 adds its API routes, auth, error shape and rendering; `handlers` has the decorators its
 route handlers share (auth, fault gates, counters).
 """
@@ -23,12 +24,16 @@ from simulators.control import ControlApi
 from simulators.faults import Faults
 from simulators.handlers import Answer, answer_early
 from simulators.jobs import J, JobPlan, JobStore, Lifecycle, NewJob, SimJob, fingerprint
+from simulators.load import InFlight
 from simulators.pauses import Pauses
+from simulators.silence import Silence
 from simulators.webhooks import WebhookSender
 from simulators.wire import CONTROL_PREFIX, iso_ms
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
+
+UNAVAILABLE_MESSAGE = "service unavailable"
 
 
 class ProviderSimulator(ABC, Generic[C]):
@@ -51,7 +56,12 @@ class ProviderSimulator(ABC, Generic[C]):
         # webhook backoff) ends at once instead of holding the server.
         self.pauses = Pauses()
         self.faults = Faults(
-            self.config_state, self.stats, self.error_response, self.rate_limit_message
+            self.config_state,
+            self.stats,
+            self.error_response,
+            self.rate_limit_message,
+            self.refused_submit,
+            self.unavailable_submit,
         )
         self.webhooks = WebhookSender(
             self.config_state,
@@ -60,6 +70,8 @@ class ProviderSimulator(ABC, Generic[C]):
             self.render_callback,
             self.default_callback_attempts,
         )
+        self.silence = Silence(self.config_state, self.stats, self.webhooks)
+        self.in_flight = InFlight()
 
     # ----- state -------------------------------------------------------------------------
 
@@ -74,15 +86,24 @@ class ProviderSimulator(ABC, Generic[C]):
         return self.store.jobs
 
     def update_config(self, patch: Mapping[str, Any]) -> C:
-        """Merge `patch` into the config (validated as a whole); used by `POST /_sim/config`."""
-        return self.config_state.update(patch)
+        """Merge `patch` into the config (validated as a whole); used by `POST /_sim/config`.
+
+        Turning `silent` off lets the held requests answer and sends the held webhooks.
+        """
+        was_silent = self.config.silent
+        config = self.config_state.update(patch)
+        if was_silent and not config.silent:
+            self.silence.end()
+        return config
 
     def reset(self) -> None:
         """Forget jobs, stats and faults: back to the config the simulator was built with."""
         self.webhooks.reset()
         self.pauses.interrupt()
+        self.silence.reset()
         self.store.clear()
         self.stats.clear()
+        self.in_flight.reset_peak()
         self.config_state.reset()
         self.on_reset()
 
@@ -170,28 +191,38 @@ class ProviderSimulator(ABC, Generic[C]):
             drop_callbacks=plan.drop_callbacks,
             callback_url=callback_url,
             fingerprint=submission or fingerprint(model, body, callback_url),
+            fail_reason=plan.fail_reason,
         )
 
     def register(self, job: SimJob) -> None:
         """Store a new job and count its submission (repeats share a fingerprint)."""
         repeat = self.store.add(job)
         self.stats["jobs_created"] += 1
+        if job.refused_content:
+            self.stats["content_refusals"] += 1
         if repeat:
             self.stats["duplicate_submits"] += 1
 
     async def start_job(self, job: SimJob, plan: JobPlan) -> None:
-        """Register a job, then send its webhook now (the early fault) or when it ends."""
+        """Register a job, then send its webhook now (the early fault) or when it ends; a job
+        created while silent keeps it until the silence ends."""
         self.register(job)
+        if self.silence.holds_webhook(job):
+            return
         if plan.early and job.callback_url is not None:
             await self.webhooks.deliver(job)
         else:
             self.webhooks.schedule(job)
 
     def cancel_job(self, job: SimJob, now: float) -> None:
-        """Cancel a pending job now; its webhook follows unless `callback_on_cancel` is off."""
+        """Cancel a pending job now; its webhook follows unless `callback_on_cancel` is off
+        (a webhook held by the silence stays held, sent only once the silence ends)."""
         job.cancelled_mono = now
         self.stats["jobs_cancelled"] += 1
-        if self.config.callback_on_cancel:
+        if job.callback_state == "held":
+            if not self.config.callback_on_cancel:
+                job.callback_state = "none"
+        elif self.config.callback_on_cancel:
             self.webhooks.schedule(job)
         else:
             self.webhooks.unschedule(job)
@@ -203,6 +234,15 @@ class ProviderSimulator(ABC, Generic[C]):
         self, status: int, message: str, *, headers: Mapping[str, str] | None = None
     ) -> web.Response:
         """Answer an error in the provider's own body shape."""
+
+    @abstractmethod
+    def refused_submit(self) -> web.Response:
+        """Answer a submit under `submit_mode: refuse`: the provider's documented client-error
+        refusal (a 4xx other than 429), whatever the request."""
+
+    def unavailable_submit(self, status: int) -> web.Response:
+        """Answer a submit under `submit_mode: unavailable` with `status` (a 5xx)."""
+        return self.error_response(status, UNAVAILABLE_MESSAGE)
 
     @abstractmethod
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -245,14 +285,22 @@ class ProviderSimulator(ABC, Generic[C]):
         """Build the aiohttp application: control routes first, then the provider's API."""
 
         @web.middleware
-        async def slow_down(request: web.Request, handler: Handler) -> web.StreamResponse:
-            """Apply the `slow_seconds` fault to API requests (never to controls or JWKS)."""
-            slow = self.config.slow_seconds
-            if slow > 0 and not request.path.startswith((CONTROL_PREFIX, "/.well-known")):
-                await self.pauses.pause(slow)
-            return await handler(request)
+        async def api_load(request: web.Request, handler: Handler) -> web.StreamResponse:
+            """Apply the load faults to API requests (never to controls, files or JWKS): a 429
+            over `max_concurrent_requests`, else counted in flight through `slow_seconds` and
+            the handler, so that a slow answer holds its place."""
+            if request.path.startswith((CONTROL_PREFIX, "/.well-known")):
+                return await handler(request)
+            refusal = self.faults.over_capacity(self.in_flight.count)
+            if refusal is not None:
+                return refusal
+            with self.in_flight.tracking():
+                slow = self.config.slow_seconds
+                if slow > 0:
+                    await self.pauses.pause(slow)
+                return await handler(request)
 
-        app = web.Application(middlewares=[slow_down, answer_early])
+        app = web.Application(middlewares=[api_load, answer_early])
         app[SIMULATOR_KEY] = self
         ControlApi(self).add_routes(app.router)
         self.add_control_routes(app.router)
@@ -265,6 +313,7 @@ class ProviderSimulator(ABC, Generic[C]):
         # Runs before aiohttp waits for in-flight handlers: end every injected delay first.
         del app
         self.pauses.interrupt()
+        self.silence.let_go()
         await self.webhooks.shutdown()
 
     async def _on_cleanup(self, app: web.Application) -> None:

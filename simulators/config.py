@@ -15,6 +15,8 @@ from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from simulators.jobs import FailReason
+
 
 class SimulatorConfig(BaseModel):
     """Timing and injected faults every simulator understands; changeable at run time."""
@@ -34,6 +36,11 @@ class SimulatorConfig(BaseModel):
 
     # Job outcome faults.
     fail_rate: float = Field(0.0, ge=0, le=1)
+    fail_reason: FailReason = Field(
+        "error",
+        description="how a failing job (fail_rate, `[fail]`) fails: a provider-side error, or "
+        "a content (safety) refusal; the `[content]` marker forces the latter for one job",
+    )
 
     # Submit faults: counters are consumed one per submit request.
     rate_limit_next: int = Field(0, ge=0)
@@ -43,9 +50,20 @@ class SimulatorConfig(BaseModel):
     error_after_submit_next: int = Field(0, ge=0)
     error_after_submit_mode: Literal["status", "drop"] = "status"
     error_after_submit_status: int = Field(500, ge=500, le=599)
+    # A provider that fails every submit, unlike the counters above (which strike first):
+    # "refuse" answers its documented client-error refusal, "unavailable" server_error_status.
+    submit_mode: Literal["accept", "refuse", "unavailable"] = "accept"
     # Poll faults: consumed one per status / result / list / asset request.
     poll_error_next: int = Field(0, ge=0)
     slow_seconds: float = Field(0.0, ge=0, description="delay before answering any API request")
+    # A provider gone quiet: see `simulators.silence`.
+    silent: bool = Field(
+        False,
+        description="take submits and cancels, but hold status / result / list requests "
+        "unanswered and keep back the webhooks of jobs created meanwhile",
+    )
+    # Load: an API request arriving while this many are being handled is answered 429.
+    max_concurrent_requests: int | None = Field(None, ge=0)
 
     # Output file faults: consumed one per file request (`/_sim/files/...`).
     file_error_next: int = Field(0, ge=0)

@@ -1,7 +1,14 @@
 """The `/_sim` control API every simulator serves beside its provider's API.
 
 `GET|POST /_sim/config` (read, or merge a patch of flat keys), `GET /_sim/stats` (counters),
-`GET /_sim/jobs[?prompt_contains=]`, `POST /_sim/reset`, `GET /_sim/files/{name}` (outputs).
+`POST /_sim/stats/reset-peak` (start `peak_in_flight_requests` again from the requests in
+flight now), `GET /_sim/jobs[?prompt_contains=]`, `POST /_sim/reset`, `GET /_sim/files/{name}`
+(outputs).
+
+`GET /_sim/stats` has the counters of `STAT_NAMES` (and any other a provider counts), plus the
+state of the moment: `jobs`, `in_flight` (jobs not yet ended), `callbacks_pending` (webhooks
+scheduled or being sent), `in_flight_requests` (API requests being handled now, see
+`simulators.load`) and `peak_in_flight_requests` (the most at once since the last reset).
 """
 
 from __future__ import annotations
@@ -31,6 +38,11 @@ STAT_NAMES = (
     "server_errors",
     "errors_after_submit",
     "poll_errors",
+    "submits_refused",  # submit_mode "refuse"
+    "submits_unavailable",  # submit_mode "unavailable"
+    "content_refusals",  # jobs created to end in a content refusal ([content], fail_reason)
+    "silent_holds",  # requests held unanswered while silent
+    "callbacks_held",  # webhooks kept back because their job was created while silent
     "status_requests",
     "status_stream_requests",
     "result_requests",
@@ -61,6 +73,7 @@ class ControlApi:
         router.add_get(f"{CONTROL_PREFIX}/config", self._get_config)
         router.add_post(f"{CONTROL_PREFIX}/config", self._post_config)
         router.add_get(f"{CONTROL_PREFIX}/stats", self._get_stats)
+        router.add_post(f"{CONTROL_PREFIX}/stats/reset-peak", self._post_reset_peak)
         router.add_get(f"{CONTROL_PREFIX}/jobs", self._get_jobs)
         router.add_post(f"{CONTROL_PREFIX}/reset", self._post_reset)
         router.add_get(f"{FILES_PATH}/{{name}}", self._get_file)
@@ -91,7 +104,17 @@ class ControlApi:
                 "jobs": len(sim.jobs),
                 "in_flight": in_flight,
                 "callbacks_pending": sim.webhooks.pending,
+                "in_flight_requests": sim.in_flight.count,
+                "peak_in_flight_requests": sim.in_flight.peak,
             }
+        )
+
+    async def _post_reset_peak(self, request: web.Request) -> web.Response:
+        del request
+        in_flight = self._sim.in_flight
+        peak = in_flight.reset_peak()
+        return json_response(
+            {"in_flight_requests": in_flight.count, "peak_in_flight_requests": peak}
         )
 
     async def _get_jobs(self, request: web.Request) -> web.Response:

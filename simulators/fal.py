@@ -24,7 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simulators.base import ProviderSimulator
 from simulators.config import SimulatorConfig
-from simulators.handlers import Answer, authenticated, counted, poll_faults, submit_faults
+from simulators.handlers import (
+    Answer,
+    authenticated,
+    counted,
+    held_while_silent,
+    poll_faults,
+    submit_faults,
+)
 from simulators.images import ImageFormat, clamp_side, file_url
 from simulators.jobs import JobPlan, Lifecycle, Outcome, SimJob
 from simulators.wire import is_http_url, iso_ms, json_response, read_json, read_json_object
@@ -42,6 +49,23 @@ IMAGE_SIZES: dict[str, tuple[int, int]] = {
 }
 
 CANCELLED_MESSAGE = "Request was cancelled"
+# REFERENCE.md section 1 documents no content-refusal shape; its closest is the model's 422
+# error (`{"detail": [{"loc", "msg", "type"}]}`, also the ERROR webhook's payload) with the
+# status's `error_type`. A content refusal is that error with type `content_policy_violation`,
+# fal's name for input or output flagged by a content checker (documented in fal's own error
+# reference, outside REFERENCE.md).
+CONTENT_POLICY_TYPE = "content_policy_violation"
+CONTENT_POLICY_MESSAGE = (
+    "The content could not be processed because it contained material flagged by a content checker."
+)
+# The refusal of every submit: REFERENCE.md documents no account-level refusal for fal, only
+# the 422 validation error, so the submit is refused in that shape.
+REFUSAL_DETAIL = [
+    {"loc": ["body"], "msg": "submissions to this app are refused", "type": "value_error"}
+]
+# REFERENCE.md section 1: fal's infrastructure errors name their cause in `error_type` (and in
+# the `X-Fal-Error-Type` header); these are its documented types for a 503 and a 504.
+UNAVAILABLE_TYPES = {503: "runner_scheduling_failure", 504: "startup_timeout"}
 
 
 class FalImageSize(BaseModel):
@@ -240,6 +264,19 @@ class FalSimulator(ProviderSimulator[FalConfig]):
     ) -> web.Response:
         return json_response({"detail": message}, status=status, headers=headers)
 
+    def refused_submit(self) -> web.Response:
+        return json_response({"detail": REFUSAL_DETAIL}, status=422)
+
+    def unavailable_submit(self, status: int) -> web.Response:
+        error_type = UNAVAILABLE_TYPES.get(status)
+        if error_type is None:
+            return super().unavailable_submit(status)
+        return json_response(
+            {"detail": "No runner available", "error_type": error_type},
+            status=status,
+            headers={"X-Fal-Error-Type": error_type},
+        )
+
     def add_control_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/_sim/rotate_key", self._rotate_key)
 
@@ -270,6 +307,18 @@ class FalSimulator(ProviderSimulator[FalConfig]):
                 {"detail": job.validation_detail},
                 "Invalid status code: 422",
                 "validation_error",
+            )
+        if job.refused_content:
+            refusal = [
+                {
+                    "loc": ["body", "prompt"],
+                    "msg": CONTENT_POLICY_MESSAGE,
+                    "type": CONTENT_POLICY_TYPE,
+                    "input": job.prompt,
+                }
+            ]
+            return FalFailure(
+                422, {"detail": refusal}, "Invalid status code: 422", CONTENT_POLICY_TYPE
             )
         detail = [
             {
@@ -441,8 +490,8 @@ class FalSimulator(ProviderSimulator[FalConfig]):
         prompt = prompt if isinstance(prompt, str) else ""
         plan = self.faults.plan_job(prompt)
         if detail is not None:
-            # An invalid body fails as soon as a runner picks it up.
-            plan = dataclasses.replace(plan, run_s=0.0, will_fail=True)
+            # An invalid body fails as soon as a runner picks it up, as a validation error.
+            plan = dataclasses.replace(plan, run_s=0.0, will_fail=True, fail_reason="error")
         common = self.new_job(
             request,
             plan,
@@ -468,6 +517,7 @@ class FalSimulator(ProviderSimulator[FalConfig]):
 
     @counted("status_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _status(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)
@@ -476,6 +526,7 @@ class FalSimulator(ProviderSimulator[FalConfig]):
 
     @counted("status_stream_requests")
     @authenticated
+    @held_while_silent
     async def _status_stream(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)
         with_logs = _wants_logs(request)
@@ -484,6 +535,9 @@ class FalSimulator(ProviderSimulator[FalConfig]):
         )
         await response.prepare(request)
         while True:
+            # Gone silent mid-stream: no event until it speaks again (or the client leaves).
+            if not await self.silence.hold(request):
+                return response
             now = time.monotonic()
             body = self.status_json(job, now, with_logs=with_logs)
             await response.write(b"data: " + orjson.dumps(body) + b"\n\n")
@@ -499,6 +553,7 @@ class FalSimulator(ProviderSimulator[FalConfig]):
 
     @counted("result_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _result(self, request: web.Request) -> web.StreamResponse:
         job = self._find(request)

@@ -5,11 +5,13 @@ first, in the order the checks run:
 
     @counted("status_requests")   # count every request, refused ones too
     @authenticated                # 401 in the provider's shape unless the credentials match
+    @held_while_silent            # no answer at all while the `silent` fault is on
     @poll_faults                  # an injected 5xx instead of the answer
     async def _get_job(self, request: web.Request) -> web.StreamResponse: ...
 
-`@submit_faults` takes `@poll_faults`' place on submit handlers: an injected 429 or 5xx before
-the handler runs, and, once it has created a job (a 2xx answer), maybe the answer lost after all.
+`@submit_faults` takes the place of `@held_while_silent` and `@poll_faults` on submit handlers:
+an injected 429 or 5xx, or the refusal of the submit mode in force, before the handler runs,
+and, once it has created a job (a 2xx answer), maybe the answer lost after all.
 
 Helpers deep in a handler (an unknown job's 404, a bad page size) `raise Answer(response)`;
 the `answer_early` middleware sends it.
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 S = TypeVar("S", bound="ProviderSimulator[Any]")
 P = ParamSpec("P")
 Method: TypeAlias = Callable[Concatenate[S, web.Request, P], Awaitable[web.StreamResponse]]
+# The status an access log gives a request whose client closed the connection unanswered.
+CLIENT_CLOSED_REQUEST = 499
 # Looks at a request before its handler: an answer to send instead, or None to go on.
 Check: TypeAlias = Callable[["ProviderSimulator[Any]", web.Request], web.StreamResponse | None]
 
@@ -98,8 +102,26 @@ authenticated = refusing(_unauthenticated)
 poll_faults = refusing(_poll_fault)
 
 
+def held_while_silent(handler: Method[S, P]) -> Method[S, P]:
+    """Hold a status, result, list or asset request unanswered while the provider is silent;
+    it then answers as usual (see `simulators.silence`). A request whose client gave up
+    meanwhile goes no further: it would only use up faults for an answer nobody reads."""
+
+    @functools.wraps(handler)
+    async def held(
+        sim: S, request: web.Request, /, *args: P.args, **kwargs: P.kwargs
+    ) -> web.StreamResponse:
+        if not await sim.silence.hold(request):
+            # Never written (the connection is closed); 499 is what an access log says then.
+            return web.Response(status=CLIENT_CLOSED_REQUEST)
+        return await handler(sim, request, *args, **kwargs)
+
+    return held
+
+
 def submit_faults(handler: Method[S, P]) -> Method[S, P]:
-    """Injected 429 / 5xx before a submit; after one that created a job, maybe a lost answer.
+    """Injected 429 / 5xx (or `submit_mode`'s refusal) before a submit; after one that created
+    a job, maybe a lost answer.
 
     A submit handler answers 2xx exactly when it created a job: only then can the
     error-after-submit fault hide that job behind a 5xx or a dropped connection.

@@ -17,7 +17,11 @@ from typing import Any, Literal, TypedDict, TypeVar
 import orjson
 
 Outcome = Literal["succeeded", "failed", "cancelled"]
-CallbackState = Literal["none", "scheduled", "delivering", "delivered", "dropped", "failed"]
+# "held": the job was created while the provider was silent; its webhook waits for the silence
+# to end (see `simulators.silence`).
+CallbackState = Literal["none", "held", "scheduled", "delivering", "delivered", "dropped", "failed"]
+# How a failing job fails: a provider-side error, or a content (safety) refusal.
+FailReason = Literal["error", "content"]
 
 
 @dataclass(slots=True, kw_only=True, eq=False)
@@ -38,6 +42,7 @@ class SimJob:
     drop_callbacks: bool
     callback_url: str | None
     fingerprint: str
+    fail_reason: FailReason = "error"
     cancelled_mono: float | None = None
     callback_state: CallbackState = "none"
     callback_attempts: int = 0
@@ -62,6 +67,11 @@ class SimJob:
     def terminal_mono(self) -> float:
         """When the job ends, taking a cancellation into account."""
         return self.cancelled_mono if self.cancelled_mono is not None else self.end_mono
+
+    @property
+    def refused_content(self) -> bool:
+        """Whether the job ends in a content (safety) refusal rather than succeeding."""
+        return self.will_fail and self.fail_reason == "content"
 
     def outcome(self, now: float) -> Outcome | None:
         """Return how the job ended, or None while it is still queued or running."""
@@ -95,6 +105,7 @@ class NewJob(TypedDict):
     drop_callbacks: bool
     callback_url: str | None
     fingerprint: str
+    fail_reason: FailReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +158,8 @@ class JobPlan:
     will_fail: bool
     early: bool
     drop_callbacks: bool
+    # Read only when will_fail: what the failure says (the provider renders each its own way).
+    fail_reason: FailReason = "error"
 
 
 def fingerprint(model: str, body: Any, callback_url: str | None) -> str:

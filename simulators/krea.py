@@ -16,13 +16,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simulators.base import ProviderSimulator
 from simulators.config import SimulatorConfig
-from simulators.handlers import authenticated, counted, poll_faults, submit_faults
+from simulators.handlers import (
+    authenticated,
+    counted,
+    held_while_silent,
+    poll_faults,
+    submit_faults,
+)
 from simulators.images import clamp_side, file_url
 from simulators.jobs import Lifecycle, SimJob, newest_first
 from simulators.wire import is_http_url, iso_ms, json_response, read_json_object
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FAILURE_MESSAGE = "simulated generation failure"
+# REFERENCE.md section 2 documents no content-refusal shape: only that a failed job carries
+# its details in `result.error` (a string). So a content refusal is a `failed` job whose
+# `result.error` names the content policy, on `GET /jobs/{id}` and in the webhook alike.
+CONTENT_REFUSAL_MESSAGE = (
+    "content policy violation: the request was flagged as NSFW by the safety filter"
+)
+# REFERENCE.md section 2: 402 is Krea's documented answer when the account is out of credits,
+# the refusal that stops every submit whatever its body.
+REFUSAL_STATUS = 402
+REFUSAL_MESSAGE = "out of credits"
 
 
 class FluxDevBody(BaseModel):
@@ -129,6 +145,9 @@ class KreaSimulator(ProviderSimulator[KreaConfig]):
     ) -> web.Response:
         return json_response({"error": message}, status=status, headers=headers)
 
+    def refused_submit(self) -> web.Response:
+        return self.error_response(REFUSAL_STATUS, REFUSAL_MESSAGE)
+
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/generate/image/{model:.+}", self._generate)
         router.add_get("/jobs", self._list_jobs)
@@ -160,7 +179,7 @@ class KreaSimulator(ProviderSimulator[KreaConfig]):
             )
             result = {"urls": [url]}
         elif outcome == "failed":
-            result = {"error": _FAILURE_MESSAGE}
+            result = {"error": CONTENT_REFUSAL_MESSAGE if job.refused_content else _FAILURE_MESSAGE}
         return {
             "job_id": job.id,
             "status": self.public_status(job, now),
@@ -215,6 +234,7 @@ class KreaSimulator(ProviderSimulator[KreaConfig]):
 
     @counted("status_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _get_job(self, request: web.Request) -> web.StreamResponse:
         job = self.find_job(KreaJob, request.match_info["job_id"], missing="job not found")
@@ -222,6 +242,7 @@ class KreaSimulator(ProviderSimulator[KreaConfig]):
 
     @counted("list_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _list_jobs(self, request: web.Request) -> web.StreamResponse:
         limit, before_us = self.page_query(request, ("limit", 100, 1000), ("cursor", _parse_cursor))

@@ -21,7 +21,13 @@ from pydantic import Field
 
 from simulators.base import ProviderSimulator
 from simulators.config import SimulatorConfig
-from simulators.handlers import authenticated, counted, poll_faults, submit_faults
+from simulators.handlers import (
+    authenticated,
+    counted,
+    held_while_silent,
+    poll_faults,
+    submit_faults,
+)
 from simulators.images import clamp_side, file_url
 from simulators.jobs import JobPlan, Lifecycle, SimJob, newest_first
 from simulators.wire import iso_ms, json_response, read_json, read_json_object
@@ -30,6 +36,16 @@ PREFIX = "/v1"
 CU_PER_OUTPUT = 5
 _FAILURE_MESSAGE = "simulated generation failure"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# REFERENCE.md section 3 documents no content-refusal shape: a job ends in status `failure`
+# with its reason in `metadata.error` (null otherwise). So a content refusal is a `failure`
+# whose `metadata.error` names the content policy (Scenario is polled: no webhook).
+CONTENT_REFUSAL_MESSAGE = (
+    "Content policy violation: the request was flagged as NSFW by the safety filter"
+)
+# REFERENCE.md section 3 lists 403 among Scenario's errors (body shape undocumented): the
+# refusal of every submit, whatever its body.
+REFUSAL_STATUS = 403
+REFUSAL_MESSAGE = "Forbidden: this project may not generate"
 
 # Required parameters of the models documented in seeds 000-002; other models accept any body.
 REQUIRED_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -115,6 +131,9 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
         if status == 429:
             body["details"] = {"actionName": "generate", "actionLimit": 10}
         return json_response(body, status=status, headers=headers)
+
+    def refused_submit(self) -> web.Response:
+        return self.error_response(REFUSAL_STATUS, REFUSAL_MESSAGE)
 
     def add_control_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/_sim/bulk_jobs", self._bulk_jobs)
@@ -219,7 +238,7 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
             "ownerId": "proj_sim",
             "metadata": {
                 "assetIds": list(job.asset_ids) if outcome == "succeeded" else [],
-                "error": _FAILURE_MESSAGE if outcome == "failed" else None,
+                "error": self._failure_message(job) if outcome == "failed" else None,
                 "hint": None,
                 "input": {"modelId": job.model, **job.input},
             },
@@ -228,6 +247,11 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
             ],
             "billing": {"cuCost": CU_PER_OUTPUT * len(job.asset_ids), "cuDiscount": 0},
         }
+
+    @staticmethod
+    def _failure_message(job: ScenarioJob) -> str:
+        """`metadata.error` of a failed job: a content refusal, or the simulated failure."""
+        return CONTENT_REFUSAL_MESSAGE if job.refused_content else _FAILURE_MESSAGE
 
     def asset_json(self, job: ScenarioJob, index: int) -> dict[str, Any]:
         """The asset object of `GET /assets/{id}`, with a signed-looking temporary URL."""
@@ -306,6 +330,7 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
 
     @counted("status_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _get_job(self, request: web.Request) -> web.StreamResponse:
         job = self.find_job(ScenarioJob, request.match_info["job_id"], missing="Job not found")
@@ -313,6 +338,7 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
 
     @counted("list_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _list_jobs(self, request: web.Request) -> web.StreamResponse:
         # The token is the creation index to continue from (newest first); opaque to clients.
@@ -343,6 +369,7 @@ class ScenarioSimulator(ProviderSimulator[ScenarioConfig]):
 
     @counted("asset_requests")
     @authenticated
+    @held_while_silent
     @poll_faults
     async def _get_asset(self, request: web.Request) -> web.StreamResponse:
         found = self._assets.get(request.match_info["asset_id"])

@@ -116,3 +116,27 @@ async def stats(http: httpx.AsyncClient, sims: RunningSimulators, provider: str)
     response = await http.get(f"{sims.control_url(provider)}/stats")
     counts: dict[str, int] = response.json()
     return counts
+
+
+async def stats_when(
+    http: httpx.AsyncClient, sims: RunningSimulators, provider: str, **wanted: int
+) -> dict[str, int]:
+    """Wait until the simulator's counters have the `wanted` values; return them all."""
+
+    async def probe() -> dict[str, int] | None:
+        counts = await stats(http, sims, provider)
+        return counts if all(counts[name] == value for name, value in wanted.items()) else None
+
+    return await wait_until(probe)
+
+
+async def job_ended(
+    http: httpx.AsyncClient, sims: RunningSimulators, provider: str, job_id: str
+) -> dict[str, Any]:
+    """Wait until the simulator's control API shows the job over; return its summary."""
+
+    async def probe() -> dict[str, Any] | None:
+        job = await sim_job(http, sims, provider, job_id)
+        return job if job["outcome"] is not None else None
+
+    return await wait_until(probe)
