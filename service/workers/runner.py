@@ -89,6 +89,7 @@ class JobRunner(ClaimLoop[JobRecord]):
         grace_rule: GraceRule | None = None,
         grace_refresh_s: float = 60.0,
         router: Router | None = None,
+        deadline_check_s: float = 10.0,
     ) -> None:
         super().__init__(
             name="runner",
@@ -104,6 +105,9 @@ class JobRunner(ClaimLoop[JobRecord]):
         self.lease_seconds = lease_seconds
         self._limits = {name: asyncio.Semaphore(concurrency_per_provider) for name in adapters}
         self.router = router
+        # The last look at a job past its deadline is bounded: a provider that holds status
+        # requests open must not hold the deadline's action for the client's whole timeout.
+        self.deadline_check_s = deadline_check_s
         self.grace_rule = grace_rule or GraceRule()
         self.grace_refresh_s = grace_refresh_s
         # (provider, model) -> (its recent completion times, loop time they were read)
@@ -543,9 +547,10 @@ class JobRunner(ClaimLoop[JobRecord]):
         observation = None
         if job.provider_job_id is not None:
             try:
-                observation = await adapter.fetch_status(job)
-            except ProviderError as exc:
-                self._log.warning("deadline_check_failed", error=str(exc))
+                async with asyncio.timeout(self.deadline_check_s):
+                    observation = await adapter.fetch_status(job)
+            except (ProviderError, TimeoutError) as exc:
+                self._log.warning("deadline_check_failed", error=str(exc) or type(exc).__name__)
         ended = (
             observation is not None
             and observation.status is not None

@@ -121,13 +121,21 @@ class Stack:
             await asyncio.wait_for(hub.subscribed.wait(), 10)
 
     async def wait_for_event(
-        self, job_id: str, event_type: str, *, within_s: float = 20.0
+        self,
+        job_id: str,
+        event_type: str,
+        *,
+        within_s: float = 20.0,
+        data: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """The job's first event of `event_type` (whose data has the items of `data`)."""
+
         async def seen() -> dict[str, Any]:
             async with self.watcher.changed:
                 while True:
                     for event in await self.events(job_id):
-                        if event["type"] == event_type:
+                        wanted = (data or {}).items() <= event["data"].items()
+                        if event["type"] == event_type and wanted:
                             return event
                     await self.watcher.changed.wait()
 

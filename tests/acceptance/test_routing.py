@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from tests.acceptance.stack import Stack, running_stack
+from service.workers.schedule import DEFAULT_TIMINGS, RetryPolicy
+from tests.acceptance.stack import FAST_TIMINGS, Stack, running_stack
 
 ROUTED = "flux-1-krea-dev"
 
@@ -112,4 +114,140 @@ async def test_a_disabled_provider_is_passed_over(database_url: str) -> None:
         assert job["status"] == "succeeded", job
         events = await stack.events(created["id"])
         assert "no credentials" in events[0]["data"]["passed_over"]["fal"]
+        assert submissions(stack, "scenario", tag) == 1
+
+
+# --- failover: one provider failing while the other works ------------------------------------
+
+
+async def configure(stack: Stack, provider: str, **config: Any) -> None:
+    """One simulator's faults, set over its own fault API (the others keep theirs)."""
+    base = {"krea": stack.sims.krea_url, "fal": stack.sims.fal_url,
+            "scenario": stack.sims.scenario_url.removesuffix("/v1")}[provider]  # fmt: skip
+    response = await stack.http.post(f"{base}/_sim/config", json=config)
+    assert response.status_code == 200, response.text
+
+
+def sim_stats(stack: Stack, provider: str) -> dict[str, int]:
+    return dict(stack.sims.simulator(provider).stats)
+
+
+def attempts_of(job: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    return [(a["provider"], a["status"], (a["error"] or {}).get("code")) for a in job["attempts"]]
+
+
+FAST_FAL_RETRIES = {
+    **FAST_TIMINGS,
+    "fal": replace(
+        DEFAULT_TIMINGS["fal"], retry=RetryPolicy(base_s=0.01, max_s=0.02, max_attempts=3)
+    ),
+}
+
+
+async def test_with_fal_refusing_every_submit_routed_jobs_succeed_on_scenario(
+    stack: Stack,
+) -> None:
+    await configure(stack, "fal", submit_mode="refuse")
+    bodies = [tagged() for _ in range(3)]
+    created = [await stack.create("auto", ROUTED, body) for body, _ in bodies]
+    for job, (_, tag) in zip(created, bodies, strict=True):
+        done = await stack.wait_for(job["id"])
+        assert done["status"] == "succeeded", done
+        assert done["provider"] == "scenario"
+        assert attempts_of(done) == [
+            ("fal", "failed", "provider_rejected"), ("scenario", "succeeded", None)
+        ]  # fmt: skip
+        assert submissions(stack, "scenario", tag) == 1
+        events = await stack.events(job["id"])
+        [failed] = of_type(events, "attempt_failed")
+        assert failed["data"]["provider"] == "fal" and failed["data"]["error"]["provider_detail"]
+        assert [e["data"]["provider"] for e in of_type(events, "attempt_started")] == [
+            "fal", "scenario"
+        ]  # fmt: skip
+    assert sim_stats(stack, "fal")["submits_refused"] == 3  # one fal submit per job
+
+
+async def test_with_fal_unavailable_each_job_moves_on_after_its_retries(
+    database_url: str,
+) -> None:
+    async with running_stack(database_url, timings=FAST_FAL_RETRIES) as stack:
+        await configure(stack, "fal", submit_mode="unavailable")
+        body, tag = tagged()
+        created = await stack.create("auto", ROUTED, body)
+        done = await stack.wait_for(created["id"])
+        assert done["status"] == "succeeded", done
+        assert attempts_of(done) == [
+            ("fal", "failed", "provider_unavailable"), ("scenario", "succeeded", None)
+        ]  # fmt: skip
+        events = await stack.events(created["id"])
+        assert len(of_type(events, "submission_retry_scheduled")) == 2
+        assert sim_stats(stack, "fal")["submits_unavailable"] == 3  # its allowed attempts
+        assert submissions(stack, "scenario", tag) == 1
+
+
+async def test_a_job_fal_fails_for_another_reason_than_its_content_moves_to_scenario(
+    stack: Stack,
+) -> None:
+    await configure(stack, "fal", fail_rate=1.0, fail_reason="error")
+    body, tag = tagged()
+    created = await stack.create("auto", ROUTED, body)
+    done = await stack.wait_for(created["id"])
+    assert done["status"] == "succeeded", done
+    assert attempts_of(done) == [
+        ("fal", "failed", "provider_failed"), ("scenario", "succeeded", None)
+    ]  # fmt: skip
+    assert (submissions(stack, "fal", tag), submissions(stack, "scenario", tag)) == (1, 1)
+    [failed] = of_type(await stack.events(created["id"]), "attempt_failed")
+    assert failed["source"] == "webhook"
+
+
+async def test_a_content_refusal_fails_the_job_and_no_other_provider_is_tried(
+    stack: Stack,
+) -> None:
+    body, tag = tagged("[content] a lighthouse")
+    created = await stack.create("auto", ROUTED, body)
+    done = await stack.wait_for(created["id"])
+    assert done["status"] == "failed", done
+    assert done["error"]["code"] == "content_refused"
+    assert attempts_of(done) == [("fal", "failed", "content_refused")]
+    assert (submissions(stack, "fal", tag), submissions(stack, "scenario", tag)) == (1, 0)
+    assert of_type(await stack.events(created["id"]), "attempt_failed") == []
+
+
+async def test_a_silent_provider_is_cancelled_before_the_next_attempt_starts(
+    database_url: str,
+) -> None:
+    settings = {"fal_job_timeout_s": 1.0}
+    async with running_stack(
+        database_url, settings=settings, runner_options={"deadline_check_s": 0.2}
+    ) as stack:
+        await configure(stack, "fal", silent=True, run_seconds=60)  # still running at the deadline
+        body, tag = tagged()
+        created = await stack.create("auto", ROUTED, body)
+        done = await stack.wait_for(created["id"])
+        assert done["status"] == "succeeded", done
+        assert attempts_of(done) == [
+            ("fal", "failed", "provider_timeout"), ("scenario", "succeeded", None)
+        ]  # fmt: skip
+        events = await stack.events(created["id"])
+        types = [e["type"] for e in events]
+        # The cancel is sent, and confirmed, before the fal attempt is given up.
+        assert types.index("cancel_sent") < types.index("attempt_failed")
+        assert events[types.index("cancel_sent")]["data"]["accepted"] is True
+        assert [e["data"]["provider"] for e in of_type(events, "attempt_started")] == [
+            "fal", "scenario"
+        ]  # fmt: skip
+        assert (
+            types.index("attempt_failed")
+            < [i for i, e in enumerate(events) if e["type"] == "attempt_started"][1]
+        )
+        # fal speaks again: its late news of the superseded attempt is recorded, never used.
+        await configure(stack, "fal", silent=False)
+        late = await stack.wait_for_event(
+            created["id"], "observation_ignored", data={"reason": "superseded_attempt"}
+        )
+        assert late["data"]["attempt"] == 1 and late["source"] == "webhook"
+        after = await stack.job(created["id"])
+        assert after["status"] == "succeeded" and after["provider"] == "scenario"
+        assert after["outputs"] == done["outputs"]
         assert submissions(stack, "scenario", tag) == 1
