@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -361,5 +362,92 @@ async def test_a_crash_right_after_a_burst_strands_nothing(tmp_path: Path) -> No
         assert {r["key"] for r in never_reached} <= held  # sent after the restart
         for r in rows:  # fal's unsent jobs end with a clear code, never stranded
             assert r["status"] == "succeeded" or r["code"] == "submission_outcome_unknown", r
+    finally:
+        await run.close()
+
+
+async def test_a_routed_run_with_one_provider_failing_midway(tmp_path: Path) -> None:
+    """60 routed jobs (`flux-1-krea-dev` on fal, then Scenario) on two instances; a second into
+    the load every fal job starts failing (not for its content) and one instance is killed with
+    SIGKILL and restarted. Every job ends, none is lost, no provider gets any job twice, and no
+    job ever has two attempts that are not over: each moved on only after its fal attempt
+    failed."""
+    retrying = {"callback_max_attempts": 60, "callback_retry_max_seconds": 1.0}
+    run = Chaos(tmp_path, instances=2, faults={**CLEAN, **retrying},
+                extra_env={"SUBMISSION_BIND_WAIT_S": "5"})  # fmt: skip
+    jobs = 60
+    try:
+        await run.start()
+        acknowledged: dict[str, str] = {}
+
+        async def submit(client: httpx.AsyncClient, i: int) -> None:
+            key = f"routed-{i:04d}"
+            body = {"provider": "auto", "model": "flux-1-krea-dev",
+                    "input": {"prompt": f"a harbour #{key}", "width": 1024, "height": 1024}}  # fmt: skip
+            for _ in range(300):
+                try:
+                    response = await client.post(
+                        "/v1/jobs", json=body, headers={"Idempotency-Key": key}
+                    )
+                except httpx.TransportError:
+                    response = None
+                if response is not None and response.status_code in (200, 202):
+                    acknowledged[key] = response.json()["id"]
+                    return
+                run.tally.faults["client_retries"] += 1
+                await asyncio.sleep(0.1)  # a client's backoff before retrying
+            raise AssertionError(f"{key} never acknowledged")
+
+        async with httpx.AsyncClient(base_url=run.balancer.url, timeout=15) as client:
+
+            async def load() -> None:
+                pending = []
+                for start in range(0, jobs, 4):
+                    pending += [
+                        asyncio.create_task(submit(client, i)) for i in range(start, start + 4)
+                    ]
+                    await asyncio.sleep(0.2)  # pacing the load (20 jobs/s), not synchronisation
+                await asyncio.gather(*pending)
+
+            async def faults() -> None:
+                await asyncio.sleep(1.0)  # a second of healthy fal first
+                response = await client.post(
+                    f"{run.sims['fal']}/_sim/config", json={"fail_rate": 1.0}
+                )
+                assert response.status_code == 200
+                await run.kill_and_restart(0, down_s=0.5)
+
+            await asyncio.gather(load(), faults())
+        await run.wait_all_terminal(within_s=120)
+        await audit(run.dsn, acknowledged=acknowledged, sim_jobs=[], tally=run.tally)
+        held: dict[str, Counter[str]] = {}
+        async with httpx.AsyncClient() as client:
+            for provider in ("fal", "scenario"):
+                records = (await client.get(f"{run.sims[provider]}/_sim/jobs")).json()["jobs"]
+                held[provider] = Counter(r["prompt"].rsplit("#", 1)[-1] for r in records)
+        conn = await asyncpg.connect(run.dsn)
+        try:
+            attempts = await conn.fetch(
+                "SELECT job_id, array_agg(provider || ':' || status ORDER BY n) AS tried "
+                "FROM job_attempts GROUP BY job_id"
+            )
+            outcomes = Counter(
+                f"{r['status']}:{r['code']}"
+                for r in await conn.fetch("SELECT status, error->>'code' AS code FROM jobs")
+            )
+        finally:
+            await conn.close()
+        paths = Counter(" -> ".join(r["tried"]) for r in attempts)
+        print(f"\nrouted chaos: attempts {dict(paths)}; outcomes {dict(outcomes)}; "
+              + run.tally.line())  # fmt: skip
+        assert len(acknowledged) == jobs and run.tally.jobs == jobs
+        assert run.tally.lost == [] and run.tally.not_terminal == []
+        assert run.tally.duplicate_transitions == [] and run.tally.seq_gaps == []
+        for provider, per_key in held.items():
+            assert [k for k, n in per_key.items() if n > 1] == [], provider  # never twice
+        for row in attempts:  # every attempt but the last is over (failed) before the next
+            assert all(t.endswith(":failed") for t in row["tried"][:-1]), row
+        assert any(len(r["tried"]) == 2 for r in attempts)  # the failure did move jobs on
+        assert any(r["tried"] == ["fal:succeeded"] for r in attempts)  # fal worked before
     finally:
         await run.close()
