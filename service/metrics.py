@@ -68,3 +68,31 @@ ARCHIVE_BACKLOG = Gauge(
 def render() -> bytes:
     """The registry in the Prometheus text exposition format."""
     return generate_latest(REGISTRY)
+
+
+PROVIDER_CONCURRENCY_LIMIT = Gauge(
+    "provider_concurrency_limit",
+    "Requests this instance lets run at once on the provider (adaptive: grows while it answers, "
+    "halves on 429).",
+    ["provider"],
+    registry=REGISTRY,
+)
+PROVIDER_REQUESTS_WAITING = Gauge(
+    "provider_requests_waiting",
+    "Requests of this instance waiting for a slot of the provider's concurrency limit.",
+    ["provider"],
+    registry=REGISTRY,
+)
+PROVIDER_CIRCUIT_STATE = Gauge(
+    "provider_circuit_state",
+    "The provider's circuit breaker on this instance: 0 closed (requests go), 1 half_open "
+    "(one probe goes), 2 open (requests are skipped until the cool-down ends).",
+    ["provider"],
+    registry=REGISTRY,
+)
+PROVIDER_CIRCUIT_TRANSITIONS = Counter(
+    "provider_circuit_transitions_total",
+    "Changes of the provider's circuit breaker on this instance, by the state entered.",
+    ["provider", "to"],
+    registry=REGISTRY,
+)
