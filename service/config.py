@@ -74,7 +74,10 @@ class Settings(BaseModel):
     webhook_grace_s: float = Field(default=120, gt=0)
     submission_bind_wait_s: float = Field(default=120, ge=0)
     worker_lease_s: float = Field(default=60, gt=0)
-    provider_concurrency: int = Field(default=32, ge=1)
+    provider_concurrency: int = Field(default=32, ge=1)  # each provider's starting limit
+    provider_concurrency_max: int = Field(default=128, ge=1)  # ... and the most it grows to
+    circuit_failure_threshold: int = Field(default=5, ge=1)
+    circuit_cool_down_s: float = Field(default=30, gt=0)
     stream_heartbeat_s: float = Field(default=15, gt=0)
     run_workers: bool = True  # false: this instance serves HTTP only (API, callbacks, streams)
     intake_max_batch: int = Field(default=256, ge=1)
@@ -216,6 +219,9 @@ class Settings(BaseModel):
             "submission_bind_wait_s": get("SUBMISSION_BIND_WAIT_S"),
             "worker_lease_s": get("WORKER_LEASE_S"),
             "provider_concurrency": get("PROVIDER_CONCURRENCY"),
+            "provider_concurrency_max": get("PROVIDER_CONCURRENCY_MAX"),
+            "circuit_failure_threshold": get("CIRCUIT_FAILURE_THRESHOLD"),
+            "circuit_cool_down_s": get("CIRCUIT_COOL_DOWN_S"),
             "stream_heartbeat_s": get("STREAM_HEARTBEAT_S"),
             "run_workers": get("RUN_WORKERS"),
             "intake_max_batch": get("INTAKE_MAX_BATCH"),

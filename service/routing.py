@@ -15,11 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from schemas.routing import RoutedInput, servable_providers, translate
-
 from schemas.events import EventSource
-from schemas.jobs import JobError
-from service.providers.base import JobRecord
+from schemas.jobs import JobError, JobStatus
+from schemas.routing import RoutedInput, servable_providers, translate
+from service.providers.base import JobRecord, Observation
 from service.store.base import JobStore, NextAttempt
 
 #: Error codes of a failure that is the content's or the request's: final, never retried on
@@ -30,6 +29,16 @@ FINAL_ERROR_CODES = frozenset({"content_refused", "input_refused"})
 def fails_over(error: JobError | None) -> bool:
     """Whether a failed attempt with this error moves a routed job to its next provider."""
     return error is None or error.code not in FINAL_ERROR_CODES
+
+
+def health_of(observation: Observation) -> bool | None:
+    """What a job's news says of its provider, for its circuit: a success is healthy, a failure
+    that another provider might not have is not, anything else says nothing."""
+    if observation.status is JobStatus.SUCCEEDED:
+        return True
+    if observation.status is JobStatus.FAILED:
+        return False if fails_over(observation.error) else None
+    return None
 
 
 class Gate(Protocol):

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from schemas.jobs import PROVIDERS
 from service.archive.archiver import OutputArchiver
 from service.archive.fetch import OutputFetcher
 from service.archive.storage import OutputStorage, S3Credentials, open_storage
@@ -45,6 +46,7 @@ from service.web.outputs_api import OutputsApi
 from service.web.page_api import PageApi
 from service.web.stream_api import StreamApi
 from service.webhooks.delivery import WebhookDeliverer
+from service.workers.circuit import Circuits
 from service.workers.runner import JobRunner
 from service.workers.schedule import timings_from_settings
 
@@ -54,6 +56,7 @@ def runner_options_from(settings: Settings) -> dict[str, Any]:
         "timings": timings_from_settings(settings),
         "lease_seconds": settings.worker_lease_s,
         "concurrency_per_provider": settings.provider_concurrency,
+        "max_concurrency_per_provider": settings.provider_concurrency_max,
     }
 
 
@@ -107,6 +110,7 @@ class _Parts:
     sealer: Sealer | None
     run_workers: bool
     router: Router
+    circuits: Circuits
 
 
 def _archiver(
@@ -153,16 +157,24 @@ def _build_parts(
     runner_options: dict[str, Any],
 ) -> _Parts:
     store = PostgresJobStore(database, max_batch=settings.intake_max_batch)
+    circuits = Circuits(
+        PROVIDERS,
+        failure_threshold=settings.circuit_failure_threshold,
+        cool_down_s=settings.circuit_cool_down_s,
+        max_cool_down_s=max(10 * settings.circuit_cool_down_s, 300.0),  # doubled per failed probe
+    )
     router = Router(
         settings.routes,
         enabled=frozenset(providers.adapters),
         timeout_s=settings.job_timeout_s,
+        circuits=circuits.__getitem__,
     )
     runner = JobRunner(
         store=store,
         adapters=providers.adapters,
         callback_base_url=settings.base_url,
         router=router,
+        circuits=circuits,
         **{**runner_options_from(settings), **runner_options},
     )
     outbox = WebhookOutbox(database)
@@ -199,7 +211,7 @@ def _build_parts(
     hub = EventHub(store=store, dsn=database.dsn, channels=channels)
     return _Parts(
         settings, database, providers, store, runner, outbox, deliverer, archive, storage,
-        archiver, hub, audit, signer, sealer, run_workers, router,
+        archiver, hub, audit, signer, sealer, run_workers, router, circuits,
     )  # fmt: skip
 
 
@@ -214,7 +226,10 @@ def _add_routes(app: web.Application, parts: _Parts) -> None:
         router=parts.router,
     )
     app.add_routes(jobs.routes())
-    callbacks = CallbacksApi(parts.store, adapters=parts.providers.adapters, router=parts.router)
+    callbacks = CallbacksApi(
+        parts.store, adapters=parts.providers.adapters, router=parts.router,
+        circuits=parts.circuits,
+    )  # fmt: skip
     app.add_routes(callbacks.routes())
     stream = StreamApi(hub=parts.hub, store=parts.store, heartbeat_s=settings.stream_heartbeat_s)
     app.add_routes(stream.routes())

@@ -40,10 +40,11 @@ from service.providers.base import (
     Observation,
     ProviderAdapter,
 )
-from service.routing import Router, fail_over, fails_over
+from service.routing import Router, fail_over, fails_over, health_of
 from service.store import JobStore
 from service.web.bodies import CALLBACK_BODY_LIMIT, read_body
 from service.web.middleware import json_response
+from service.workers.circuit import Circuits
 
 
 class CallbacksApi:
@@ -55,10 +56,12 @@ class CallbacksApi:
         *,
         adapters: Mapping[str, ProviderAdapter],
         router: Router | None = None,
+        circuits: Circuits | None = None,
     ) -> None:
         self.store = store
         self.adapters = adapters
         self.router = router
+        self.circuits = circuits
         self._log = get_logger("service.callbacks")
 
     def routes(self) -> list[web.RouteDef]:
@@ -95,6 +98,7 @@ class CallbacksApi:
         if observation.status is None:
             CALLBACKS.labels(provider=provider, outcome="ignored").inc()
             return json_response({"status": "ignored"})
+        self._count_health(provider, observation)
         if (
             self.router is not None
             and job.route is not None
@@ -114,6 +118,16 @@ class CallbacksApi:
             "webhook_recorded", applied=result.applied, provider_status=observation.provider_status
         )
         return json_response({"status": outcome})
+
+    def _count_health(self, provider: str, observation: Observation) -> None:
+        """A job's end, as its provider reports it, counts for or against its circuit."""
+        healthy = health_of(observation)
+        if self.circuits is None or healthy is None:
+            return
+        if healthy:
+            self.circuits[provider].record_success()
+        else:
+            self.circuits[provider].record_failure()
 
     async def _record_superseded(
         self,

@@ -17,8 +17,11 @@ through its retries, fails the job for a reason other than the content, or sends
 the attempt's deadline and the attempt is known not to be live (never sent, or its cancel was
 confirmed): `_fail_over` (service.routing chooses where to).
 
-Work per provider runs under a concurrency limit. The loop sleeps until the next job is due, or
-until it is woken (a job was created or a cancel requested on this instance).
+Work per provider runs under a concurrency limit that adapts to the provider's answers
+(service.workers.adaptive_limit: it grows while the provider answers and halves on 429), and
+every answer and failure feeds the provider's circuit (service.workers.circuit), which routed
+jobs consult before choosing it. The loop sleeps until the next job is due, or until it is
+woken (a job was created or a cancel requested on this instance).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,8 +51,10 @@ from service.providers.base import (
     ProviderRateLimited,
     state_json,
 )
-from service.routing import Router, fail_over, fails_over
+from service.routing import Router, fail_over, fails_over, health_of
 from service.store import CompletionTimes, JobStore, Schedule
+from service.workers.adaptive_limit import AdaptiveLimit, Slot
+from service.workers.circuit import Circuits
 from service.workers.claim_loop import ClaimLoop
 from service.workers.decide import Action, decide
 from service.workers.schedule import (
@@ -61,6 +67,11 @@ from service.workers.unknown import Judgement, judge, submission_window
 
 #: When an effect left the job due next (None: not due, e.g. terminal).
 Next = datetime | None
+
+#: The concurrency slot the job being handled holds: where its provider's answers are reported.
+_SLOT: ContextVar[Slot | None] = ContextVar("provider_slot", default=None)
+#: The longest pause a provider's Retry-After imposes on this instance's new requests to it.
+MAX_RETRY_AFTER_PAUSE_S = 60.0
 
 
 def _now() -> datetime:
@@ -85,6 +96,8 @@ class JobRunner(ClaimLoop[JobRecord]):
         batch_size: int = 100,
         lease_seconds: float = 60.0,
         concurrency_per_provider: int = 32,
+        max_concurrency_per_provider: int = 128,
+        circuits: Circuits | None = None,
         idle_wait_s: float = 1.0,
         grace_rule: GraceRule | None = None,
         grace_refresh_s: float = 60.0,
@@ -103,7 +116,12 @@ class JobRunner(ClaimLoop[JobRecord]):
         self.owner = owner or f"runner-{secrets.token_hex(6)}"
         self.timings = {**DEFAULT_TIMINGS, **(timings or {})}
         self.lease_seconds = lease_seconds
-        self._limits = {name: asyncio.Semaphore(concurrency_per_provider) for name in adapters}
+        maximum = max(max_concurrency_per_provider, concurrency_per_provider)
+        self._limits = {
+            name: AdaptiveLimit(name, initial=concurrency_per_provider, maximum=maximum)
+            for name in adapters
+        }
+        self.circuits = circuits
         self.router = router
         # The last look at a job past its deadline is bounded: a provider that holds status
         # requests open must not hold the deadline's action for the client's whole timeout.
@@ -146,8 +164,12 @@ class JobRunner(ClaimLoop[JobRecord]):
             await self.store.reschedule(job.id, owner=self.owner, at=_later(60))
             return
         try:
-            async with self._limits[job.provider]:
-                when = await self._act(decide(job, _now()), job, adapter)
+            async with self._limits[job.provider].slot() as slot:
+                token = _SLOT.set(slot)
+                try:
+                    when = await self._act(decide(job, _now()), job, adapter)
+                finally:
+                    _SLOT.reset(token)
             if when is not None:  # committed: wake the loop if it is due before the planned wake
                 self.wake_if_sooner(when)
         except DatabaseUnavailable:
@@ -238,6 +260,39 @@ class JobRunner(ClaimLoop[JobRecord]):
     def _routed(self, job: JobRecord) -> bool:
         return job.route is not None and self.router is not None
 
+    def _answered(self, provider: str, *, healthy: bool | None = None) -> None:
+        """The provider answered: one success toward a larger concurrency limit; `healthy`
+        True or False also counts for or against its circuit (None: says nothing of it)."""
+        slot = _SLOT.get()
+        if slot is not None:
+            slot.succeeded()
+        if self.circuits is not None and healthy is not None:
+            breaker = self.circuits[provider]
+            if healthy:
+                breaker.record_success()
+            else:
+                breaker.record_failure()
+
+    def _failed(self, provider: str, exc: ProviderError) -> None:
+        """A request to the provider failed: a 429 halves its concurrency limit (and pauses new
+        requests for its Retry-After); any failure counts against its circuit."""
+        slot = _SLOT.get()
+        if slot is not None and isinstance(exc, ProviderRateLimited):
+            pause = min(exc.retry_after, MAX_RETRY_AFTER_PAUSE_S) if exc.retry_after else None
+            slot.rate_limited(pause)
+        if self.circuits is not None:
+            self.circuits[provider].record_failure()
+
+    def _circuit_open_for(self, job: JobRecord) -> bool:
+        """A routed job's attempt about to be sent for the first time, to a provider whose
+        circuit does not let it through now (a half-open circuit lets one probe through)."""
+        return (
+            self._routed(job)
+            and job.submit_attempts == 0
+            and self.circuits is not None
+            and not self.circuits[job.provider].allow()
+        )
+
     def _moves_on(self, job: JobRecord, observation: Observation) -> bool:
         """A routed job's attempt failed for a reason another provider may not have."""
         return (
@@ -278,6 +333,13 @@ class JobRunner(ClaimLoop[JobRecord]):
         """At most once: the start is committed (with the callback token's hash) before the
         request leaves, and only a request that certainly was not sent is ever sent again."""
         timing = self.timings[job.provider]
+        if self._circuit_open_for(job) and self.router is not None:
+            following, _ = self.router.next_attempt(job)
+            if following is not None:  # skipped while its circuit is open, if another can go
+                return await self._fail_over(
+                    job, code="circuit_open",
+                    message=f"{job.provider} failed repeatedly: skipped for a while",
+                )  # fmt: skip
         # Everything the request needs is ready before the start is committed, and the start is
         # committed only holding a concurrency slot: "started" means "leaving now", so a crash
         # leaves unknown only what may really have left. Concurrent begins share a batch.
@@ -296,6 +358,7 @@ class JobRunner(ClaimLoop[JobRecord]):
             PROVIDER_REQUESTS.labels(provider=job.provider, operation="submit").inc()
             submission = await adapter.submit(job, request=request, callback_url=url)
         except ProviderError as exc:
+            self._failed(job.provider, exc)
             verdict = adapter.submit_policy.classify(exc)  # the provider's, not the runner's
             if verdict == "retry":
                 retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
@@ -314,6 +377,7 @@ class JobRunner(ClaimLoop[JobRecord]):
                     data={"request": request},
                 )
             return await self._unknown(job, reason=str(exc), detail=exc.detail)
+        self._answered(job.provider, healthy=True)
         first_check = await self._first_check_s(job, timing)
         submitted = Observation(
             JobStatus.SUBMITTED,
@@ -487,8 +551,10 @@ class JobRunner(ClaimLoop[JobRecord]):
             PROVIDER_REQUESTS.labels(provider=job.provider, operation="cancel").inc()
             outcome = await adapter.cancel(job)
         except ProviderError as exc:
+            self._failed(job.provider, exc)
             self._log.warning("cancel_failed", error=str(exc))
             return await self._reschedule(job, timing.retry.delay(1))
+        self._answered(job.provider)
         when = self._at(job, timing.after_cancel_s)
         await self.store.record_cancel_sent(
             job.id,
@@ -507,10 +573,13 @@ class JobRunner(ClaimLoop[JobRecord]):
             PROVIDER_REQUESTS.labels(provider=job.provider, operation="status").inc()
             observation = await adapter.fetch_status(job)
         except ProviderRateLimited as exc:
+            self._failed(job.provider, exc)
             return await self._reschedule(job, max(exc.retry_after or 0, 1.0))
         except ProviderError as exc:
+            self._failed(job.provider, exc)
             self._log.warning("poll_failed", error=str(exc))
             return await self._reschedule(job, delay)
+        self._answered(job.provider, healthy=health_of(observation))
         if observation.status is None:
             return await self._reschedule(job, delay)
         if self._moves_on(job, observation):

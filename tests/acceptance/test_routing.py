@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from service.web.app import RUNNER_KEY
 from service.workers.schedule import DEFAULT_TIMINGS, RetryPolicy
 from tests.acceptance.stack import FAST_TIMINGS, Stack, running_stack
 
@@ -251,3 +252,67 @@ async def test_a_silent_provider_is_cancelled_before_the_next_attempt_starts(
         assert after["status"] == "succeeded" and after["provider"] == "scenario"
         assert after["outputs"] == done["outputs"]
         assert submissions(stack, "scenario", tag) == 1
+
+
+# --- the circuit breaker and the adaptive concurrency limit ----------------------------------
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{wanted} not in /metrics")
+
+
+async def test_a_provider_that_keeps_failing_is_skipped_while_its_circuit_is_open(
+    database_url: str,
+) -> None:
+    settings = {"circuit_failure_threshold": 2, "circuit_cool_down_s": 600}
+    async with running_stack(database_url, settings=settings) as stack:
+        await configure(stack, "fal", submit_mode="refuse")
+        for _ in range(2):  # two refusals in a row open fal's circuit
+            body, _tag = tagged()
+            done = await stack.wait_for((await stack.create("auto", ROUTED, body))["id"])
+            assert attempts_of(done)[0] == ("fal", "failed", "provider_rejected")
+        metrics = (await stack.http.get("/metrics")).text
+        assert metric(metrics, "provider_circuit_state", provider="fal") == 2  # open
+        assert metric(metrics, "provider_circuit_state", provider="scenario") == 0
+        body, tag = tagged()
+        created = await stack.create("auto", ROUTED, body)
+        assert created["provider"] == "scenario"  # fal passed over: no request sent to it
+        done = await stack.wait_for(created["id"])
+        assert attempts_of(done) == [("scenario", "succeeded", None)]
+        events = await stack.events(created["id"])
+        assert "circuit open" in events[0]["data"]["passed_over"]["fal"]
+        assert sim_stats(stack, "fal")["submits_refused"] == 2
+        assert submissions(stack, "scenario", tag) == 1
+
+
+async def test_a_provider_answering_429_gets_fewer_requests_then_more_when_it_recovers(
+    database_url: str,
+) -> None:
+    settings = {"provider_concurrency": 8, "provider_concurrency_max": 64}
+    async with running_stack(database_url, settings=settings) as stack:
+        limit = stack.service.app[RUNNER_KEY]._limits["scenario"]
+        await configure(stack, "scenario", max_concurrent_requests=2, slow_seconds=0.05,
+                        retry_after_seconds=0)  # fmt: skip
+        first = [
+            await stack.create("scenario", "model_flux-krea-dev", tagged()[0]) for _ in range(16)
+        ]
+        for job in first:  # none lost while the provider pushed back
+            assert (await stack.wait_for(job["id"], within_s=60))["status"] == "succeeded"
+        pushed_back = sim_stats(stack, "scenario")["rate_limited"]
+        assert pushed_back > 0
+        shrunk = limit.current
+        assert shrunk < 8  # halved on the 429s
+        metrics = (await stack.http.get("/metrics")).text
+        assert metric(metrics, "provider_concurrency_limit", provider="scenario") == shrunk
+        await configure(stack, "scenario", max_concurrent_requests=None)  # recovered
+        second = [
+            await stack.create("scenario", "model_flux-krea-dev", tagged()[0]) for _ in range(40)
+        ]
+        for job in second:
+            assert (await stack.wait_for(job["id"], within_s=60))["status"] == "succeeded"
+        assert limit.current > shrunk  # grew again while the provider answered
+        assert sim_stats(stack, "scenario")["rate_limited"] == pushed_back
