@@ -173,3 +173,8 @@ def test_decide_names_one_action_per_state() -> None:
     assert decide(record(status=S.RUNNING), now) is Action.POLL
     assert decide(record(status=S.RUNNING, deadline_at=now), now) is Action.EXPIRE
     assert decide(record(status=S.FAILED, deadline_at=now), now) is Action.NOTHING
+    # A routed job's later attempt is submitted whatever status an earlier one reached.
+    later = {"route": "flux-1-krea-dev", "attempt": 2, "status": S.RUNNING}
+    assert decide(record(**later), now) is Action.SUBMIT
+    assert decide(record(**later, submit_started_at=now), now) is Action.RECORD_UNKNOWN
+    assert decide(record(**later, provider_job_id="p"), now) is Action.POLL
