@@ -316,3 +316,18 @@ async def test_a_provider_answering_429_gets_fewer_requests_then_more_when_it_re
             assert (await stack.wait_for(job["id"], within_s=60))["status"] == "succeeded"
         assert limit.current > shrunk  # grew again while the provider answered
         assert sim_stats(stack, "scenario")["rate_limited"] == pushed_back
+
+
+async def test_a_cancel_cancels_the_live_attempt(stack: Stack) -> None:
+    await configure(stack, "fal", run_seconds=30)
+    body, _tag = tagged()
+    created = await stack.create("auto", ROUTED, body)
+    await stack.wait_for(created["id"], {"submitted", "queued", "running"})
+    response = await stack.http.post(f"/v1/jobs/{created['id']}/cancel")
+    assert response.status_code == 202, response.text
+    done = await stack.wait_for(created["id"])
+    assert done["status"] == "canceled", done
+    assert attempts_of(done) == [("fal", "canceled", None)]
+    [sent] = of_type(await stack.events(created["id"]), "cancel_sent")
+    assert sent["data"]["accepted"] is True
+    assert sim_stats(stack, "fal")["cancels"] == 1
