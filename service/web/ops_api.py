@@ -16,6 +16,10 @@ from service.store.postgres import PostgresJobStore
 from service.web.middleware import json_response
 from service.web.openapi import openapi_document
 
+#: The (status, provider) series of `jobs` set at least once: the gauges are the process's, so
+#: this set is too (an app made later in the same process zeroes what an earlier one set).
+_job_series: set[tuple[str, str]] = set()
+
 
 class OpsApi:
     """/healthz, /readyz, /metrics and /openapi.json."""
@@ -32,7 +36,6 @@ class OpsApi:
         self.archive = archive
         self.outbox = outbox
         self.store = store
-        self._job_series: set[tuple[str, str]] = set()  # jobs{} series set at least once
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -69,13 +72,13 @@ class OpsApi:
     def _set_live_jobs(self, live: dict[tuple[str, str], tuple[int, float]]) -> None:
         """A series once set stays, at 0 when its jobs are gone: an alert on it sees 0, not an
         absent series (and a stale count never lingers)."""
-        for key in self._job_series - live.keys():
+        for key in _job_series - live.keys():
             metrics.JOBS.labels(*key).set(0)
             metrics.JOBS_OLDEST_AGE.labels(*key).set(0)
         for key, (count, oldest_s) in live.items():
             metrics.JOBS.labels(*key).set(count)
             metrics.JOBS_OLDEST_AGE.labels(*key).set(oldest_s)
-        self._job_series |= live.keys()
+        _job_series.update(live.keys())
 
     async def openapi(self, _request: web.Request) -> web.Response:
         return json_response(openapi_document())
