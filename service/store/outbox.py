@@ -87,5 +87,11 @@ class WebhookOutbox:
             outcome, next_at,
         )  # fmt: skip
 
+    async def backlog(self) -> tuple[int, float]:
+        """(pending deliveries, seconds the most overdue of them has been due; 0 if none)."""
+        row = await self.db.fetchrow("webhook_backlog")
+        assert row is not None
+        return int(row["pending"]), float(row["overdue_s"])
+
     async def deliveries_of(self, job_id: str) -> list[WebhookDelivery]:
         return [_view(row) for row in await self.db.fetch("list_webhook_deliveries", job_id)]

@@ -281,6 +281,11 @@ class PostgresJobStore:
     async def last_event_id(self) -> int:
         return int(await self.db.fetchval("last_event_id"))
 
+    async def live_jobs(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """{(status, provider): (jobs, age in seconds of the oldest)} of non-terminal jobs."""
+        rows = await self.db.fetch("live_jobs_by_status")
+        return {(r["status"], r["provider"]): (int(r["jobs"]), float(r["oldest_s"])) for r in rows}
+
     # --- provider news -----------------------------------------------------------------------
 
     async def lookup(self, job_id: str) -> JobRecord | None:

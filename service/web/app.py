@@ -236,7 +236,11 @@ def _add_routes(app: web.Application, parts: _Parts) -> None:
     public_key = parts.signer.public_key if parts.signer else None
     app.add_routes(AuditApi(parts.audit, public_key=public_key).routes())
     app.add_routes(OutputsApi(parts.archive, parts.storage).routes())
-    app.add_routes(OpsApi(parts.database, archive=parts.archive).routes())
+    app.add_routes(
+        OpsApi(
+            parts.database, archive=parts.archive, outbox=parts.outbox, store=parts.store
+        ).routes()
+    )
     app.add_routes(PageApi().routes())
 
 

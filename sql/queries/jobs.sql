@@ -101,3 +101,13 @@ SELECT bind_listed_submission($1, $2, $3, $4, $5, $6);
 -- name: bound_provider_job_ids
 -- Which of these provider job ids are bound to one of our jobs.
 SELECT provider_job_id FROM jobs WHERE provider = $1 AND provider_job_id = ANY($2::text[]);
+
+-- name: live_jobs_by_status
+-- The metrics' jobs{status, provider}: non-terminal jobs only, whose number is bounded by the
+-- work in flight (terminal ones grow without bound and are not counted here). The status list
+-- is literal so that the planner ranges over jobs_status_id_idx for these statuses alone.
+SELECT status, provider, count(*) AS jobs,
+       extract(epoch FROM clock_timestamp() - min(created_at))::double precision AS oldest_s
+FROM jobs
+WHERE status IN ('accepted', 'submitted', 'queued', 'running')
+GROUP BY status, provider;

@@ -22,3 +22,12 @@ SELECT d.id, d.event_id, d.event_type, d.url, d.state, d.attempts, d.next_attemp
 FROM webhook_deliveries d
 WHERE d.job_id = $1
 ORDER BY d.id;
+
+-- name: webhook_backlog
+-- Pending deliveries (due, leased or waiting for a retry: exactly those with a next attempt)
+-- and how long the most overdue one has been due; both from webhook_deliveries_due_idx alone.
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM greatest(clock_timestamp() - min(next_attempt_at),
+                                            interval '0')), 0)::double precision AS overdue_s
+FROM webhook_deliveries
+WHERE next_attempt_at IS NOT NULL;
