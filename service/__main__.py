@@ -18,6 +18,10 @@ from service.logs import configure_logging, get_logger
 from service.web.app import build_app, prepare_database
 from service.web.processes import supervise
 
+#: How long a WEB_CONCURRENCY child may take beyond SHUTDOWN_GRACE_S before the parent kills
+#: it: aiohttp's shutdown_timeout (10 s) for open requests, the release and the closing.
+STOP_MARGIN_S = 20.0
+
 
 def resolve_dsn(settings: Settings) -> str:
     """DATABASE_URL when set, otherwise the embedded PostgreSQL under SERVICE_DATA_DIR."""
@@ -55,12 +59,15 @@ def serve(settings: Settings) -> int:
     return supervise(
         settings.web_concurrency,
         functools.partial(_serve_one, settings, dsn, migrate=False, reuse_port=True),
+        stop_timeout_s=settings.shutdown_grace_s + STOP_MARGIN_S,
     )
 
 
 def _serve_one(settings: Settings, dsn: str, *, migrate: bool, reuse_port: bool) -> None:
+    # SIGTERM/SIGINT: the app drains its workers and releases their leases for up to
+    # SHUTDOWN_GRACE_S (service.web.shutdown), then aiohttp's shutdown (shutdown_timeout).
     web.run_app(
-        build_app(settings, dsn=dsn, migrate=migrate),
+        build_app(settings, dsn=dsn, migrate=migrate, handle_signals=True),
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -11,16 +12,23 @@ from service import metrics
 from service.db.database import Database
 from service.errors import DatabaseUnavailable
 from service.store.archive import ArchiveQueue
-from service.web.middleware import json_response
+from service.web.middleware import error_response, json_response
 from service.web.openapi import openapi_document
 
 
 class OpsApi:
     """/healthz, /readyz, /metrics and /openapi.json."""
 
-    def __init__(self, db: Database, *, archive: ArchiveQueue) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        archive: ArchiveQueue,
+        draining: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.db = db
         self.archive = archive
+        self.draining = draining
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -35,6 +43,8 @@ class OpsApi:
         return json_response({"status": "ok", "pid": os.getpid()})
 
     async def readyz(self, _request: web.Request) -> web.Response:
+        if self.draining():  # shutting down (service.web.shutdown): send nothing more here
+            return error_response(503, "shutting_down", "this instance is shutting down")
         await self.db.ping()  # DatabaseUnavailable -> 503 through the error middleware
         return json_response({"status": "ready"})
 

@@ -22,3 +22,16 @@ SELECT d.id, d.event_id, d.event_type, d.url, d.state, d.attempts, d.next_attemp
 FROM webhook_deliveries d
 WHERE d.job_id = $1
 ORDER BY d.id;
+
+-- name: release_webhook_leases
+-- Graceful shutdown: the deliveries $1 still holds (lease at most $2 seconds ahead) are due
+-- now, and every instance's deliverer is woken.
+WITH released AS (
+    UPDATE webhook_deliveries SET lease_owner = NULL, next_attempt_at = now()
+    WHERE next_attempt_at > now() AND next_attempt_at <= now() + make_interval(secs => $2)
+      AND lease_owner = $1 AND state = 'pending'
+    RETURNING 1
+), counted AS (SELECT count(*) AS released FROM released)
+SELECT counted.released
+FROM counted LEFT JOIN LATERAL (
+    SELECT pg_notify('webhook_deliveries', '') WHERE counted.released > 0) AS woken ON true;
