@@ -48,14 +48,20 @@ def log_lines(process: Process, event: str) -> list[dict[str, Any]]:
     return lines
 
 
-async def held_by_one_owner(conn: asyncpg.Connection) -> bool:
-    """Every job's submission started and its lease held, all by one runner."""
-    row = await conn.fetchrow(
-        "SELECT count(*) AS n, count(DISTINCT lease_owner) AS owners FROM jobs "
+async def all_held_mid_submission(conn: asyncpg.Connection) -> bool:
+    """Every job's submission started, unanswered, and its lease (300 s) held: by A, the only
+    instance running."""
+    held = await conn.fetchval(
+        "SELECT count(*) FROM jobs "
         "WHERE submit_started_at IS NOT NULL AND provider_job_id IS NULL "
         "  AND lease_owner IS NOT NULL AND next_action_at > now() + interval '200 seconds'"
     )
-    return bool(row["n"] == JOBS)
+    return bool(held == JOBS)
+
+
+async def count_events(conn: asyncpg.Connection, kind: str) -> int:
+    count: int = await conn.fetchval("SELECT count(*) FROM job_events WHERE type = $1", kind)
+    return count
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "web-concurrency-2"])
@@ -84,7 +90,7 @@ async def test_sigterm_releases_work_in_flight_to_the_other_instance(
             await asyncio.gather(*(run.submit(client, i, acknowledged) for i in range(JOBS)))
         conn = await asyncpg.connect(run.dsn)
         try:
-            while not await held_by_one_owner(conn):  # noqa: ASYNC110 - another process's progress
+            while not await all_held_mid_submission(conn):  # noqa: ASYNC110 - another process's progress
                 await asyncio.sleep(0.05)
             instance_b.start()
             await instance_b.ready()
@@ -102,6 +108,10 @@ async def test_sigterm_releases_work_in_flight_to_the_other_instance(
             exit_code = await asyncio.to_thread(instance_a.proc.wait, EXIT_BOUND_S)
             exited_s = time.monotonic() - signalled
             assert exit_code == 0, instance_a.tail()
+            # B's first look at each job it took over records the unknown outcome.
+            while await count_events(conn, "submission_outcome_unknown") < JOBS:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            picked_up_s = time.monotonic() - signalled
             # B took every job over and settled it; all of it well before A's leases ran out.
             await run.wait_all_terminal(within_s=LEASE_S / 2)
             taken_over_s = time.monotonic() - signalled
@@ -117,6 +127,7 @@ async def test_sigterm_releases_work_in_flight_to_the_other_instance(
                     tally=run.tally)  # fmt: skip
         print(
             f"\ngraceful shutdown ({processes} process(es)): A exited 0 in {exited_s:.2f} s, "
+            f"B had taken every job over {picked_up_s:.2f} s after the SIGTERM, "
             f"every job ended {taken_over_s:.2f} s after the SIGTERM (lease {LEASE_S} s); "
             f"released: {[r['released'] for r in released]}, release_ms: "
             f"{[r['release_ms'] for r in released]}, drain_s: {[r['drain_s'] for r in released]}; "
@@ -125,7 +136,7 @@ async def test_sigterm_releases_work_in_flight_to_the_other_instance(
         assert len(started) == len(released) == processes  # one of each per process
         assert sum(r["released"]["jobs"] for r in released) == JOBS
         assert sum(sum(r["cancelled"].values()) for r in released) == JOBS
-        assert taken_over_s < LEASE_S
+        assert picked_up_s < taken_over_s < LEASE_S
         assert [o["lease_owner"] for o in owners] == [None]
         assert run.tally.jobs == JOBS and run.tally.lost == [] and run.tally.not_terminal == []
         assert run.tally.submitted_twice == []  # each provider job created once at most
