@@ -12,9 +12,11 @@ provider job is created twice."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,10 @@ import asyncpg
 import httpx
 import orjson
 import pytest
+from aiohttp import web
 
-from tests.chaos.harness import Process, audit
-from tests.chaos.test_chaos import CLEAN, Chaos
+from tests.chaos.harness import Process, audit, free_port
+from tests.chaos.test_chaos import CLEAN, MODEL, Chaos
 
 pytestmark = pytest.mark.chaos
 
@@ -150,3 +153,132 @@ async def test_sigterm_releases_work_in_flight_to_the_other_instance(
         assert unknown <= JOBS // 3 and run.tally.terminal_sources["fal:system"] == unknown
     finally:
         await run.close()
+
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"a-test-secret-of-32-bytes-length").decode()
+DELIVERY_LEASE_S = 60  # the deliverer's lease (not WORKER_LEASE_S)
+
+
+class HoldingReceiver:
+    """A client's webhook endpoint that holds every request while `hold` is set (as a slow
+    client does), then answers 200 at once."""
+
+    def __init__(self) -> None:
+        self.hold = True
+        self.let_go = asyncio.Event()
+        self.held: list[str] = []
+        self.answered: Counter[str] = Counter()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/hook"
+
+    async def close(self) -> None:
+        self.let_go.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        webhook_id = request.headers["webhook-id"]
+        await request.read()
+        if self.hold:
+            self.held.append(webhook_id)
+            await self.let_go.wait()
+            return web.Response(status=200)
+        self.answered[webhook_id] += 1
+        return web.Response(status=200)
+
+
+async def all_deliveries_held(conn: asyncpg.Connection, receiver: HoldingReceiver) -> bool:
+    """Every delivery there will be is enqueued (the jobs ended, their outputs archived) and
+    claimed by A, none delivered, and the endpoint's 4 slots are taken at the receiver."""
+    held: bool = await conn.fetchval(
+        "SELECT count(*) > 0 AND bool_and(state = 'pending' AND lease_owner IS NOT NULL"
+        "                                 AND next_attempt_at > now() + interval '30 seconds')"
+        "   AND NOT EXISTS (SELECT 1 FROM output_archives WHERE state = 'pending') "
+        "FROM webhook_deliveries"
+    )
+    return held and len(receiver.held) >= 4
+
+
+async def test_sigterm_releases_webhook_deliveries_held_at_a_slow_client(tmp_path: Path) -> None:
+    """A holds every delivery of its jobs' webhooks (4 in flight at a client that does not
+    answer, the rest waiting for the endpoint's slot); SIGTERM: the 4 are cut at the grace, the
+    rest not started, all released; B delivers each once (same webhook-id), well before the
+    deliverer's 60 s lease would have run out."""
+    receiver = HoldingReceiver()
+    run = Chaos(
+        tmp_path,
+        instances=2,
+        faults=CLEAN,
+        extra_env={
+            "WORKER_LEASE_S": str(LEASE_S), "SHUTDOWN_GRACE_S": str(GRACE_S), "LOG_LEVEL": "info",
+            "CLIENT_WEBHOOK_SECRET": WEBHOOK_SECRET, "CLIENT_WEBHOOK_ALLOW_PRIVATE": "true",
+        },
+    )  # fmt: skip
+    try:
+        await receiver.start()
+        await run.start()
+        instance_a, instance_b = run.instances
+        instance_b.stop()
+        url_a = f"http://127.0.0.1:{run.ports[0]}"
+        async with httpx.AsyncClient(base_url=url_a, timeout=15) as client:
+            for i in range(3):
+                response = await client.post("/v1/jobs", json={
+                    "provider": "krea", "model": MODEL["krea"],
+                    "input": {"prompt": f"a harbour #hook-{i}"}, "webhook_url": receiver.url,
+                })  # fmt: skip
+                assert response.status_code == 202, response.text
+        await run.wait_all_terminal(within_s=60)
+        conn = await asyncpg.connect(run.dsn)
+        try:
+            while not await all_deliveries_held(conn, receiver):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # another process's progress: polled
+            deliveries = await conn.fetchval("SELECT count(*) FROM webhook_deliveries")
+            instance_b.start()
+            await instance_b.ready()
+            receiver.hold = False  # A's 4 requests stay held; what comes next is answered
+            assert instance_a.proc is not None
+            signalled = time.monotonic()
+            os.killpg(instance_a.proc.pid, signal.SIGTERM)
+            exit_code = await asyncio.to_thread(instance_a.proc.wait, EXIT_BOUND_S)
+            exited_s = time.monotonic() - signalled
+            assert exit_code == 0, instance_a.tail()
+            while await conn.fetchval(  # noqa: ASYNC110 - B's progress
+                "SELECT count(*) FROM webhook_deliveries WHERE state <> 'delivered'"
+            ):
+                await asyncio.sleep(0.02)
+            delivered_s = time.monotonic() - signalled
+            attempts = await conn.fetch(
+                "SELECT d.id, d.attempts, count(a.id) AS recorded FROM webhook_deliveries d "
+                "LEFT JOIN webhook_attempts a ON a.delivery_id = d.id GROUP BY d.id, d.attempts"
+            )
+        finally:
+            await conn.close()
+        released = log_lines(instance_a, "shutdown_released")
+        print(
+            f"\ngraceful shutdown (webhooks): {deliveries} deliveries held by A ({len(receiver.held)} "
+            f"in flight at the client); A exited 0 in {exited_s:.2f} s; B delivered them all "
+            f"{delivered_s:.2f} s after the SIGTERM (lease {DELIVERY_LEASE_S} s); released: "
+            f"{released[0]['released']}, cancelled: {released[0]['cancelled']}, "
+            f"release_ms: {released[0]['release_ms']}"
+        )
+        assert released[0]["released"]["webhooks"] == deliveries
+        assert released[0]["cancelled"]["webhooks"] == deliveries  # 4 cut, the rest not started
+        assert delivered_s < DELIVERY_LEASE_S
+        # Each delivery delivered once, with one recorded attempt (A's cut ones left no record);
+        # those A had in flight were sent again under the same webhook-id.
+        assert len(receiver.answered) == deliveries
+        assert set(receiver.answered.values()) == {1}
+        assert set(receiver.held) <= set(receiver.answered)
+        assert {(r["attempts"], r["recorded"]) for r in attempts} == {(1, 1)}
+    finally:
+        await run.close()
+        await receiver.close()
