@@ -17,10 +17,15 @@ from service.db.sql_files import SqlFilesError
 from service.logs import configure_logging, get_logger
 from service.web.app import build_app, prepare_database
 from service.web.processes import supervise
+from service.web.shutdown import DRAIN_OVERHEAD_S
+
+#: aiohttp's own shutdown: how long open requests get once the listening socket is closed.
+SHUTDOWN_TIMEOUT_S = 10.0
 
 #: How long a WEB_CONCURRENCY child may take beyond SHUTDOWN_GRACE_S before the parent kills
-#: it: aiohttp's shutdown_timeout (10 s) for open requests, the release and the closing.
-STOP_MARGIN_S = 20.0
+#: it: the drain's bounded overhead (settling writes, releasing leases; 11 s at most, with the
+#: database away), aiohttp's shutdown_timeout for open requests and the closing.
+STOP_MARGIN_S = DRAIN_OVERHEAD_S + SHUTDOWN_TIMEOUT_S + 10.0
 
 
 def resolve_dsn(settings: Settings) -> str:
@@ -73,7 +78,7 @@ def _serve_one(settings: Settings, dsn: str, *, migrate: bool, reuse_port: bool)
         reuse_port=reuse_port,
         print=None,
         access_log=None,
-        shutdown_timeout=10,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
 
 

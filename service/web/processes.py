@@ -9,7 +9,7 @@ instances (leases and advisory locks).
 Supervision:
 - SIGTERM or SIGINT to the parent is forwarded once, as SIGTERM, to every child (each child is
   in a process group of its own, so a signal to the parent's group is not delivered twice); the
-  parent waits for them (SIGKILL after `stop_timeout_s`: SHUTDOWN_GRACE_S + 20 s under
+  parent waits for them (SIGKILL after `stop_timeout_s`: SHUTDOWN_GRACE_S + 31 s under
   `serve`) and exits 0. Each child drains and releases its own work (service.web.shutdown).
 - A child that exits while no stop was asked for stops the others and the parent exits 1: one
   process of N gone means a service running at reduced capacity without anyone noticing, so the

@@ -34,6 +34,10 @@ from service.workers.claim_loop import ClaimLoop
 
 #: How long the writes queued in the batchers by cancelled work may take to land.
 SETTLE_TIMEOUT_S = 5.0
+#: The most one release statement may take (the database away: the leases then run out).
+RELEASE_TIMEOUT_S = 2.0
+#: The longest a drain can take beyond the grace: settling, then the three releases.
+DRAIN_OVERHEAD_S = SETTLE_TIMEOUT_S + 3 * RELEASE_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,9 @@ class GracefulShutdown:
         )
         for worker in self._workers:
             worker.loop.stop_claiming()
-        # Each loop returns before its next claim (one claim query at most is under way).
-        await asyncio.gather(*(w.task for w in self._workers), return_exceptions=True)
+        # Each loop returns before its next claim (one claim query at most is under way; a
+        # loop still in it at the end of the grace is cancelled: what it claimed is released).
+        await self._stop_loops(started + self.grace_s)
         finished = await self._wait_in_flight(started + self.grace_s)
         cancelled = {w.name: await w.loop.cancel_in_flight() for w in self._workers}
         if self._settle is not None:
@@ -124,7 +129,8 @@ class GracefulShutdown:
         released: dict[str, int | None] = {}
         for worker in self._workers:
             try:
-                released[worker.name] = await worker.release()
+                async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                    released[worker.name] = await worker.release()
             except Exception as exc:  # the database is away: the leases run out instead
                 released[worker.name] = None
                 self._log.warning(
@@ -140,6 +146,15 @@ class GracefulShutdown:
         }
         self._log.info("shutdown_released", **figures)
         return figures
+
+    async def _stop_loops(self, deadline: float) -> None:
+        loops = {w.task for w in self._workers}
+        if not loops:
+            return
+        _done, pending = await asyncio.wait(loops, timeout=max(deadline - time.monotonic(), 0.0))
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _wait_in_flight(self, deadline: float) -> bool:
         """Waits for the work in flight until `deadline` (or a second signal); True when it
