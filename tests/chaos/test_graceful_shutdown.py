@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,10 @@ async def test_sigterm_releases_work_in_flight_to_the_other_instance(
             await run.wait_all_terminal(within_s=LEASE_S / 2)
             taken_over_s = time.monotonic() - signalled
             owners = await conn.fetch("SELECT DISTINCT lease_owner FROM jobs")
+            # When B's first look at each job was committed (same machine, same clock as A's log).
+            taken_at = await conn.fetchval(
+                "SELECT max(created_at) FROM job_events WHERE type = 'submission_outcome_unknown'"
+            )
             events = await conn.fetch(
                 "SELECT type, count(*) AS n FROM job_events GROUP BY type ORDER BY type"
             )
@@ -126,11 +131,14 @@ async def test_sigterm_releases_work_in_flight_to_the_other_instance(
             await conn.close()
         released = log_lines(instance_a, "shutdown_released")
         started = log_lines(instance_a, "shutdown_started")
+        released_at = max(datetime.fromisoformat(r["timestamp"]) for r in released)
+        after_release_ms = (taken_at - released_at).total_seconds() * 1000
         await audit(run.dsn, acknowledged=acknowledged, sim_jobs=await run.sim_records(),
                     tally=run.tally)  # fmt: skip
         print(
             f"\ngraceful shutdown ({processes} process(es)): A exited 0 in {exited_s:.2f} s, "
-            f"B had taken every job over {picked_up_s:.2f} s after the SIGTERM, "
+            f"B had taken every job over {picked_up_s:.2f} s after the SIGTERM "
+            f"({after_release_ms:.0f} ms after A's release was logged), "
             f"every job ended {taken_over_s:.2f} s after the SIGTERM (lease {LEASE_S} s); "
             f"released: {[r['released'] for r in released]}, release_ms: "
             f"{[r['release_ms'] for r in released]}, drain_s: {[r['drain_s'] for r in released]}; "
