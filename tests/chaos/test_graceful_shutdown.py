@@ -28,6 +28,7 @@ import pytest
 from aiohttp import web
 
 from tests.chaos.harness import Process, audit, free_port
+from tests.chaos.test_archive_crash import file_requests
 from tests.chaos.test_chaos import CLEAN, MODEL, Chaos
 
 pytestmark = pytest.mark.chaos
@@ -290,3 +291,77 @@ async def test_sigterm_releases_webhook_deliveries_held_at_a_slow_client(tmp_pat
     finally:
         await run.close()
         await receiver.close()
+
+
+async def all_outputs_held(conn: asyncpg.Connection, run: Chaos) -> bool:
+    """Every output enqueued (the jobs ended) is claimed by A (300 s lease) and its download
+    under way at the simulator (whose bodies come late)."""
+    held: bool = await conn.fetchval(
+        "SELECT count(*) > 0 AND bool_and(state = 'pending' AND lease_owner IS NOT NULL"
+        "                                 AND next_attempt_at > now() + interval '200 seconds') "
+        "FROM output_archives"
+    )
+    return held and await file_requests(run) >= await conn.fetchval(
+        "SELECT count(*) FROM output_archives"
+    )
+
+
+async def test_sigterm_releases_output_downloads_in_flight(tmp_path: Path) -> None:
+    """A is downloading every output (bodies SLOW_S late, ARCHIVE_LEASE_S=300); SIGTERM: the
+    downloads are cut at the grace and released; B downloads, stores and records each once."""
+    run = Chaos(
+        tmp_path,
+        instances=2,
+        faults={**CLEAN, "file_slow_seconds": SLOW_S},
+        extra_env={
+            "WORKER_LEASE_S": str(LEASE_S), "ARCHIVE_LEASE_S": str(LEASE_S),
+            "SHUTDOWN_GRACE_S": str(GRACE_S), "LOG_LEVEL": "info",
+        },
+    )  # fmt: skip
+    try:
+        await run.start()
+        instance_a, instance_b = run.instances
+        instance_b.stop()
+        acknowledged: dict[str, str] = {}
+        url_a = f"http://127.0.0.1:{run.ports[0]}"
+        async with httpx.AsyncClient(base_url=url_a, timeout=15) as client:
+            await asyncio.gather(*(run.submit(client, i, acknowledged) for i in range(3)))
+        await run.wait_all_terminal(within_s=60)
+        conn = await asyncpg.connect(run.dsn)
+        try:
+            while not await all_outputs_held(conn, run):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # another process's progress: polled
+            outputs = await conn.fetchval("SELECT count(*) FROM output_archives")
+            instance_b.start()
+            await instance_b.ready()
+            assert instance_a.proc is not None
+            signalled = time.monotonic()
+            os.killpg(instance_a.proc.pid, signal.SIGTERM)
+            exit_code = await asyncio.to_thread(instance_a.proc.wait, EXIT_BOUND_S)
+            exited_s = time.monotonic() - signalled
+            assert exit_code == 0, instance_a.tail()
+            while await conn.fetchval(  # noqa: ASYNC110 - B's progress
+                "SELECT count(*) FROM output_archives WHERE state = 'pending'"
+            ):
+                await asyncio.sleep(0.05)
+            archived_s = time.monotonic() - signalled
+            rows = await conn.fetch("SELECT state, attempts FROM output_archives")
+        finally:
+            await conn.close()
+        released = log_lines(instance_a, "shutdown_released")
+        await audit(run.dsn, acknowledged=acknowledged, sim_jobs=await run.sim_records(),
+                    tally=run.tally)  # fmt: skip
+        print(
+            f"\ngraceful shutdown (archives): {outputs} downloads in flight at A; A exited 0 in "
+            f"{exited_s:.2f} s; B archived them all {archived_s:.2f} s after the SIGTERM "
+            f"(downloads take {SLOW_S} s; lease {LEASE_S} s); released: {released[0]['released']}, "
+            f"cancelled: {released[0]['cancelled']}, release_ms: {released[0]['release_ms']}"
+        )
+        assert released[0]["released"]["archives"] == outputs
+        assert released[0]["cancelled"]["archives"] == outputs
+        assert archived_s < LEASE_S
+        assert {r["state"] for r in rows} == {"archived"}
+        assert {r["attempts"] for r in rows} == {2}  # A's cut attempt, then B's
+        assert run.tally.archived_twice == [] and run.tally.duplicate_transitions == []
+    finally:
+        await run.close()
