@@ -217,7 +217,10 @@ async def all_deliveries_held(conn: asyncpg.Connection, receiver: HoldingReceive
     return held and len(receiver.held) >= 4
 
 
-async def test_sigterm_releases_webhook_deliveries_held_at_a_slow_client(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+async def test_sigterm_releases_webhook_deliveries_held_at_a_slow_client(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
     """A holds every delivery of its jobs' webhooks (4 in flight at a client that does not
     answer, the rest waiting for the endpoint's slot); SIGTERM: the 4 are cut at the grace, the
     rest not started, all released; B delivers each once (same webhook-id), well before the
@@ -256,7 +259,7 @@ async def test_sigterm_releases_webhook_deliveries_held_at_a_slow_client(tmp_pat
             receiver.hold = False  # A's 4 requests stay held; what comes next is answered
             assert instance_a.proc is not None
             signalled = time.monotonic()
-            os.killpg(instance_a.proc.pid, signal.SIGTERM)
+            os.killpg(instance_a.proc.pid, signum)
             exit_code = await asyncio.to_thread(instance_a.proc.wait, EXIT_BOUND_S)
             exited_s = time.monotonic() - signalled
             assert exit_code == 0, instance_a.tail()
@@ -273,12 +276,13 @@ async def test_sigterm_releases_webhook_deliveries_held_at_a_slow_client(tmp_pat
             await conn.close()
         released = log_lines(instance_a, "shutdown_released")
         print(
-            f"\ngraceful shutdown (webhooks): {deliveries} deliveries held by A ({len(receiver.held)} "
+            f"\ngraceful shutdown (webhooks, {signum.name}): {deliveries} deliveries held by A ({len(receiver.held)} "
             f"in flight at the client); A exited 0 in {exited_s:.2f} s; B delivered them all "
-            f"{delivered_s:.2f} s after the SIGTERM (lease {DELIVERY_LEASE_S} s); released: "
+            f"{delivered_s:.2f} s after the signal (lease {DELIVERY_LEASE_S} s); released: "
             f"{released[0]['released']}, cancelled: {released[0]['cancelled']}, "
             f"release_ms: {released[0]['release_ms']}"
         )
+        assert log_lines(instance_a, "shutdown_started")[0]["signal"] == signum.name
         assert released[0]["released"]["webhooks"] == deliveries
         assert released[0]["cancelled"]["webhooks"] == deliveries  # 4 cut, the rest not started
         assert delivered_s < DELIVERY_LEASE_S
