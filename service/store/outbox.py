@@ -69,6 +69,11 @@ class WebhookOutbox:
         value: datetime | None = await self.db.fetchval("next_webhook_due")
         return value
 
+    async def release_leases(self, *, owner: str, lease_seconds: float) -> int:
+        """Graceful shutdown: the deliveries `owner` still holds are due now (NOTIFY)."""
+        released: int = await self.db.fetchval("release_webhook_leases", owner, lease_seconds)
+        return released
+
     async def record_attempt(
         self,
         delivery_id: int,

@@ -346,6 +346,17 @@ class PostgresJobStore:
         value: datetime | None = await self.db.fetchval("next_due_at")
         return value
 
+    async def release_leases(self, *, owner: str, lease_seconds: float) -> int:
+        """Graceful shutdown: the jobs `owner` still holds are due now (NOTIFY jobs_due)."""
+        released: int = await self.db.fetchval("release_job_leases", owner, lease_seconds)
+        return released
+
+    async def settle_writes(self) -> None:
+        """Waits until every write queued in the batchers is committed or failed (shutdown:
+        a cancelled caller's write still runs, and must not land after the leases are released)."""
+        for batcher in (self._lookups, self._applications, self._creations, self._begins):
+            await batcher.settled()
+
     async def completion_times(self, provider: str, model: str) -> CompletionTimes:
         row = await self.db.fetchrow("completion_seconds", provider, model)
         assert row is not None

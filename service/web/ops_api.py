@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -13,7 +14,7 @@ from service.errors import DatabaseUnavailable
 from service.store.archive import ArchiveQueue
 from service.store.outbox import WebhookOutbox
 from service.store.postgres import PostgresJobStore
-from service.web.middleware import json_response
+from service.web.middleware import error_response, json_response
 from service.web.openapi import openapi_document
 
 #: The (status, provider) series of `jobs` set at least once: the gauges are the process's, so
@@ -31,11 +32,13 @@ class OpsApi:
         archive: ArchiveQueue,
         outbox: WebhookOutbox,
         store: PostgresJobStore,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.db = db
         self.archive = archive
         self.outbox = outbox
         self.store = store
+        self.draining = draining
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -50,6 +53,8 @@ class OpsApi:
         return json_response({"status": "ok", "pid": os.getpid()})
 
     async def readyz(self, _request: web.Request) -> web.Response:
+        if self.draining():  # shutting down (service.web.shutdown): send nothing more here
+            return error_response(503, "shutting_down", "this instance is shutting down")
         await self.db.ping()  # DatabaseUnavailable -> 503 through the error middleware
         return json_response({"status": "ready"})
 

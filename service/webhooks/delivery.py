@@ -136,6 +136,8 @@ class WebhookDeliverer(ClaimLoop[Delivery]):
         )
         try:
             async with limit:
+                if self.stopping:  # shutting down: not sent, its lease is released instead
+                    return
                 await self._deliver(delivery)
         except DatabaseUnavailable:
             self._log.warning(

@@ -111,3 +111,17 @@ SELECT status, provider, count(*) AS jobs,
 FROM jobs
 WHERE status IN ('accepted', 'submitted', 'queued', 'running')
 GROUP BY status, provider;
+
+-- name: release_job_leases
+-- Graceful shutdown: the jobs $1 still holds (its lease is at most $2 seconds ahead) are
+-- given back, due now, and every instance's runner is woken. Only the lease and the due time
+-- change: a started submission stays as it is (the unknown-outcome logic settles it).
+WITH released AS (
+    UPDATE jobs SET lease_owner = NULL, next_action_at = now()
+    WHERE next_action_at > now() AND next_action_at <= now() + make_interval(secs => $2)
+      AND lease_owner = $1 AND NOT job_status_is_terminal(status)
+    RETURNING 1
+), counted AS (SELECT count(*) AS released FROM released)
+SELECT counted.released
+FROM counted LEFT JOIN LATERAL (
+    SELECT pg_notify('jobs_due', '') WHERE counted.released > 0) AS woken ON true;

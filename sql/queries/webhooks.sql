@@ -31,3 +31,16 @@ SELECT count(*) AS pending,
                                             interval '0')), 0)::double precision AS overdue_s
 FROM webhook_deliveries
 WHERE next_attempt_at IS NOT NULL;
+
+-- name: release_webhook_leases
+-- Graceful shutdown: the deliveries $1 still holds (lease at most $2 seconds ahead) are due
+-- now, and every instance's deliverer is woken.
+WITH released AS (
+    UPDATE webhook_deliveries SET lease_owner = NULL, next_attempt_at = now()
+    WHERE next_attempt_at > now() AND next_attempt_at <= now() + make_interval(secs => $2)
+      AND lease_owner = $1 AND state = 'pending'
+    RETURNING 1
+), counted AS (SELECT count(*) AS released FROM released)
+SELECT counted.released
+FROM counted LEFT JOIN LATERAL (
+    SELECT pg_notify('webhook_deliveries', '') WHERE counted.released > 0) AS woken ON true;
