@@ -3,6 +3,8 @@ of one job's chain (what the operator page shows)."""
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from schemas.audit import CheckpointList
@@ -20,10 +22,7 @@ def _int_query(request: web.Request, name: str, *, default: int, low: int, high:
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
+    value = int(raw) if re.fullmatch(r"[0-9]{1,19}", raw) else low - 1  # ASCII digits only
     if not low <= value <= high:
         raise query_error(name, f"must be an integer in {low}..{high}")
     return value

@@ -144,22 +144,21 @@ class JobsApi:
         return json_response(_job_body(job))
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        params = request.query
-        provider = params.get("provider") or None
+        params = request.query  # a parameter given empty is invalid, as the OpenAPI says
+        provider = params.get("provider")
         if provider is not None and provider not in PROVIDERS:
             raise query_error("provider", f"must be one of {', '.join(PROVIDERS)}")
-        status = params.get("status") or None
+        status = params.get("status")
         if status is not None and status not in JobStatus.__members__.values():
             raise query_error("status", f"must be one of {', '.join(s.value for s in JobStatus)}")
         limit = DEFAULT_PAGE_SIZE
-        if params.get("limit"):
-            try:
-                limit = int(params["limit"])
-            except ValueError as exc:
-                raise query_error("limit", "must be an integer") from exc
+        if "limit" in params:
+            if not re.fullmatch(r"[0-9]{1,4}", params["limit"]):
+                raise query_error("limit", "must be an integer")
+            limit = int(params["limit"])
             if not 1 <= limit <= MAX_PAGE_SIZE:
                 raise query_error("limit", f"must be between 1 and {MAX_PAGE_SIZE}")
-        before = decode_cursor(params["cursor"]) if params.get("cursor") else None
+        before = decode_cursor(params["cursor"]) if "cursor" in params else None
         jobs, last_id = await self.store.list_jobs(
             provider=provider, status=status, limit=limit, before_id=before,
             search=_search_text(params.get("q") or None),

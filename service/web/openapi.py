@@ -72,7 +72,7 @@ def _jobs_paths() -> dict[str, Any]:
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
         {**_query("cursor", {"type": "string", "pattern": JOB_ID_PATTERN.pattern}),
          "description": "the `next_cursor` of the previous page"},
-        {**_query("q", {"type": "string", "maxLength": 200}),
+        {**_query("q", {"type": "string", "maxLength": 200, "pattern": "^[^\\x00-\\x1f\\x7f]*$"}),
          "description": "a job id, or text that a key or a scalar value of the job's metadata "
                         "contains (case-insensitive, at any depth)"},
     ]  # fmt: skip

@@ -12,6 +12,7 @@ comments) carry no `id:`.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import orjson
 from aiohttp import web
@@ -24,6 +25,7 @@ from service.store import JobStore
 from service.web.jobs_api import JOB_ID_PATTERN
 
 MAX_EVENT_ID = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def format_event(event: Event) -> bytes:
@@ -32,26 +34,25 @@ def format_event(event: Event) -> bytes:
 
 
 def _resume_point(request: web.Request) -> int | None:
-    for loc, raw in (
-        ("header", request.headers.get("Last-Event-ID")),
-        ("query", request.query.get("after")),
+    """The event id to resume after: `Last-Event-ID`, else `?after=`; each checked when given
+    (ASCII digits, within a bigint), so that an invalid one is never silently ignored."""
+    points = []
+    for loc, name, raw in (
+        ("header", "Last-Event-ID", request.headers.get("Last-Event-ID")),
+        ("query", "after", request.query.get("after")),
     ):
-        if raw is None or raw == "":
+        if raw is None:
             continue
-        try:
-            value = int(raw)
-        except ValueError:
-            value = -1
+        value = int(raw) if _DIGITS.fullmatch(raw) else -1
         if not 0 <= value <= MAX_EVENT_ID:
-            name = "Last-Event-ID" if loc == "header" else "after"
             raise ValidationFailed(
                 "invalid resume point",
                 details=[
                     {"loc": [loc, name], "msg": "must be an event id (a non-negative integer)"}
                 ],
             )
-        return value
-    return None
+        points.append(value)
+    return points[0] if points else None
 
 
 class StreamApi:
