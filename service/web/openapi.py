@@ -12,10 +12,13 @@ from schemas.errors import ErrorBody
 from schemas.events import EventList
 from schemas.jobs import Job, JobCreate, JobList
 from schemas.routing import RoutedInput
-from schemas.webhooks import WebhookDeliveryList
+from schemas.webhooks import WebhookDelivery, WebhookDeliveryList, WebhookRecover, WebhookRecovered
 
 _ERROR_STATUSES = ("400", "401", "404", "409", "413", "422", "503")
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_WEBHOOK_ID = {"name": "webhook_id", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^msg_[0-9]+$"},
+               "description": "the delivery's Standard Webhooks `webhook-id`"}  # fmt: skip
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -126,6 +129,23 @@ def _history_paths() -> dict[str, Any]:
             "summary": "The job's client webhook deliveries, with every attempt",
             "parameters": [_JOB_ID],
             "responses": _answers("200", "WebhookDeliveryList", "deliveries")}},
+        "/v1/jobs/{job_id}/webhooks/{webhook_id}/retry": {"post": {
+            "summary": "One more attempt of a client webhook now, with the same webhook-id",
+            "description": "202 with the delivery once the requeue is committed (recorded as "
+                           "the job's event `webhook_retry_requested`). A delivered, failed or "
+                           "stopped delivery gets exactly one more attempt; one waiting for its "
+                           "next scheduled retry is made due now. 409 `webhook_in_flight` while "
+                           "an attempt is under way; 404 for an unknown job or webhook id.",
+            "parameters": [_JOB_ID, _WEBHOOK_ID],
+            "responses": _answers("202", "WebhookDelivery", "requeued")}},
+        "/v1/webhooks/recover": {"post": {
+            "summary": "Attempt again every client webhook that ended failed since a time",
+            "description": "Each delivery that ended `failed` at or after `since` gets one more "
+                           "attempt now with its original webhook-id and body, recorded as its "
+                           "job's event `webhook_retry_requested`; 202 once committed.",
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _ref("WebhookRecover")}}},
+            "responses": _answers("202", "WebhookRecovered", "requeued")}},
         "/v1/events/stream": {"get": {
             "summary": "Server-sent events of the audit trail, live", "parameters": resume,
             "responses": {"200": stream, **dict.fromkeys(_ERROR_STATUSES, error)}}},
@@ -160,11 +180,13 @@ def openapi_document() -> dict[str, Any]:
                 EventList,
                 ErrorBody,
                 WebhookDeliveryList,
+                WebhookDelivery,
+                WebhookRecovered,
                 CheckpointList,
                 JobAudit,
             )
         ]
-        + [(JobCreate, "validation"), (RoutedInput, "validation")],
+        + [(JobCreate, "validation"), (RoutedInput, "validation"), (WebhookRecover, "validation")],
         ref_template="#/components/schemas/{model}",
     )
     return {
