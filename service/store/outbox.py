@@ -150,11 +150,11 @@ class WebhookOutbox:
         assert view is not None
         return RetryResult("requeued", _view(view))
 
-    async def recover(self, since: datetime, *, via: str) -> list[str]:
+    async def recover(self, since: datetime, *, via: str) -> list[tuple[str, str]]:
         """Every delivery that ended `failed` at or after `since` made due now for one more
         attempt (same webhook-id, same body), each recorded as its job's event
         `webhook_retry_requested` (source `api`), all in one transaction; the deliverers are
-        woken at commit. Returns the requeued webhook ids."""
+        woken at commit. Returns the requeued deliveries as (job id, webhook id)."""
         async with self.db.connection() as conn, conn.transaction():
             job_ids = [
                 r["id"] for r in await conn.fetch(query("lock_jobs_with_failed_webhooks"), since)
@@ -177,4 +177,4 @@ class WebhookOutbox:
                 data,
             )  # fmt: skip
             await conn.execute(query("notify_webhooks_due"))
-        return webhook_ids
+        return [(r["job_id"], webhook_id) for r, webhook_id in zip(rows, webhook_ids, strict=True)]

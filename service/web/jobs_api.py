@@ -214,12 +214,12 @@ class JobsApi:
         """Every delivery that ended `failed` at or after `since` attempted once more: 202 with
         `{"requeued": N}` once the requeues and their events are committed."""
         recover = validate_model(WebhookRecover, await read_json_object(request))
-        webhook_ids = await self.outbox.recover(recover.since, via="http")
+        requeued = await self.outbox.recover(recover.since, via="http")
         self._log.info(
-            "webhooks_recovered", since=recover.since.isoformat(), requeued=len(webhook_ids)
+            "webhooks_recovered", since=recover.since.isoformat(), requeued=len(requeued)
         )
         return json_response(
-            WebhookRecovered(requeued=len(webhook_ids)).model_dump(mode="json"), status=202
+            WebhookRecovered(requeued=len(requeued)).model_dump(mode="json"), status=202
         )
 
     async def cancel_job(self, request: web.Request) -> web.Response:
