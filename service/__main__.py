@@ -97,7 +97,7 @@ def audit(settings: Settings, args: argparse.Namespace) -> int:
     if args.audit_command == "keygen":
         return keygen()
     if args.audit_command == "export":
-        return export(settings, args)
+        return export(resolve_dsn(settings), args)
     if args.file is not None:
         return verify_file(args.file)
     return asyncio.run(verify(resolve_dsn(settings), args))
@@ -128,13 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    # Commands whose stdout is their answer (jobs, webhooks, audit export) log warnings and
+    # errors only, unless LOG_LEVEL=debug asks for everything.
+    printing = (
+        args.command in ("jobs", "webhooks") or getattr(args, "audit_command", "") == "export"
+    )
+    level = "warning" if printing and settings.log_level != "debug" else settings.log_level
+    configure_logging(level=level, fmt=settings.log_format)
     try:
         check_sql_files()
         if args.command == "audit":
             return audit(settings, args)
         if args.command in ("jobs", "webhooks"):
-            return run_ops(settings, args)
+            return run_ops(resolve_dsn(settings), args)
         return {"serve": serve, "migrate": migrate, "demo": demo}[args.command](settings)
     except (SqlFilesError, MigrationError) as exc:
         print(f"cannot {args.command}: {exc}", file=sys.stderr)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 from service.audit.export import verify_lines, write_export
 from service.audit.signing import CheckpointSigner, new_signing_key
@@ -15,9 +15,6 @@ from service.audit.verify import verify_all
 from service.db.database import Database
 from service.errors import DatabaseUnavailable
 from service.store.audit import AuditLog
-
-if TYPE_CHECKING:
-    from service.config import Settings
 
 
 def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -124,21 +121,21 @@ def keygen() -> int:
     return 0
 
 
-def export(settings: Settings, args: argparse.Namespace) -> int:
+def export(dsn: str, args: argparse.Namespace) -> int:
     from service.cli import CliError
 
     try:
-        return asyncio.run(_export(settings, args))
+        return asyncio.run(_export(dsn, args))
     except CliError as exc:
         print(f"audit: {exc.message}", file=sys.stderr)
         return exc.code
 
 
-async def _export(settings: Settings, args: argparse.Namespace) -> int:
+async def _export(dsn: str, args: argparse.Namespace) -> int:
     from service.cli import open_database
 
     scope = {"since": args.since, "until": args.until, "job_id": args.job}
-    async with open_database(settings) as db:
+    async with open_database(dsn) as db:
         log = AuditLog(db)
         with contextlib.ExitStack() as files:
             out: IO[bytes] = (

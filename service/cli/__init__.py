@@ -1,9 +1,10 @@
 """Operators' commands: `python -m service jobs list|show|events|cancel`, `webhooks
 recover|retry` and `audit export` (beside `audit verify`, service.audit.cli).
 
-They talk to the database named by DATABASE_URL (through Settings) with the service's own store
-and named queries. Exit codes: 0 done, 1 failed or not found (the database unreachable
-included), 2 usage (argparse's own, and DATABASE_URL unset)."""
+They talk to the database of DATABASE_URL (read through Settings; unset: the embedded PostgreSQL
+under SERVICE_DATA_DIR, shared with a running `make run`, as for `audit verify`) with the
+service's own store and named queries. Exit codes: 0 done, 1 failed or not found (the database
+unreachable or not migrated included), 2 usage (argparse's own)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 from schemas.jobs import PROVIDERS, JobStatus
-from service.config import Settings
 from service.db.database import Database
 from service.errors import DatabaseUnavailable
 from service.store.audit import AuditLog
@@ -47,16 +47,10 @@ def rfc3339(value: str) -> datetime:
 
 
 @asynccontextmanager
-async def open_database(settings: Settings) -> AsyncIterator[Database]:
-    """The database of DATABASE_URL, migrated; a clear CliError otherwise."""
-    if settings.database_url is None:
-        raise CliError(
-            "DATABASE_URL is not set: these commands work on the service's database "
-            "(DATABASE_URL=postgresql://user:password@host/dbname python -m service ...)",
-            USAGE,
-        )
+async def open_database(dsn: str) -> AsyncIterator[Database]:
+    """The service's database, migrated; a clear CliError otherwise."""
     try:
-        db = await Database.open(settings.database_url.get_secret_value(), min_size=1, max_size=2)
+        db = await Database.open(dsn, min_size=1, max_size=2)
     except DatabaseUnavailable:
         raise CliError("cannot reach the database (DATABASE_URL)") from None
     try:
@@ -76,7 +70,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """The `jobs` and `webhooks` command groups."""
     jobs = commands.add_parser(
         "jobs", help="list, show, follow the history of, or cancel jobs",
-        description="Jobs in the database of DATABASE_URL. Exit 0 done, 1 failed or not found, "
+        description="Jobs in the database of DATABASE_URL (unset: the embedded one). Exit 0 done, 1 failed or not found, "
         "2 usage.",
     )  # fmt: skip
     job_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="command")
@@ -147,13 +141,13 @@ def _limit(value: str) -> int:
     return number
 
 
-def run(settings: Settings, args: argparse.Namespace) -> int:
-    """Runs one command of the `jobs` or `webhooks` groups."""
+def run(dsn: str, args: argparse.Namespace) -> int:
+    """Runs one command of the `jobs` or `webhooks` groups on the database of `dsn`."""
     import asyncio
 
     from service.cli import jobs, webhooks
 
-    work = jobs.run(settings, args) if args.command == "jobs" else webhooks.run(settings, args)
+    work = jobs.run(dsn, args) if args.command == "jobs" else webhooks.run(dsn, args)
     try:
         return asyncio.run(work)
     except CliError as exc:

@@ -10,7 +10,6 @@ from schemas.common import format_timestamp
 from schemas.events import Event
 from schemas.jobs import Job
 from service.cli import OK, CliError, open_database
-from service.config import Settings
 from service.store.postgres import PostgresJobStore
 
 _JSON = orjson.OPT_INDENT_2
@@ -36,8 +35,8 @@ def _event_line(event: Event) -> str:
     )  # fmt: skip
 
 
-async def run(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_database(settings) as db:
+async def run(dsn: str, args: argparse.Namespace) -> int:
+    async with open_database(dsn) as db:
         store = PostgresJobStore(db)
         try:
             return await _run(store, args)

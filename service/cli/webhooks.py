@@ -7,12 +7,11 @@ import argparse
 
 from schemas.common import format_timestamp
 from service.cli import OK, CliError, open_database
-from service.config import Settings
 from service.store.outbox import WebhookOutbox
 
 
-async def run(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_database(settings) as db:
+async def run(dsn: str, args: argparse.Namespace) -> int:
+    async with open_database(dsn) as db:
         outbox = WebhookOutbox(db)
         if args.webhooks_command == "recover":
             requeued = await outbox.recover(args.since, via="cli")
