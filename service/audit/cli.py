@@ -122,13 +122,15 @@ def keygen() -> int:
 
 
 def export(dsn: str, args: argparse.Namespace) -> int:
-    from service.cli import CliError
+    from service.cli import CliError, quiet_broken_pipe
 
     try:
         return asyncio.run(_export(dsn, args))
     except CliError as exc:
         print(f"audit: {exc.message}", file=sys.stderr)
         return exc.code
+    except BrokenPipeError:
+        return quiet_broken_pipe()
 
 
 async def _export(dsn: str, args: argparse.Namespace) -> int:
@@ -141,8 +143,12 @@ async def _export(dsn: str, args: argparse.Namespace) -> int:
             out: IO[bytes] = (
                 files.enter_context(args.output.open("wb")) if args.output else sys.stdout.buffer
             )
-            events, jobs = await write_export(log.sealed_events(**scope), out)
-            out.flush()
+            sealed = log.sealed_events(**scope)
+            try:
+                events, jobs = await write_export(sealed, out)
+                out.flush()
+            finally:
+                await sealed.aclose()  # its connection back to the pool, even on a broken pipe
         unsealed = await log.unsealed_count(**scope)
     where = f" to {args.output}" if args.output else ""
     note = f"; {unsealed} not sealed yet, left out" if unsealed else ""

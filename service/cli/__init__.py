@@ -153,3 +153,15 @@ def run(dsn: str, args: argparse.Namespace) -> int:
     except CliError as exc:
         print(f"{args.command}: {exc.message}", file=sys.stderr)
         return exc.code
+    except BrokenPipeError:
+        return quiet_broken_pipe()
+
+
+def quiet_broken_pipe() -> int:
+    """The reader of stdout stopped (`| head`): it had enough. No traceback, and none either
+    when Python flushes stdout at exit."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return OK

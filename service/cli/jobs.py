@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import orjson
 
@@ -53,8 +54,8 @@ async def _run(store: PostgresJobStore, args: argparse.Namespace) -> int:
         )  # fmt: skip
         for job in jobs:
             print(orjson.dumps(job.body()).decode() if args.json else _line(job))
-        if more and not args.json:
-            print(f"(more: --before {more})")
+        if more:  # on stderr, so that stdout pipes as it is
+            print(f"(more: --before {more})", file=sys.stderr)
         return OK
     if command == "show":
         found = await store.get_job(args.job_id)

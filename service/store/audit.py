@@ -5,7 +5,7 @@ seals at a time and the others skip; the hashes are computed by service.audit.ch
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -171,7 +171,7 @@ class AuditLog:
 
     async def sealed_events(
         self, *, since: datetime | None, until: datetime | None, job_id: str | None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """The sealed events created in [since, until) (of one job or all), in id order, each
         with its prev_hash and hash; streamed from one snapshot."""
         async with self.db.connection() as conn, conn.transaction(isolation="repeatable_read"):
