@@ -137,7 +137,8 @@ class WebhookOutbox:
                 return RetryResult("not_found")
             row = await conn.fetchrow(query("requeue_webhook_delivery"), job_id, event_id)
             if row is None:
-                return RetryResult("not_found")
+                exists = await conn.fetchval(query("webhook_delivery_exists"), job_id, event_id)
+                return RetryResult("in_flight" if exists else "not_found")
             if row["outcome"] == "in_flight":
                 return RetryResult("in_flight")
             data = {"webhook_id": webhook_id, "previous_state": row["previous_state"], "via": via}

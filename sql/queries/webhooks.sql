@@ -37,14 +37,17 @@ SELECT id FROM jobs WHERE id = $1 FOR UPDATE;
 
 -- name: requeue_webhook_delivery
 -- One delivery of the job ($1) by event id ($2) made due now, unless an attempt is under way
--- (leased and its lease not over). `outcome`: requeued | in_flight; no row: no such delivery.
+-- (leased and its lease not over). `outcome`: requeued | in_flight. No row: no such delivery,
+-- or a deliverer holds its row right now (claiming it, or recording an attempt, which may then
+-- lock the job this transaction holds: so never wait for it), told apart by
+-- webhook_delivery_exists.
 WITH target AS (
     SELECT id, state,
            state = 'pending' AND lease_owner IS NOT NULL
                AND next_attempt_at > clock_timestamp() AS in_flight
     FROM webhook_deliveries
     WHERE job_id = $1 AND event_id = $2
-    FOR UPDATE
+    FOR UPDATE SKIP LOCKED
 ), requeued AS (
     UPDATE webhook_deliveries d
     SET state = 'pending', next_attempt_at = clock_timestamp(), lease_owner = NULL
@@ -55,6 +58,9 @@ WITH target AS (
 SELECT t.id, t.state AS previous_state,
        CASE WHEN t.in_flight THEN 'in_flight' ELSE 'requeued' END AS outcome
 FROM target t;
+
+-- name: webhook_delivery_exists
+SELECT EXISTS (SELECT 1 FROM webhook_deliveries WHERE job_id = $1 AND event_id = $2);
 
 -- name: lock_jobs_with_failed_webhooks
 -- The jobs having a delivery that ended failed at or after $1, locked in id order.
