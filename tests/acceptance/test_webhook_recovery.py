@@ -272,6 +272,7 @@ async def test_unknown_job_or_webhook_is_404_and_a_bad_recover_body_422(
     for body, loc in [
         ({}, ["body", "since"]),
         ({"since": "yesterday"}, ["body", "since"]),
+        ({"since": 1764583200}, ["body", "since"]),  # seconds are not RFC 3339
         ({"since": "2026-12-01T10:00:00"}, ["body", "since"]),  # no offset
         ({"since": "2026-12-01T10:00:00Z", "until": "x"}, ["body", "until"]),
     ]:
