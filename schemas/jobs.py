@@ -41,7 +41,17 @@ class JobStatus(StrEnum):
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 
 
+#: An absolute http(s) URL with a host and no credentials (no `@` before the path), as the
+#: OpenAPI document states it: the request is valid exactly when this matches.
+WEBHOOK_URL_PATTERN = (
+    r"^https?://[A-Za-z0-9._~%!$&'()*+,;=-][A-Za-z0-9._~%!$&'()*+,;=:-]*(?:[/?#]\S*)?$"
+)
+_WEBHOOK_URL = re.compile(WEBHOOK_URL_PATTERN)
+
+
 def _check_webhook_url(value: str) -> str:
+    if not _WEBHOOK_URL.match(value):
+        raise ValueError("must be an absolute http or https URL, without credentials")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http or https URL")
@@ -56,7 +66,11 @@ def _check_metadata_size(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return value
 
 
-WebhookUrl = Annotated[str, Field(max_length=2048), AfterValidator(_check_webhook_url)]
+WebhookUrl = Annotated[
+    str,
+    Field(max_length=2048, json_schema_extra={"pattern": WEBHOOK_URL_PATTERN}),
+    AfterValidator(_check_webhook_url),
+]
 Metadata = Annotated[dict[str, Any] | None, AfterValidator(_check_metadata_size)]
 
 

@@ -21,6 +21,15 @@ from service.db.sql_files import SqlFilesError
 from service.logs import configure_logging, get_logger
 from service.web.app import build_app, prepare_database
 from service.web.processes import supervise
+from service.web.shutdown import DRAIN_OVERHEAD_S
+
+#: aiohttp's own shutdown: how long open requests get once the listening socket is closed.
+SHUTDOWN_TIMEOUT_S = 10.0
+
+#: How long a WEB_CONCURRENCY child may take beyond SHUTDOWN_GRACE_S before the parent kills
+#: it: the drain's bounded overhead (settling writes, releasing leases; 11 s at most, with the
+#: database away), aiohttp's shutdown_timeout for open requests and the closing.
+STOP_MARGIN_S = DRAIN_OVERHEAD_S + SHUTDOWN_TIMEOUT_S + 10.0
 
 
 def resolve_dsn(settings: Settings) -> str:
@@ -59,18 +68,21 @@ def serve(settings: Settings) -> int:
     return supervise(
         settings.web_concurrency,
         functools.partial(_serve_one, settings, dsn, migrate=False, reuse_port=True),
+        stop_timeout_s=settings.shutdown_grace_s + STOP_MARGIN_S,
     )
 
 
 def _serve_one(settings: Settings, dsn: str, *, migrate: bool, reuse_port: bool) -> None:
+    # SIGTERM/SIGINT: the app drains its workers and releases their leases for up to
+    # SHUTDOWN_GRACE_S (service.web.shutdown), then aiohttp's shutdown (shutdown_timeout).
     web.run_app(
-        build_app(settings, dsn=dsn, migrate=migrate),
+        build_app(settings, dsn=dsn, migrate=migrate, handle_signals=True),
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port,
         print=None,
         access_log=None,
-        shutdown_timeout=10,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
 
 

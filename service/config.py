@@ -79,6 +79,9 @@ class Settings(BaseModel):
     circuit_failure_threshold: int = Field(default=5, ge=1)
     circuit_cool_down_s: float = Field(default=30, gt=0)
     stream_heartbeat_s: float = Field(default=15, gt=0)
+    # SIGTERM/SIGINT: how long work in flight may take to finish before its leases are
+    # released to the other instances (service.web.shutdown).
+    shutdown_grace_s: float = Field(default=10, ge=0, le=3600)
     run_workers: bool = True  # false: this instance serves HTTP only (API, callbacks, streams)
     intake_max_batch: int = Field(default=256, ge=1)
     archive_lease_s: float = Field(default=60, gt=0)
@@ -223,6 +226,7 @@ class Settings(BaseModel):
             "circuit_failure_threshold": get("CIRCUIT_FAILURE_THRESHOLD"),
             "circuit_cool_down_s": get("CIRCUIT_COOL_DOWN_S"),
             "stream_heartbeat_s": get("STREAM_HEARTBEAT_S"),
+            "shutdown_grace_s": get("SHUTDOWN_GRACE_S"),
             "run_workers": get("RUN_WORKERS"),
             "intake_max_batch": get("INTAKE_MAX_BATCH"),
             "audit_sealer": get("AUDIT_SEALER"),

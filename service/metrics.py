@@ -96,3 +96,59 @@ PROVIDER_CIRCUIT_TRANSITIONS = Counter(
     ["provider", "to"],
     registry=REGISTRY,
 )
+
+# --- Issue 14: what an operator alerts on ---------------------------------------------------
+
+HTTP_REQUEST_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request (errors included), by method, the route's pattern "
+    "(`unmatched` when no route matched) and status.",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+CALLBACKS_REJECTED = Counter(
+    "provider_callbacks_rejected_total",
+    "Provider callbacks rejected, by reason (invalid_callback_token, invalid_signature, "
+    "invalid_callback, malformed, payload_too_large, other).",
+    ["provider", "reason"],
+    registry=REGISTRY,
+)
+JOBS = Gauge(
+    "jobs",
+    "Jobs in a non-terminal status (accepted, submitted, queued, running), by provider "
+    "(read from the database at each scrape).",
+    ["status", "provider"],
+    registry=REGISTRY,
+)
+JOBS_OLDEST_AGE = Gauge(
+    "jobs_oldest_age_seconds",
+    "Age (since creation) of the oldest job in the non-terminal status, by provider; 0 when "
+    "none (read from the database at each scrape).",
+    ["status", "provider"],
+    registry=REGISTRY,
+)
+CLIENT_WEBHOOK_ATTEMPTS = Counter(
+    "client_webhook_attempts_total",
+    "Client webhook delivery attempts of this instance, by outcome (delivered, "
+    "failed_retrying, failed_final, stopped_410).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+CLIENT_WEBHOOK_BACKLOG = Gauge(
+    "client_webhook_backlog",
+    "Client webhook deliveries pending (due, leased or waiting for a retry; read from the "
+    "database at each scrape).",
+    registry=REGISTRY,
+)
+CLIENT_WEBHOOK_OVERDUE = Gauge(
+    "client_webhook_overdue_seconds",
+    "How long the most overdue pending client webhook delivery has been due (0 when none is "
+    "late; read from the database at each scrape).",
+    registry=REGISTRY,
+)
+LISTEN_RECONNECTS = Counter(
+    "listen_reconnects_total",
+    "Times this instance's LISTEN connection was established again after it was lost.",
+    registry=REGISTRY,
+)

@@ -34,6 +34,10 @@ class Batcher(Generic[T, R]):
         self._in_flight = in_flight
         self.batches = 0
         self.items = 0
+        # Items submitted and not yet answered (queued or in a flush); `settled` waits for 0.
+        self._unanswered = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
 
     def start(self) -> None:
         if not self._workers:
@@ -50,12 +54,28 @@ class Batcher(Generic[T, R]):
             _, future = self._queue.get_nowait()
             if not future.done():
                 future.cancel()
+        self._unanswered = 0
+        self._settled.set()
 
     async def submit(self, item: T) -> R:
         self.start()
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._unanswered += 1
+        self._settled.clear()
         await self._queue.put((item, future))
         return await future
+
+    async def settled(self) -> None:
+        """Returns once every submitted item has been flushed (or failed), including those
+        whose callers were cancelled meanwhile: their writes still run."""
+        if self._workers:
+            await self._settled.wait()
+
+    def _answered(self, count: int) -> None:
+        self._unanswered -= count
+        if self._unanswered <= 0:
+            self._unanswered = 0
+            self._settled.set()
 
     async def _work(self) -> None:
         while True:
@@ -70,9 +90,14 @@ class Batcher(Generic[T, R]):
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
+                self._answered(len(batch))
                 continue
+            except BaseException:
+                self._answered(len(batch))
+                raise
             self.batches += 1
             self.items += len(batch)
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+            self._answered(len(batch))

@@ -24,6 +24,7 @@ from service.db.database import connect, is_unavailable_error
 from service.errors import DatabaseUnavailable
 from service.events.log import pages_after
 from service.logs import get_logger
+from service.metrics import LISTEN_RECONNECTS
 from service.store import JobStore
 
 EVENTS_CHANNEL = "job_events"
@@ -144,6 +145,7 @@ class EventHub:
 
     async def _listen_forever(self) -> None:
         delay = 0.1
+        connected_before = False  # listen_reconnects_total: every connection after the first
         while True:
             lost = asyncio.Event()
             try:
@@ -154,7 +156,10 @@ class EventHub:
                     await conn.add_listener(channel, lambda *_args, cb=callback: cb())
                 self._listener = conn
                 self.listen_connected.set()
-                self._log.info("event_listener_connected")
+                if connected_before:  # the previous one was lost
+                    LISTEN_RECONNECTS.inc()
+                self._log.info("event_listener_connected", reconnect=connected_before)
+                connected_before = True
                 delay = 0.1
                 # Events committed while no LISTEN was active are read now.
                 self._interesting = True

@@ -59,6 +59,13 @@ class ArchiveQueue:
         rows = await self.db.fetch("claim_output_archives", owner, limit, lease_seconds)
         return [_item(row) for row in rows]
 
+    async def release_leases(self, *, owner: str, lease_seconds: float) -> int:
+        """Graceful shutdown: the outputs `owner` still holds are due now (NOTIFY)."""
+        released: int = await self.db.fetchval(
+            "release_output_archive_leases", owner, lease_seconds
+        )
+        return released
+
     async def next_due_at(self) -> datetime | None:
         value: datetime | None = await self.db.fetchval("next_output_archive_due")
         return value

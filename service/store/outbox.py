@@ -101,6 +101,11 @@ class WebhookOutbox:
         value: datetime | None = await self.db.fetchval("next_webhook_due")
         return value
 
+    async def release_leases(self, *, owner: str, lease_seconds: float) -> int:
+        """Graceful shutdown: the deliveries `owner` still holds are due now (NOTIFY)."""
+        released: int = await self.db.fetchval("release_webhook_leases", owner, lease_seconds)
+        return released
+
     async def record_attempt(
         self,
         delivery_id: int,
@@ -118,6 +123,12 @@ class WebhookOutbox:
             "record_webhook_attempt", delivery_id, owner, sent_at, duration_ms, status, error,
             outcome, next_at,
         )  # fmt: skip
+
+    async def backlog(self) -> tuple[int, float]:
+        """(pending deliveries, seconds the most overdue of them has been due; 0 if none)."""
+        row = await self.db.fetchrow("webhook_backlog")
+        assert row is not None
+        return int(row["pending"]), float(row["overdue_s"])
 
     async def deliveries_of(self, job_id: str) -> list[WebhookDelivery]:
         rows = await self.db.fetch("list_webhook_deliveries", job_id, None)

@@ -281,6 +281,11 @@ class PostgresJobStore:
     async def last_event_id(self) -> int:
         return int(await self.db.fetchval("last_event_id"))
 
+    async def live_jobs(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """{(status, provider): (jobs, age in seconds of the oldest)} of non-terminal jobs."""
+        rows = await self.db.fetch("live_jobs_by_status")
+        return {(r["status"], r["provider"]): (int(r["jobs"]), float(r["oldest_s"])) for r in rows}
+
     # --- provider news -----------------------------------------------------------------------
 
     async def lookup(self, job_id: str) -> JobRecord | None:
@@ -340,6 +345,17 @@ class PostgresJobStore:
     async def next_due_at(self) -> datetime | None:
         value: datetime | None = await self.db.fetchval("next_due_at")
         return value
+
+    async def release_leases(self, *, owner: str, lease_seconds: float) -> int:
+        """Graceful shutdown: the jobs `owner` still holds are due now (NOTIFY jobs_due)."""
+        released: int = await self.db.fetchval("release_job_leases", owner, lease_seconds)
+        return released
+
+    async def settle_writes(self) -> None:
+        """Waits until every write queued in the batchers is committed or failed (shutdown:
+        a cancelled caller's write still runs, and must not land after the leases are released)."""
+        for batcher in (self._lookups, self._applications, self._creations, self._begins):
+            await batcher.settled()
 
     async def completion_times(self, provider: str, model: str) -> CompletionTimes:
         row = await self.db.fetchrow("completion_seconds", provider, model)

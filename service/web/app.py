@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from service.web.middleware import error_middleware, request_context_middleware,
 from service.web.ops_api import OpsApi
 from service.web.outputs_api import OutputsApi
 from service.web.page_api import PageApi
+from service.web.shutdown import GracefulShutdown, Worker
 from service.web.stream_api import StreamApi
 from service.webhooks.delivery import WebhookDeliverer
 from service.workers.circuit import Circuits
@@ -65,6 +67,7 @@ STORE_KEY = web.AppKey("store", JobStore)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 RUNNER_KEY = web.AppKey("runner", JobRunner)
 HUB_KEY = web.AppKey("hub", EventHub)
+SHUTDOWN_KEY = web.AppKey("shutdown", GracefulShutdown)
 
 
 async def prepare_database(dsn: str, *, wait_seconds: float = 30.0) -> None:
@@ -111,6 +114,7 @@ class _Parts:
     run_workers: bool
     router: Router
     circuits: Circuits
+    shutdown: GracefulShutdown
 
 
 def _archiver(
@@ -209,9 +213,10 @@ def _build_parts(
         )
         channels[EVENTS_CHANNEL] = sealer.wake  # beside the hub's own reader of the log
     hub = EventHub(store=store, dsn=database.dsn, channels=channels)
+    shutdown = GracefulShutdown(grace_s=settings.shutdown_grace_s, settle=store.settle_writes)
     return _Parts(
         settings, database, providers, store, runner, outbox, deliverer, archive, storage,
-        archiver, hub, audit, signer, sealer, run_workers, router, circuits,
+        archiver, hub, audit, signer, sealer, run_workers, router, circuits, shutdown,
     )  # fmt: skip
 
 
@@ -236,7 +241,12 @@ def _add_routes(app: web.Application, parts: _Parts) -> None:
     public_key = parts.signer.public_key if parts.signer else None
     app.add_routes(AuditApi(parts.audit, public_key=public_key).routes())
     app.add_routes(OutputsApi(parts.archive, parts.storage).routes())
-    app.add_routes(OpsApi(parts.database, archive=parts.archive).routes())
+    draining = parts.shutdown
+    ops = OpsApi(
+        parts.database, archive=parts.archive, outbox=parts.outbox, store=parts.store,
+        draining=lambda: draining.draining,
+    )  # fmt: skip
+    app.add_routes(ops.routes())
     app.add_routes(PageApi().routes())
 
 
@@ -255,9 +265,32 @@ def _end_streams(hub: EventHub) -> Callable[[web.Application], Awaitable[None]]:
     return end_streams
 
 
-def _lifetime(parts: _Parts) -> Callable[[web.Application], AsyncIterator[None]]:
+def _workers(parts: _Parts, tasks: dict[str, asyncio.Task[None]]) -> list[Worker]:
+    """The claim loops that run here, with how each releases its leases (graceful shutdown)."""
+    runner, deliverer, archiver = parts.runner, parts.deliverer, parts.archiver
+    workers = [
+        Worker("jobs", runner, tasks["job-runner"], functools.partial(
+            parts.store.release_leases, owner=runner.owner, lease_seconds=runner.lease_seconds,
+        )),
+    ]  # fmt: skip
+    if deliverer is not None:
+        workers.append(Worker("webhooks", deliverer, tasks["webhooks"], functools.partial(
+            parts.outbox.release_leases, owner=deliverer.owner, lease_seconds=deliverer.lease_s,
+        )))  # fmt: skip
+    if archiver is not None:
+        workers.append(Worker("archives", archiver, tasks["archiver"], functools.partial(
+            parts.archive.release_leases, owner=archiver.owner, lease_seconds=archiver.lease_s,
+        )))  # fmt: skip
+    return workers
+
+
+def _lifetime(
+    parts: _Parts, *, handle_signals: bool
+) -> Callable[[web.Application], AsyncIterator[None]]:
     """Starts the hub and the workers; at shutdown closes everything in reverse order, every
-    close attempted even when an earlier one fails (AsyncExitStack)."""
+    close attempted even when an earlier one fails (AsyncExitStack). With `handle_signals`,
+    SIGTERM and SIGINT drain the workers and release their leases before the server stops
+    (service.web.shutdown)."""
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as closing:
@@ -266,21 +299,27 @@ def _lifetime(parts: _Parts) -> Callable[[web.Application], AsyncIterator[None]]
             closing.push_async_callback(parts.store.close)
             closing.push_async_callback(parts.hub.close)
             await parts.hub.start()
-            tasks: list[asyncio.Task[None]] = []
+            tasks: dict[str, asyncio.Task[None]] = {}
             closing.push_async_callback(parts.runner.close)
             if parts.run_workers:
-                tasks.append(asyncio.create_task(parts.runner.run(), name="job-runner"))
+                tasks["job-runner"] = asyncio.create_task(parts.runner.run(), name="job-runner")
             if parts.deliverer is not None:
                 closing.push_async_callback(parts.deliverer.close)
                 if parts.run_workers:
-                    tasks.append(asyncio.create_task(parts.deliverer.run(), name="webhooks"))
+                    tasks["webhooks"] = asyncio.create_task(parts.deliverer.run(), name="webhooks")
             if parts.sealer is not None:
-                tasks.append(asyncio.create_task(parts.sealer.run(), name="audit-sealer"))
+                tasks["audit-sealer"] = asyncio.create_task(parts.sealer.run(), name="audit-sealer")
             if parts.archiver is not None:
                 closing.push_async_callback(parts.archiver.close)
                 if parts.run_workers:
-                    tasks.append(asyncio.create_task(parts.archiver.run(), name="archiver"))
-            closing.push_async_callback(_stop, tasks)  # first: no work starts while closing
+                    tasks["archiver"] = asyncio.create_task(parts.archiver.run(), name="archiver")
+            # first: no work starts while closing
+            closing.push_async_callback(_stop, list(tasks.values()))
+            if parts.run_workers:
+                for worker in _workers(parts, tasks):
+                    parts.shutdown.add(worker)
+            if handle_signals:
+                parts.shutdown.install_signal_handlers()
             yield
 
     return lifetime
@@ -293,9 +332,11 @@ def create_app(
     providers: Providers | None = None,
     run_workers: bool | None = None,
     runner_options: dict[str, Any] | None = None,
+    handle_signals: bool = False,
 ) -> web.Application:
     """The application over an open database; the database and the providers' clients are
-    closed with the app. `run_workers=False` serves the API and callbacks only."""
+    closed with the app. `run_workers=False` serves the API and callbacks only.
+    `handle_signals` (`serve`, under web.run_app): SIGTERM/SIGINT shut down gracefully."""
     parts = _build_parts(
         settings,
         database,
@@ -319,11 +360,14 @@ def create_app(
     app[HUB_KEY] = parts.hub
     _add_routes(app, parts)
     app.on_shutdown.append(_end_streams(parts.hub))
-    app.cleanup_ctx.append(_lifetime(parts))
+    app[SHUTDOWN_KEY] = parts.shutdown
+    app.cleanup_ctx.append(_lifetime(parts, handle_signals=handle_signals))
     return app
 
 
-async def build_app(settings: Settings, *, dsn: str, migrate: bool = True) -> web.Application:
+async def build_app(
+    settings: Settings, *, dsn: str, migrate: bool = True, handle_signals: bool = False
+) -> web.Application:
     """Migrates the database (unless the caller did), opens the pool and returns the ready
     application."""
     if migrate:
@@ -331,4 +375,4 @@ async def build_app(settings: Settings, *, dsn: str, migrate: bool = True) -> we
     database = await Database.open(
         dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )
-    return create_app(settings, database=database)
+    return create_app(settings, database=database, handle_signals=handle_signals)

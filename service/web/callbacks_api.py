@@ -30,9 +30,9 @@ from aiohttp import web
 
 from schemas.jobs import JobStatus
 from service.callback_tokens import hash_callback_token
-from service.errors import BadRequest, NotFound, Unauthorized
+from service.errors import BadRequest, NotFound, PayloadTooLarge, ServiceError, Unauthorized
 from service.logs import get_logger
-from service.metrics import CALLBACKS
+from service.metrics import CALLBACKS, CALLBACKS_REJECTED
 from service.providers.base import (
     InvalidCallback,
     JobRecord,
@@ -45,6 +45,18 @@ from service.store import JobStore
 from service.web.bodies import CALLBACK_BODY_LIMIT, read_body
 from service.web.middleware import json_response
 from service.workers.circuit import Circuits
+
+#: The `reason` of a rejected callback: its error code when it is one of these (a bounded set,
+#: whatever an adapter may raise), `malformed` for any 400, `other` otherwise.
+REJECTION_REASONS = frozenset(
+    {"invalid_callback_token", "invalid_signature", "invalid_callback", "payload_too_large"}
+)
+
+
+def rejection_reason(exc: ServiceError) -> str:
+    if isinstance(exc, BadRequest):
+        return "malformed"
+    return exc.code if exc.code in REJECTION_REASONS else "other"
 
 
 class CallbacksApi:
@@ -75,17 +87,18 @@ class CallbacksApi:
             raise NotFound(f"no callbacks for provider {provider!r} here")
         job_id = request.match_info["job_id"]
         structlog.contextvars.bind_contextvars(job_id=job_id, provider=provider)
-        body = await read_body(request, limit=CALLBACK_BODY_LIMIT)
         try:
+            body = await read_body(request, limit=CALLBACK_BODY_LIMIT)
             job, superseded = await self._authenticate(
                 job_id, provider, request.match_info["token"]
             )
             if superseded is not None:  # the attempt's own provider job: bound by its token
                 job = replace(job, provider=provider, provider_job_id=None)
             observation = await self._parse(adapter, job, request, body)
-        except (Unauthorized, BadRequest) as exc:
+        except (Unauthorized, BadRequest, PayloadTooLarge) as exc:
             CALLBACKS.labels(provider=provider, outcome="rejected").inc()
-            self._log.warning("webhook_rejected", reason=exc.message)
+            CALLBACKS_REJECTED.labels(provider=provider, reason=rejection_reason(exc)).inc()
+            self._log.warning("webhook_rejected", reason=exc.message, code=exc.code)
             raise
         received = {
             "received_at": received_at.isoformat(),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable
 from typing import Any
@@ -57,17 +55,14 @@ def _search_text(q: str | None) -> str | None:
 
 
 def encode_cursor(job_id: str) -> str:
-    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
+    """The next page's cursor: the last job id of this page (ids sort by creation time)."""
+    return job_id
 
 
 def decode_cursor(cursor: str) -> str:
-    try:
-        job_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise query_error("cursor", "not a cursor returned by this API") from exc
-    if not JOB_ID_PATTERN.match(job_id):
+    if not JOB_ID_PATTERN.match(cursor):
         raise query_error("cursor", "not a cursor returned by this API")
-    return job_id
+    return cursor
 
 
 class JobsApi:

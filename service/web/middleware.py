@@ -16,6 +16,7 @@ from aiohttp import web
 
 from service.errors import ServiceError, Unauthorized
 from service.logs import REDACTED, get_logger, is_secret_key
+from service.metrics import HTTP_REQUEST_DURATION
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -60,16 +61,58 @@ def loggable_path(request: web.Request) -> str:
     return path
 
 
+#: The route label of a request no route matched (404, 405): never the raw path, which is
+#: anyone's choice and would make the label values unbounded.
+UNMATCHED = "unmatched"
+#: Methods a client can send are anyone's choice too: the others are counted as `other`.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The status of a request whose handler was cancelled (the client went away), as nginx says.
+CLIENT_CLOSED = 499
+
+_Observe = Callable[[float], None]
+_observers: dict[tuple[str, str, int], _Observe] = {}
+
+
+def route_label(request: web.Request) -> str:
+    """The matched route's pattern (`/v1/jobs/{job_id}`), or `unmatched`."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+def observe_request(request: web.Request, status: int, seconds: float) -> None:
+    """Records one request in http_request_duration_seconds. The histogram's child is cached
+    per (method, route, status), every part bounded, so the hot path is one dict lookup and one
+    observe, not the registry's label lookup under its lock."""
+    method = request.method if request.method in _METHODS else "other"
+    key = (method, route_label(request), status)
+    observe = _observers.get(key)
+    if observe is None:
+        observe = HTTP_REQUEST_DURATION.labels(key[0], key[1], str(status)).observe
+        _observers[key] = observe
+    observe(seconds)
+
+
 @web.middleware
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Binds request_id (the caller's X-Request-Id when sane) to every log line of the request."""
+    """Binds request_id (the caller's X-Request-Id when sane) to every log line of the request,
+    and times the request (http_request_duration_seconds): it is the outermost middleware, so
+    the time and status are those of the answer sent, errors included."""
+    started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(8)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
-    started = time.perf_counter()
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # a redirect (errors are answered by error_middleware)
+        observe_request(request, exc.status, time.perf_counter() - started)
+        raise
+    except BaseException:  # cancelled: the client went away
+        observe_request(request, CLIENT_CLOSED, time.perf_counter() - started)
+        raise
     response.headers["X-Request-Id"] = request_id
+    elapsed = time.perf_counter() - started
+    observe_request(request, response.status, elapsed)
     log = get_logger("service.http")
     if log.is_enabled_for(logging.DEBUG):  # every request passes here: no work for a dropped line
         log.debug(
@@ -77,7 +120,7 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
             method=request.method,
             path=loggable_path(request),
             status=response.status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            duration_ms=round(elapsed * 1000, 2),
         )
     return response
 

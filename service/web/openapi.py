@@ -5,20 +5,26 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from schemas.audit import CheckpointList, JobAudit
 from schemas.errors import ErrorBody
 from schemas.events import EventList
-from schemas.jobs import Job, JobCreate, JobList
-from schemas.routing import RoutedInput
+from schemas.jobs import PROVIDERS, Job, JobCreate, JobList, JobStatus
+from schemas.model_inputs import MODELS
+from schemas.routing import ROUTED_MODELS, RoutedInput
 from schemas.webhooks import WebhookDelivery, WebhookDeliveryList, WebhookRecover, WebhookRecovered
+from service.web.jobs_api import JOB_ID_PATTERN
 
 _ERROR_STATUSES = ("400", "401", "404", "409", "413", "422", "503")
-_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_JOB_ID = {"name": "job_id", "in": "path", "required": True,
+           "schema": {"type": "string", "pattern": JOB_ID_PATTERN.pattern}}  # fmt: skip
 _WEBHOOK_ID = {"name": "webhook_id", "in": "path", "required": True,
                "schema": {"type": "string", "pattern": "^msg_[0-9]+$"},
                "description": "the delivery's Standard Webhooks `webhook-id`"}  # fmt: skip
+#: The largest event id a resume point may name (bigint).
+_MAX_EVENT_ID = 2**63 - 1
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -38,6 +44,24 @@ def _answers(status: str, schema: str, description: str, **more: Any) -> dict[st
     }
 
 
+#: What a created job's id leads to (OpenAPI links, so that clients and stateful test tools
+#: follow them): each operation on one job.
+_JOB_LINKS = {
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
+    for name, operation in (
+        ("GetJob", "getJob"), ("CancelJob", "cancelJob"), ("ListJobEvents", "listJobEvents"),
+        ("ListJobWebhooks", "listJobWebhooks"), ("GetJobAudit", "getJobAudit"),
+    )
+}  # fmt: skip
+
+
+def _created() -> dict[str, Any]:
+    answers = _answers("202", "Job", "accepted", **{"200": _json(_ref("Job"), "idempotent replay")})
+    for status in ("200", "202"):
+        answers[status] = {**answers[status], "links": _JOB_LINKS}
+    return answers
+
+
 def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "schema": schema}
 
@@ -46,10 +70,11 @@ def _jobs_paths() -> dict[str, Any]:
     key = {"name": "Idempotency-Key", "in": "header", "required": False,
            "schema": {"type": "string", "minLength": 1, "maxLength": 255}}  # fmt: skip
     page = [
-        _query("provider", {"type": "string"}),
-        _query("status", {"type": "string"}),
+        _query("provider", {"type": "string", "enum": list(PROVIDERS)}),
+        _query("status", {"type": "string", "enum": [s.value for s in JobStatus]}),
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
-        _query("cursor", {"type": "string"}),
+        {**_query("cursor", {"type": "string", "pattern": JOB_ID_PATTERN.pattern}),
+         "description": "the `next_cursor` of the previous page"},
         {**_query("q", {"type": "string", "maxLength": 200}),
          "description": "a job id, or text that a key or a scalar value of the job's metadata "
                         "contains (case-insensitive, at any depth)"},
@@ -57,22 +82,23 @@ def _jobs_paths() -> dict[str, Any]:
     return {
         "/v1/jobs": {
             "post": {
-                "summary": "Create a job",
+                "operationId": "createJob", "summary": "Create a job",
                 "description": "With `provider` `auto`, `model` is a routed model (`ROUTES`) and "
                                "`input` its common input (`RoutedInput`).",
                 "parameters": [key],
                 "requestBody": {"required": True,
-                                "content": {"application/json": {"schema": _ref("JobCreate")}}},
-                "responses": _answers("202", "Job", "accepted",
-                                      **{"200": _json(_ref("Job"), "idempotent replay")}),
+                                "content": {"application/json": {"schema": _ref("JobRequest")}}},
+                "responses": _created(),
             },
-            "get": {"summary": "List jobs, newest first", "parameters": page,
+            "get": {"operationId": "listJobs", "summary": "List jobs, newest first",
+                    "parameters": page,
                     "responses": _answers("200", "JobList", "a page of jobs")},
         },
-        "/v1/jobs/{job_id}": {"get": {"summary": "Get a job", "parameters": [_JOB_ID],
+        "/v1/jobs/{job_id}": {"get": {"operationId": "getJob", "summary": "Get a job",
+                                      "parameters": [_JOB_ID],
                                       "responses": _answers("200", "Job", "the job")}},
         "/v1/jobs/{job_id}/cancel": {"post": {
-            "summary": "Cancel a job", "parameters": [_JOB_ID],
+            "operationId": "cancelJob", "summary": "Cancel a job", "parameters": [_JOB_ID],
             "responses": _answers("202", "Job", "cancellation recorded")}},
         "/v1/jobs/{job_id}/outputs/{index}": _output_path(),
     }  # fmt: skip
@@ -99,6 +125,7 @@ def _output_path() -> dict[str, Any]:
     }
     error = _json(_ref("ErrorBody"), "error")
     return {"get": {
+        "operationId": "getJobOutput",
         "summary": "An archived output's bytes (404 output_not_archived before archiving, "
                    "output_not_found for an unknown job or index)",
         "parameters": [_JOB_ID, index, if_none_match],
@@ -115,21 +142,32 @@ def _output_path() -> dict[str, Any]:
 def _history_paths() -> dict[str, Any]:
     resume = [
         _query("job_id", {"type": "string"}),
-        _query("after", {"type": "integer", "minimum": 0}),
-        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer", "minimum": 0}},
+        _query("after", {"type": "integer", "minimum": 0, "maximum": _MAX_EVENT_ID}),
+        {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "schema": {"type": "integer", "minimum": 0, "maximum": _MAX_EVENT_ID},
+        },
     ]
+    message = {"type": "object", "properties": {
+        "id": {"type": "string", "description": "the event id"},
+        "event": {"type": "string"}, "retry": {"type": "integer"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": _ref("Event")}}}  # fmt: skip
     stream = {"description": "an event stream; each message's id is the event id, its data the Event",
-              "content": {"text/event-stream": {"schema": {"type": "string"}}}}  # fmt: skip
+              "content": {"text/event-stream": {"schema": message}}}  # fmt: skip
     error = _json(_ref("ErrorBody"), "error")
     return {
         "/v1/jobs/{job_id}/events": {"get": {
-            "summary": "A job's audit trail", "parameters": [_JOB_ID],
+            "operationId": "listJobEvents", "summary": "A job's audit trail", "parameters": [_JOB_ID],
             "responses": _answers("200", "EventList", "events in order")}},
         "/v1/jobs/{job_id}/webhooks": {"get": {
+            "operationId": "listJobWebhooks",
             "summary": "The job's client webhook deliveries, with every attempt",
             "parameters": [_JOB_ID],
             "responses": _answers("200", "WebhookDeliveryList", "deliveries")}},
         "/v1/jobs/{job_id}/webhooks/{webhook_id}/retry": {"post": {
+            "operationId": "retryJobWebhook",
             "summary": "One more attempt of a client webhook now, with the same webhook-id",
             "description": "202 with the delivery once the requeue is committed (recorded as "
                            "the job's event `webhook_retry_requested`). A delivered, failed or "
@@ -139,6 +177,7 @@ def _history_paths() -> dict[str, Any]:
             "parameters": [_JOB_ID, _WEBHOOK_ID],
             "responses": _answers("202", "WebhookDelivery", "requeued")}},
         "/v1/webhooks/recover": {"post": {
+            "operationId": "recoverWebhooks",
             "summary": "Attempt again every client webhook that ended failed since a time",
             "description": "Each delivery that ended `failed` at or after `since` gets one more "
                            "attempt now with its original webhook-id and body, recorded as its "
@@ -147,53 +186,72 @@ def _history_paths() -> dict[str, Any]:
                             "content": {"application/json": {"schema": _ref("WebhookRecover")}}},
             "responses": _answers("202", "WebhookRecovered", "requeued")}},
         "/v1/events/stream": {"get": {
-            "summary": "Server-sent events of the audit trail, live", "parameters": resume,
+            "operationId": "streamEvents", "summary": "Server-sent events of the audit trail, live", "parameters": resume,
             "responses": {"200": stream, **dict.fromkeys(_ERROR_STATUSES, error)}}},
     }  # fmt: skip
 
 
 def _audit_paths() -> dict[str, Any]:
     page = [
-        _query("after", {"type": "integer", "minimum": 0}),
+        _query("after", {"type": "integer", "minimum": 0, "maximum": 2**62}),
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
     ]
     return {
         "/v1/audit/checkpoints": {"get": {
+            "operationId": "listCheckpoints",
             "summary": "The audit checkpoints, oldest first, after a checkpoint id",
             "parameters": page,
             "responses": _answers("200", "CheckpointList", "checkpoints")}},
         "/v1/jobs/{job_id}/audit": {"get": {
-            "summary": "Verification of the job's audit chain", "parameters": [_JOB_ID],
+            "operationId": "getJobAudit", "summary": "Verification of the job's audit chain", "parameters": [_JOB_ID],
             "responses": _answers("200", "JobAudit", "verified, pending or failed")}},
     }  # fmt: skip
+
+
+def _job_request(defs: dict[str, Any], refs: dict[Any, Any]) -> dict[str, Any]:
+    """`POST /v1/jobs`'s body exactly: one variant per provider model, its `input` that model's
+    own schema, and one per routed model (`provider` `auto`, the common input)."""
+    envelope = defs["JobCreate"]["properties"]
+    shared = {"webhook_url": envelope["webhook_url"], "metadata": envelope["metadata"]}
+
+    def variant(provider: str, model: dict[str, Any], input_ref: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object", "additionalProperties": False,
+            "required": ["provider", "model", "input"],
+            "properties": {"provider": {"const": provider}, "model": model, "input": input_ref,
+                           **shared},
+        }  # fmt: skip
+
+    variants = [
+        variant(provider, {"const": model}, refs[(spec.input_model, "validation")])
+        for (provider, model), spec in sorted(MODELS.items())
+    ]
+    routed = {"type": "string", "enum": sorted(ROUTED_MODELS)}
+    variants.append(variant("auto", routed, refs[(RoutedInput, "validation")]))
+    return {"oneOf": variants, "description": JobCreate.__doc__ or ""}
 
 
 @cache
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 of /v1/*."""
-    _, defs = models_json_schema(
-        [
-            (m, "serialization")
-            for m in (
-                Job,
-                JobList,
-                EventList,
-                ErrorBody,
-                WebhookDeliveryList,
-                WebhookDelivery,
-                WebhookRecovered,
-                CheckpointList,
-                JobAudit,
-            )
-        ]
-        + [(JobCreate, "validation"), (RoutedInput, "validation"), (WebhookRecover, "validation")],
-        ref_template="#/components/schemas/{model}",
-    )
+    answers: list[type[BaseModel]] = [
+        Job, JobList, EventList, ErrorBody, WebhookDeliveryList, WebhookDelivery,
+        WebhookRecovered, CheckpointList, JobAudit,
+    ]  # fmt: skip
+    requests: list[type[BaseModel]] = [
+        JobCreate, RoutedInput, WebhookRecover, *(spec.input_model for spec in MODELS.values()),
+    ]  # fmt: skip
+    modes: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((m, "serialization") for m in answers), *((m, "validation") for m in requests),
+    ]  # fmt: skip
+    refs, defs = models_json_schema(modes, ref_template="#/components/schemas/{model}")
+    schemas = defs["$defs"]
+    schemas["JobRequest"] = _job_request(schemas, refs)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Image jobs service", "version": "1"},
         "components": {
-            "schemas": defs["$defs"],
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

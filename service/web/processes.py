@@ -9,7 +9,8 @@ instances (leases and advisory locks).
 Supervision:
 - SIGTERM or SIGINT to the parent is forwarded once, as SIGTERM, to every child (each child is
   in a process group of its own, so a signal to the parent's group is not delivered twice); the
-  parent waits for them (SIGKILL after `STOP_TIMEOUT_S`) and exits 0.
+  parent waits for them (SIGKILL after `stop_timeout_s`: SHUTDOWN_GRACE_S + 31 s under
+  `serve`) and exits 0. Each child drains and releases its own work (service.web.shutdown).
 - A child that exits while no stop was asked for stops the others and the parent exits 1: one
   process of N gone means a service running at reduced capacity without anyone noticing, so the
   failure is left to the outer supervisor (systemd, Kubernetes) that restarts the whole `serve`.
@@ -35,7 +36,9 @@ _TICK_S = 1.0
 _PR_SET_PDEATHSIG = 1
 
 
-def supervise(count: int, serve_one: Callable[[], None]) -> int:
+def supervise(
+    count: int, serve_one: Callable[[], None], *, stop_timeout_s: float = STOP_TIMEOUT_S
+) -> int:
     """Runs `serve_one` in `count` forked processes until they stop; the exit status of `serve`."""
     log = get_logger("service.processes")
     parent = os.getpid()
@@ -84,7 +87,7 @@ def supervise(count: int, serve_one: Callable[[], None]) -> int:
                     log.error("web_process_failed", pid=child.pid, exitcode=child.exitcode)
                     failed = True
             if stopping and running:
-                kill_at = kill_at or time.monotonic() + STOP_TIMEOUT_S
+                kill_at = kill_at or time.monotonic() + stop_timeout_s
                 if time.monotonic() >= kill_at:
                     for child in running:
                         log.error("web_process_killed", pid=child.pid)

@@ -30,12 +30,20 @@ from standardwebhooks import Webhook
 from schemas.common import format_timestamp
 from service.errors import DatabaseUnavailable
 from service.logs import get_logger
+from service.metrics import CLIENT_WEBHOOK_ATTEMPTS
 from service.netguard import NonPublicAddress, PublicOnlyResolver, is_non_public_literal
 from service.providers.http import parse_retry_after
 from service.store.outbox import Delivery, WebhookOutbox, webhook_id_of
 from service.workers.claim_loop import ClaimLoop
 
 ATTEMPT_TIMEOUT_S = 15.0
+#: client_webhook_attempts_total's outcome for each outcome recorded in the database.
+ATTEMPT_OUTCOMES = {
+    "delivered": "delivered",
+    "retry": "failed_retrying",
+    "failed": "failed_final",
+    "stopped": "stopped_410",
+}
 MAX_ERROR_CHARS = 500
 
 
@@ -129,6 +137,8 @@ class WebhookDeliverer(ClaimLoop[Delivery]):
         )
         try:
             async with limit:
+                if self.stopping:  # shutting down: not sent, its lease is released instead
+                    return
                 await self._deliver(delivery)
         except DatabaseUnavailable:
             self._log.warning(
@@ -172,6 +182,7 @@ class WebhookDeliverer(ClaimLoop[Delivery]):
                 next_at = datetime.now(UTC) + timedelta(seconds=delay)
             if error is None:
                 error = f"http {status}"
+        CLIENT_WEBHOOK_ATTEMPTS.labels(ATTEMPT_OUTCOMES[outcome]).inc()  # even if not recorded
         await self.outbox.record_attempt(
             delivery.id, owner=self.owner, sent_at=sent_at, duration_ms=duration_ms,
             status=status, error=error, outcome=outcome, next_at=next_at,

@@ -37,6 +37,7 @@ class ClaimLoop(ABC, Generic[T]):
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._planned_wake: datetime | None = None
+        self._stopping = False
 
     @abstractmethod
     async def claim(self) -> Sequence[T]:
@@ -50,6 +51,33 @@ class ClaimLoop(ABC, Generic[T]):
     async def next_due(self) -> datetime | None:
         """When the earliest unclaimed item is due (None: nothing is scheduled)."""
 
+    @property
+    def stopping(self) -> bool:
+        """Set by `stop_claiming`: an item not yet started should not start (its lease is
+        released at shutdown)."""
+        return self._stopping
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def in_flight_tasks(self) -> set[asyncio.Task[None]]:
+        return set(self._tasks)
+
+    def stop_claiming(self) -> None:
+        """Graceful shutdown: `run` returns before its next claim; work in flight goes on."""
+        self._stopping = True
+        self._wake.set()
+
+    async def cancel_in_flight(self) -> int:
+        """Cancels the work still in flight and waits for it to unwind; returns how many
+        items were cancelled."""
+        tasks = [task for task in self._tasks if not task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)
+
     def wake(self) -> None:
         """Makes the loop look for due work now."""
         self._wake.set()
@@ -59,9 +87,9 @@ class ClaimLoop(ABC, Generic[T]):
             self._wake.set()
 
     async def run(self) -> None:
-        """Runs until cancelled."""
+        """Runs until cancelled, or until `stop_claiming` (then returns before its next claim)."""
         backoff = 0.5
-        while True:
+        while not self._stopping:
             try:
                 claimed = await self.run_once()
                 backoff = 0.5
@@ -76,12 +104,14 @@ class ClaimLoop(ABC, Generic[T]):
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
-            if claimed < self.batch_size:
+            if claimed < self.batch_size and not self._stopping:
                 await self._sleep(await self._idle_wait())
 
     async def run_once(self) -> int:
         """Claims one batch and starts its work; returns how many items were claimed."""
         self._wake.clear()
+        if self._stopping:
+            return 0
         items = await self.claim()
         for item in items:
             task = asyncio.create_task(self.handle(item))
@@ -95,9 +125,7 @@ class ClaimLoop(ABC, Generic[T]):
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.cancel_in_flight()
 
     async def _idle_wait(self) -> float:
         next_due = await self.next_due()
@@ -106,6 +134,8 @@ class ClaimLoop(ABC, Generic[T]):
         return min(max((next_due - now()).total_seconds(), 0.005), self.idle_wait_s)
 
     async def _sleep(self, seconds: float) -> None:
+        if self._stopping:
+            return
         self._planned_wake = now() + timedelta(seconds=seconds)
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
         # arrives as the wake-up does, and the loop would then outlive its own shutdown.

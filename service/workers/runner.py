@@ -165,6 +165,8 @@ class JobRunner(ClaimLoop[JobRecord]):
             return
         try:
             async with self._limits[job.provider].slot() as slot:
+                if self.stopping:  # shutting down: not started, its lease is released instead
+                    return
                 token = _SLOT.set(slot)
                 try:
                     when = await self._act(decide(job, _now()), job, adapter)

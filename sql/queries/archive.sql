@@ -22,3 +22,16 @@ WHERE j.id = $1;
 
 -- name: output_archive_backlog
 SELECT count(*) FROM output_archives WHERE state = 'pending';
+
+-- name: release_output_archive_leases
+-- Graceful shutdown: the outputs $1 still holds (lease at most $2 seconds ahead) are due now,
+-- and every instance's archiver is woken. The interrupted attempt stays counted.
+WITH released AS (
+    UPDATE output_archives SET lease_owner = NULL, next_attempt_at = now()
+    WHERE next_attempt_at > now() AND next_attempt_at <= now() + make_interval(secs => $2)
+      AND lease_owner = $1 AND state = 'pending'
+    RETURNING 1
+), counted AS (SELECT count(*) AS released FROM released)
+SELECT counted.released
+FROM counted LEFT JOIN LATERAL (
+    SELECT pg_notify('output_archives', '') WHERE counted.released > 0) AS woken ON true;

@@ -101,3 +101,27 @@ SELECT bind_listed_submission($1, $2, $3, $4, $5, $6);
 -- name: bound_provider_job_ids
 -- Which of these provider job ids are bound to one of our jobs.
 SELECT provider_job_id FROM jobs WHERE provider = $1 AND provider_job_id = ANY($2::text[]);
+
+-- name: live_jobs_by_status
+-- The metrics' jobs{status, provider}: non-terminal jobs only, whose number is bounded by the
+-- work in flight (terminal ones grow without bound and are not counted here). The status list
+-- is literal so that the planner ranges over jobs_status_id_idx for these statuses alone.
+SELECT status, provider, count(*) AS jobs,
+       extract(epoch FROM clock_timestamp() - min(created_at))::double precision AS oldest_s
+FROM jobs
+WHERE status IN ('accepted', 'submitted', 'queued', 'running')
+GROUP BY status, provider;
+
+-- name: release_job_leases
+-- Graceful shutdown: the jobs $1 still holds (its lease is at most $2 seconds ahead) are
+-- given back, due now, and every instance's runner is woken. Only the lease and the due time
+-- change: a started submission stays as it is (the unknown-outcome logic settles it).
+WITH released AS (
+    UPDATE jobs SET lease_owner = NULL, next_action_at = now()
+    WHERE next_action_at > now() AND next_action_at <= now() + make_interval(secs => $2)
+      AND lease_owner = $1 AND NOT job_status_is_terminal(status)
+    RETURNING 1
+), counted AS (SELECT count(*) AS released FROM released)
+SELECT counted.released
+FROM counted LEFT JOIN LATERAL (
+    SELECT pg_notify('jobs_due', '') WHERE counted.released > 0) AS woken ON true;

@@ -24,6 +24,28 @@ FROM webhook_deliveries d
 WHERE d.job_id = $1 AND ($2::bigint IS NULL OR d.event_id = $2)
 ORDER BY d.id;
 
+-- name: webhook_backlog
+-- Pending deliveries (due, leased or waiting for a retry: exactly those with a next attempt)
+-- and how long the most overdue one has been due; both from webhook_deliveries_due_idx alone.
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM greatest(clock_timestamp() - min(next_attempt_at),
+                                            interval '0')), 0)::double precision AS overdue_s
+FROM webhook_deliveries
+WHERE next_attempt_at IS NOT NULL;
+
+-- name: release_webhook_leases
+-- Graceful shutdown: the deliveries $1 still holds (lease at most $2 seconds ahead) are due
+-- now, and every instance's deliverer is woken.
+WITH released AS (
+    UPDATE webhook_deliveries SET lease_owner = NULL, next_attempt_at = now()
+    WHERE next_attempt_at > now() AND next_attempt_at <= now() + make_interval(secs => $2)
+      AND lease_owner = $1 AND state = 'pending'
+    RETURNING 1
+), counted AS (SELECT count(*) AS released FROM released)
+SELECT counted.released
+FROM counted LEFT JOIN LATERAL (
+    SELECT pg_notify('webhook_deliveries', '') WHERE counted.released > 0) AS woken ON true;
+
 -- Recovery (POST /v1/jobs/{id}/webhooks/{webhook_id}/retry, POST /v1/webhooks/recover,
 -- `python -m service webhooks recover`): a finished delivery is made pending and due now, with
 -- the same event (webhook-id) and job snapshot (payload). It keeps its finished_at: a pending

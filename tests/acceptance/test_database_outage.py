@@ -28,6 +28,9 @@ async def test_outage_gives_503_and_the_service_recovers_by_itself(tmp_path: Pat
         )
         async with httpx.AsyncClient(base_url=svc.url) as http:
             assert (await http.post("/v1/jobs", json=JOB)).status_code == 202
+            assert (
+                'jobs{provider="krea",status="accepted"} 1.0' in (await http.get("/metrics")).text
+            )
 
             server.stop()
             ready = await http.get("/readyz")
@@ -47,6 +50,15 @@ async def test_outage_gives_503_and_the_service_recovers_by_itself(tmp_path: Pat
             )
             assert callback.status_code == 503
             assert callback.json()["error"]["code"] == "database_unavailable"
+            # /metrics is still served, the database's gauges at their last readings, the 503s
+            # counted under their routes' patterns.
+            metrics = await http.get("/metrics")
+            assert metrics.status_code == 200
+            assert 'jobs{provider="krea",status="accepted"} 1.0' in metrics.text
+            assert (
+                'http_request_duration_seconds_count{method="POST",route="/v1/jobs",status="503"}'
+                in metrics.text
+            )
 
             server.start()
             assert (await http.get("/readyz")).status_code == 200

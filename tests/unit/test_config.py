@@ -97,3 +97,12 @@ def test_archive_settings_are_read() -> None:
 def test_an_unknown_output_store_refuses_to_start(url: str) -> None:
     with pytest.raises(ConfigError, match="output_store_url"):
         Settings.from_env({"OUTPUT_STORE_URL": url})
+
+
+def test_shutdown_grace_is_read_and_bounded() -> None:
+    assert Settings.from_env({}).shutdown_grace_s == 10
+    assert Settings.from_env({"SHUTDOWN_GRACE_S": "2.5"}).shutdown_grace_s == 2.5
+    assert Settings.from_env({"SHUTDOWN_GRACE_S": "0"}).shutdown_grace_s == 0  # cut at once
+    for bad in ("-1", "soon", "3601"):
+        with pytest.raises(ConfigError, match="shutdown_grace_s"):
+            Settings.from_env({"SHUTDOWN_GRACE_S": bad})
