@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 
 from schemas.common import Timestamp
 
@@ -35,3 +35,26 @@ class WebhookDelivery(BaseModel):
 
 class WebhookDeliveryList(BaseModel):
     deliveries: list[WebhookDelivery]
+
+
+class WebhookRecover(BaseModel):
+    """`POST /v1/webhooks/recover`: every delivery that ended `failed` at or after `since` (an
+    RFC 3339 time with its offset) is attempted once more."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: AwareDatetime
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _text_only(cls, value: object) -> object:
+        """RFC 3339 text only: not the number of seconds pydantic would otherwise take."""
+        if not isinstance(value, str):
+            raise ValueError("must be an RFC 3339 time, like 2026-12-01T10:00:00Z")
+        return value
+
+
+class WebhookRecovered(BaseModel):
+    """How many deliveries were requeued (each keeps its webhook-id and body)."""
+
+    requeued: int

@@ -1,4 +1,5 @@
-"""Command line: `python -m service serve | migrate | demo | audit verify | audit keygen`."""
+"""Command line: `python -m service serve | migrate | demo`, and the operators' commands
+`jobs ...`, `webhooks ...` (service.cli) and `audit verify | export | keygen` (service.audit.cli)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import sys
 
 from aiohttp import web
 
+from service.audit.cli import add_audit_commands
+from service.cli import add_commands as add_ops_commands
+from service.cli import run as run_ops
 from service.config import ConfigError, Settings
 from service.db.embedded import EmbeddedPostgres
 from service.db.migrations import MigrationError, load_migrations
@@ -98,11 +102,16 @@ def migrate(settings: Settings) -> int:
 
 def audit(settings: Settings, args: argparse.Namespace) -> int:
     """`audit verify`: 0 when every chain and checkpoint holds, 1 naming what does not;
-    `audit keygen`: prints a new AUDIT_SIGNING_KEY and its public key."""
-    from service.audit.cli import keygen, verify
+    `audit verify --file`: the same for an export, offline; `audit export`: JSON Lines of
+    sealed events; `audit keygen`: prints a new AUDIT_SIGNING_KEY and its public key."""
+    from service.audit.cli import export, keygen, verify, verify_file
 
     if args.audit_command == "keygen":
         return keygen()
+    if args.audit_command == "export":
+        return export(resolve_dsn(settings), args)
+    if args.file is not None:
+        return verify_file(args.file)
     return asyncio.run(verify(resolve_dsn(settings), args))
 
 
@@ -119,23 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="the service, configured by the environment")
     commands.add_parser("migrate", help="apply the migrations and exit")
     commands.add_parser("demo", help="what `make run` runs: the simulators and the service")
-    audit_parser = commands.add_parser("audit", help="the audit chain")
-    audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
-    verify = audit_commands.add_parser(
-        "verify",
-        help="recompute every chain and checkpoint from the database: exit 0 when all hold, "
-        "1 naming the first event or checkpoint that does not",
-    )
-    verify.add_argument("--job", metavar="ID", help="verify this job's chain only")
-    verify.add_argument(
-        "--checkpoint", metavar="ID=DIGEST", action="append", default=[],
-        help="a checkpoint kept outside the database: its digest must be unchanged (repeatable)",
-    )  # fmt: skip
-    verify.add_argument(
-        "--public-key", metavar="BASE64",
-        help="every checkpoint must be signed with this Ed25519 public key",
-    )  # fmt: skip
-    audit_commands.add_parser("keygen", help="print a new AUDIT_SIGNING_KEY and its public key")
+    add_audit_commands(commands)
+    add_ops_commands(commands)
     return parser
 
 
@@ -146,11 +140,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    # Commands whose stdout is their answer (jobs, webhooks, audit export) log warnings and
+    # errors only, unless LOG_LEVEL=debug asks for everything.
+    printing = (
+        args.command in ("jobs", "webhooks") or getattr(args, "audit_command", "") == "export"
+    )
+    level = "warning" if printing and settings.log_level != "debug" else settings.log_level
+    configure_logging(level=level, fmt=settings.log_format)
     try:
         check_sql_files()
         if args.command == "audit":
             return audit(settings, args)
+        if args.command in ("jobs", "webhooks"):
+            return run_ops(resolve_dsn(settings), args)
         return {"serve": serve, "migrate": migrate, "demo": demo}[args.command](settings)
     except (SqlFilesError, MigrationError) as exc:
         print(f"cannot {args.command}: {exc}", file=sys.stderr)

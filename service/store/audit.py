@@ -5,8 +5,9 @@ seals at a time and the others skip; the hashes are computed by service.audit.ch
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -167,6 +168,21 @@ class AuditLog:
                     job_id=row["chain_job_id"], job_last_seq=row["chain_last_seq"],
                     event=event, sealed_as=sealed_as,
                 )  # fmt: skip
+
+    async def sealed_events(
+        self, *, since: datetime | None, until: datetime | None, job_id: str | None
+    ) -> AsyncGenerator[Event, None]:
+        """The sealed events created in [since, until) (of one job or all), in id order, each
+        with its prev_hash and hash; streamed from one snapshot."""
+        async with self.db.connection() as conn, conn.transaction(isolation="repeatable_read"):
+            rows = conn.cursor(query("audit_export_events"), since, until, job_id, prefetch=1000)
+            async for row in rows:
+                yield event_from_row(row)
+
+    async def unsealed_count(
+        self, *, since: datetime | None, until: datetime | None, job_id: str | None
+    ) -> int:
+        return int(await self.db.fetchval("audit_unsealed_count", since, until, job_id))
 
     async def orphan_seals(self, job_id: str | None) -> list[OrphanSeal]:
         rows = await self.db.fetch("audit_orphan_seals", job_id)

@@ -13,7 +13,7 @@ from schemas.events import EventList
 from schemas.jobs import AUTO, IDEMPOTENCY_KEY_PATTERN, PROVIDERS, Job, JobCreate, JobStatus
 from schemas.model_inputs import MODELS, models_of
 from schemas.routing import RoutedInput
-from schemas.webhooks import WebhookDeliveryList
+from schemas.webhooks import WebhookDeliveryList, WebhookRecover, WebhookRecovered
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.logs import get_logger
 from service.metrics import JOBS_CREATED
@@ -94,6 +94,8 @@ class JobsApi:
             web.get("/v1/jobs/{job_id}/events", self.list_events),
             web.post("/v1/jobs/{job_id}/cancel", self.cancel_job),
             web.get("/v1/jobs/{job_id}/webhooks", self.list_webhooks),
+            web.post("/v1/jobs/{job_id}/webhooks/{webhook_id}/retry", self.retry_webhook),
+            web.post("/v1/webhooks/recover", self.recover_webhooks),
         ]
 
     async def create_job(self, request: web.Request) -> web.Response:
@@ -180,6 +182,39 @@ class JobsApi:
             raise NotFound(f"no job {job_id}")
         deliveries = await self.outbox.deliveries_of(job_id)
         return json_response(WebhookDeliveryList(deliveries=deliveries).model_dump(mode="json"))
+
+    async def retry_webhook(self, request: web.Request) -> web.Response:
+        """One more attempt now of one delivery, same webhook-id and body: 202 with the delivery
+        once the requeue and its event are committed; 409 `webhook_in_flight` while an attempt
+        of it is under way; 404 for an unknown job or webhook id."""
+        job_id = self._job_id(request)
+        webhook_id = request.match_info["webhook_id"]
+        result = await self.outbox.retry(job_id, webhook_id, via="http")
+        structlog.contextvars.bind_contextvars(job_id=job_id)
+        if result.outcome == "not_found":
+            if not await self.store.job_exists(job_id):
+                raise NotFound(f"no job {job_id}")
+            raise NotFound(f"job {job_id} has no webhook {webhook_id}", code="webhook_not_found")
+        if result.outcome == "in_flight":
+            raise Conflict(
+                f"an attempt of webhook {webhook_id} is under way: retry once it is recorded",
+                code="webhook_in_flight",
+            )
+        assert result.delivery is not None
+        self._log.info("webhook_retry_requested", webhook_id=webhook_id)
+        return json_response(result.delivery.model_dump(mode="json"), status=202)
+
+    async def recover_webhooks(self, request: web.Request) -> web.Response:
+        """Every delivery that ended `failed` at or after `since` attempted once more: 202 with
+        `{"requeued": N}` once the requeues and their events are committed."""
+        recover = validate_model(WebhookRecover, await read_json_object(request))
+        requeued = await self.outbox.recover(recover.since, via="http")
+        self._log.info(
+            "webhooks_recovered", since=recover.since.isoformat(), requeued=len(requeued)
+        )
+        return json_response(
+            WebhookRecovered(requeued=len(requeued)).model_dump(mode="json"), status=202
+        )
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         job_id = self._job_id(request)

@@ -14,12 +14,15 @@ from schemas.events import EventList
 from schemas.jobs import PROVIDERS, Job, JobCreate, JobList, JobStatus
 from schemas.model_inputs import MODELS
 from schemas.routing import ROUTED_MODELS, RoutedInput
-from schemas.webhooks import WebhookDeliveryList
+from schemas.webhooks import WebhookDelivery, WebhookDeliveryList, WebhookRecover, WebhookRecovered
 from service.web.jobs_api import JOB_ID_PATTERN
 
 _ERROR_STATUSES = ("400", "401", "404", "409", "413", "422", "503")
 _JOB_ID = {"name": "job_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": JOB_ID_PATTERN.pattern}}  # fmt: skip
+_WEBHOOK_ID = {"name": "webhook_id", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^msg_[0-9]+$"},
+               "description": "the delivery's Standard Webhooks `webhook-id`"}  # fmt: skip
 #: The largest event id a resume point may name (bigint).
 _MAX_EVENT_ID = 2**63 - 1
 
@@ -163,6 +166,25 @@ def _history_paths() -> dict[str, Any]:
             "summary": "The job's client webhook deliveries, with every attempt",
             "parameters": [_JOB_ID],
             "responses": _answers("200", "WebhookDeliveryList", "deliveries")}},
+        "/v1/jobs/{job_id}/webhooks/{webhook_id}/retry": {"post": {
+            "operationId": "retryJobWebhook",
+            "summary": "One more attempt of a client webhook now, with the same webhook-id",
+            "description": "202 with the delivery once the requeue is committed (recorded as "
+                           "the job's event `webhook_retry_requested`). A delivered, failed or "
+                           "stopped delivery gets exactly one more attempt; one waiting for its "
+                           "next scheduled retry is made due now. 409 `webhook_in_flight` while "
+                           "an attempt is under way; 404 for an unknown job or webhook id.",
+            "parameters": [_JOB_ID, _WEBHOOK_ID],
+            "responses": _answers("202", "WebhookDelivery", "requeued")}},
+        "/v1/webhooks/recover": {"post": {
+            "operationId": "recoverWebhooks",
+            "summary": "Attempt again every client webhook that ended failed since a time",
+            "description": "Each delivery that ended `failed` at or after `since` gets one more "
+                           "attempt now with its original webhook-id and body, recorded as its "
+                           "job's event `webhook_retry_requested`; 202 once committed.",
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _ref("WebhookRecover")}}},
+            "responses": _answers("202", "WebhookRecovered", "requeued")}},
         "/v1/events/stream": {"get": {
             "operationId": "streamEvents", "summary": "Server-sent events of the audit trail, live", "parameters": resume,
             "responses": {"200": stream, **dict.fromkeys(_ERROR_STATUSES, error)}}},
@@ -213,10 +235,11 @@ def _job_request(defs: dict[str, Any], refs: dict[Any, Any]) -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 of /v1/*."""
     answers: list[type[BaseModel]] = [
-        Job, JobList, EventList, ErrorBody, WebhookDeliveryList, CheckpointList, JobAudit,
+        Job, JobList, EventList, ErrorBody, WebhookDeliveryList, WebhookDelivery,
+        WebhookRecovered, CheckpointList, JobAudit,
     ]  # fmt: skip
     requests: list[type[BaseModel]] = [
-        JobCreate, RoutedInput, *(spec.input_model for spec in MODELS.values()),
+        JobCreate, RoutedInput, WebhookRecover, *(spec.input_model for spec in MODELS.values()),
     ]  # fmt: skip
     modes: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         *((m, "serialization") for m in answers), *((m, "validation") for m in requests),

@@ -5,6 +5,7 @@ Per the Standard Webhooks specification: the body is `{"type": "job.<status>", "
 delivery's and stays the same across retries. A non-2xx answer or a timeout is retried on
 CLIENT_WEBHOOK_RETRY_SCHEDULE with jitter (later if the client asks with Retry-After); 410 stops
 delivery for the job; every attempt is recorded (readable at GET /v1/jobs/{id}/webhooks).
+A delivery requeued by an operator (retry, recover: service.store.outbox) gets one attempt.
 
 Deliveries are claimed by lease with SKIP LOCKED, so instances share them. Each endpoint
 (scheme, host, port) has its own concurrency limit, so a slow client delays only itself.
@@ -32,7 +33,7 @@ from service.logs import get_logger
 from service.metrics import CLIENT_WEBHOOK_ATTEMPTS
 from service.netguard import NonPublicAddress, PublicOnlyResolver, is_non_public_literal
 from service.providers.http import parse_retry_after
-from service.store.outbox import Delivery, WebhookOutbox
+from service.store.outbox import Delivery, WebhookOutbox, webhook_id_of
 from service.workers.claim_loop import ClaimLoop
 
 ATTEMPT_TIMEOUT_S = 15.0
@@ -151,7 +152,7 @@ class WebhookDeliverer(ClaimLoop[Delivery]):
 
     async def _deliver(self, delivery: Delivery) -> None:
         body = webhook_body(delivery)
-        msg_id = f"msg_{delivery.event_id}"
+        msg_id = webhook_id_of(delivery.event_id)
         sent_at = datetime.now(UTC)
         headers = {
             "Content-Type": "application/json",
@@ -172,7 +173,10 @@ class WebhookDeliverer(ClaimLoop[Delivery]):
         elif refused:
             outcome = "failed"  # a forbidden target stays forbidden: no point retrying
         else:
-            delay = retry_delay(self.retry_schedule, attempts_done, retry_after=retry_after)
+            # an operator's retry or recovery (requeued) is one attempt, with no schedule after
+            delay = None
+            if not delivery.requeued:
+                delay = retry_delay(self.retry_schedule, attempts_done, retry_after=retry_after)
             outcome = "retry" if delay is not None else "failed"
             if delay is not None:
                 next_at = datetime.now(UTC) + timedelta(seconds=delay)

@@ -94,3 +94,21 @@ SET LOCAL synchronous_commit = off;
 
 -- name: audit_tables_exist
 SELECT to_regclass('jobs') IS NOT NULL AND to_regclass('event_seals') IS NOT NULL;
+
+-- name: audit_export_events
+-- Sealed events created in [$1, $2) (either bound may be null), of one job ($3) or all, in id
+-- (commit) order, with their seals: what `python -m service audit export` writes.
+SELECT e.*, s.prev_hash, s.hash
+FROM job_events e JOIN event_seals s ON s.event_id = e.id
+WHERE ($1::timestamptz IS NULL OR e.created_at >= $1)
+  AND ($2::timestamptz IS NULL OR e.created_at < $2)
+  AND ($3::text IS NULL OR e.job_id = $3)
+ORDER BY e.id;
+
+-- name: audit_unsealed_count
+-- Events not sealed yet (left out of an export: their hash is not computed yet).
+SELECT count(*) FROM job_events
+WHERE id > (SELECT coalesce(max(event_id), 0) FROM event_seals)
+  AND ($1::timestamptz IS NULL OR created_at >= $1)
+  AND ($2::timestamptz IS NULL OR created_at < $2)
+  AND ($3::text IS NULL OR job_id = $3);

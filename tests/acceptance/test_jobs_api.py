@@ -244,6 +244,7 @@ async def test_operations_endpoints(http: httpx.AsyncClient, service: Service) -
         "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel",
         "/v1/jobs/{job_id}/webhooks", "/v1/events/stream", "/v1/audit/checkpoints",
         "/v1/jobs/{job_id}/audit", "/v1/jobs/{job_id}/outputs/{index}",
+        "/v1/jobs/{job_id}/webhooks/{webhook_id}/retry", "/v1/webhooks/recover",
     }  # fmt: skip
     assert "JobCreate" in spec["components"]["schemas"]
     event = spec["components"]["schemas"]["Event"]["properties"]
