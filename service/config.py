@@ -31,6 +31,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     database_url: SecretStr | None = None
+    # A direct connection for LISTEN when DATABASE_URL goes through a pooler in transaction mode
+    # (a pooled server connection cannot hold a LISTEN between transactions); unset: the same.
+    database_listen_url: SecretStr | None = None
     data_dir: Path = Path(".data")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -186,6 +189,7 @@ class Settings(BaseModel):
 
         raw: dict[str, object] = {
             "database_url": get("DATABASE_URL"),
+            "database_listen_url": get("DATABASE_LISTEN_URL"),
             "data_dir": get("SERVICE_DATA_DIR"),
             "host": get("HOST"),
             "port": get("PORT"),

@@ -212,7 +212,9 @@ def _build_parts(
             audit, signer=signer, checkpoint_interval_s=settings.audit_checkpoint_interval_s
         )
         channels[EVENTS_CHANNEL] = sealer.wake  # beside the hub's own reader of the log
-    hub = EventHub(store=store, dsn=database.dsn, channels=channels)
+    listen = settings.database_listen_url
+    listen_dsn = listen.get_secret_value() if listen is not None else database.dsn
+    hub = EventHub(store=store, dsn=listen_dsn, channels=channels)
     shutdown = GracefulShutdown(grace_s=settings.shutdown_grace_s, settle=store.settle_writes)
     return _Parts(
         settings, database, providers, store, runner, outbox, deliverer, archive, storage,
