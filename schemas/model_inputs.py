@@ -13,11 +13,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
 
 from schemas.jobs import Provider
 
 Number = float  # strict: ints are accepted as numbers, strings and booleans are not
+
+
+def _whole_float_as_int(value: object) -> object:
+    """JSON Schema's integer includes 1.0 (a client's JSON library may write a whole number
+    so): taken as 1. Any other float, a string or a boolean is still refused (strict)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: Last in an integer parameter's Annotated: a whole float counts, as JSON Schema's `integer`.
+WHOLE = BeforeValidator(_whole_float_as_int)
 
 
 class ModelInput(BaseModel):
@@ -81,11 +93,11 @@ class KreaImageRef(BaseModel):
 @model_input("krea", "bfl/flux-1-dev")
 class KreaFlux1Dev(ModelInput):
     prompt: str = Field(min_length=1, max_length=1800)
-    width: Annotated[int, Field(ge=512, le=2368)] = 1024
-    height: Annotated[int, Field(ge=512, le=2368)] = 1024
-    steps: Annotated[int, Field(ge=1, le=100)] = 25
+    width: Annotated[int, Field(ge=512, le=2368), WHOLE] = 1024
+    height: Annotated[int, Field(ge=512, le=2368), WHOLE] = 1024
+    steps: Annotated[int, Field(ge=1, le=100), WHOLE] = 25
     guidance_scale_flux: Annotated[Number, Field(ge=0, le=24)] = 3
-    seed: int | None = None
+    seed: Annotated[int | None, WHOLE] = None
     strength: Number | None = None
     imageUrl: HttpUrl | None = None
     styleImages: list[KreaImageRef] | None = None
@@ -99,8 +111,8 @@ class KreaFlux1Dev(ModelInput):
 
 class FalImageSize(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    width: Annotated[int, Field(ge=1, le=14142)]
-    height: Annotated[int, Field(ge=1, le=14142)]
+    width: Annotated[int, Field(ge=1, le=14142), WHOLE]
+    height: Annotated[int, Field(ge=1, le=14142), WHOLE]
 
 
 FalImageSizeName = Literal[
@@ -112,11 +124,11 @@ FalImageSizeName = Literal[
 class FalFluxKrea(ModelInput):
     prompt: str = Field(min_length=1)
     image_size: FalImageSizeName | FalImageSize = "landscape_4_3"
-    num_inference_steps: Annotated[int, Field(ge=1, le=50)] = 28
-    seed: int | None = None
+    num_inference_steps: Annotated[int, Field(ge=1, le=50), WHOLE] = 28
+    seed: Annotated[int | None, WHOLE] = None
     guidance_scale: Annotated[Number, Field(ge=1, le=20)] = 4.5
     sync_mode: bool = False
-    num_images: Annotated[int, Field(ge=1, le=4)] = 1
+    num_images: Annotated[int, Field(ge=1, le=4), WHOLE] = 1
     enable_safety_checker: bool = True
     output_format: Literal["jpeg", "png"] = "jpeg"
     acceleration: Literal["none", "regular", "high"] = "none"
@@ -128,7 +140,7 @@ class FalFluxKrea(ModelInput):
 
 AspectRatio = Annotated[str, Field(pattern=r"^(\d{1,2}:\d{1,2}|auto)$")]
 AssetId = Annotated[str, Field(min_length=1, max_length=200)]
-Count = Annotated[int, Field(ge=1, le=16)]
+Count = Annotated[int, Field(ge=1, le=16), WHOLE]
 
 
 @model_input("scenario", "model_flux-krea-dev")
@@ -138,10 +150,10 @@ class ScenarioFluxKreaDev(ModelInput):
     image: AssetId | None = None
     promptStrength: Annotated[Number, Field(ge=0, le=1)] = 0.8
     numOutputs: Count = 1
-    steps: Annotated[int, Field(ge=1)] = 28
+    steps: Annotated[int, Field(ge=1), WHOLE] = 28
     guidance: Annotated[Number, Field(ge=0)] = 3
     megapixels: str = "1"
-    seed: int | None = None
+    seed: Annotated[int | None, WHOLE] = None
 
 
 @model_input("scenario", "model_flux-kontext-editing")
@@ -154,7 +166,7 @@ class ScenarioFluxKontextEditing(ModelInput):
     aspectRatio: AspectRatio = "auto"
     quality: str = "high"
     guidanceScale: Annotated[Number, Field(ge=1, le=10)] = 3.5
-    seed: int | None = None
+    seed: Annotated[int | None, WHOLE] = None
 
 
 @model_input("scenario", "model_bfl-flux-2-klein-4b-base")
@@ -165,8 +177,8 @@ class ScenarioFlux2Klein4bBase(ModelInput):
     prompt: str = Field(min_length=1)
     referenceImages: list[AssetId] | None = None
     numOutputs: Count = 1
-    numInferenceSteps: Annotated[int, Field(ge=1)] = 28
-    width: Annotated[int | None, Field(ge=16), AfterValidator(_multiple_of_16)] = None
-    height: Annotated[int | None, Field(ge=16), AfterValidator(_multiple_of_16)] = None
+    numInferenceSteps: Annotated[int, Field(ge=1), WHOLE] = 28
+    width: Annotated[int | None, Field(ge=16), AfterValidator(_multiple_of_16), WHOLE] = None
+    height: Annotated[int | None, Field(ge=16), AfterValidator(_multiple_of_16), WHOLE] = None
     guidance: Annotated[Number, Field(ge=0)] = 4
-    seed: int | None = None
+    seed: Annotated[int | None, WHOLE] = None

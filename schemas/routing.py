@@ -45,7 +45,7 @@ from typing import Annotated, Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.jobs import PROVIDERS, Provider
-from schemas.model_inputs import MODELS
+from schemas.model_inputs import MODELS, WHOLE
 
 DEFAULT_ROUTES = "flux-1-krea-dev=fal,scenario"
 MEGAPIXEL = 1024 * 1024  # FLUX's "1 megapixel": 1024x1024 for 1:1
@@ -73,7 +73,7 @@ class RoutedInput(BaseModel):
     )
 
     prompt: str = Field(min_length=1, description="What to generate. Required.")
-    width: Annotated[int, Field(ge=1, le=MAX_SIDE)] | None = Field(
+    width: Annotated[int, Field(ge=1, le=MAX_SIDE), WHOLE] | None = Field(
         default=None,
         description=(
             "Image width in pixels, given together with `height`. A provider that cannot produce "
@@ -82,17 +82,17 @@ class RoutedInput(BaseModel):
             "as an adjustment. Left out: each provider's default size."
         ),
     )
-    height: Annotated[int, Field(ge=1, le=MAX_SIDE)] | None = Field(
+    height: Annotated[int, Field(ge=1, le=MAX_SIDE), WHOLE] | None = Field(
         default=None, description="Image height in pixels, given together with `width`."
     )
-    num_images: Annotated[int, Field(ge=1, le=MAX_NUM_IMAGES)] | None = Field(
+    num_images: Annotated[int, Field(ge=1, le=MAX_NUM_IMAGES), WHOLE] | None = Field(
         default=None, description="Number of images, 1 to 4. Left out: 1."
     )
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = Field(
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), WHOLE] | None = Field(
         default=None,
         description="Seed for reproducible results on one provider. Left out: random.",
     )
-    steps: Annotated[int, Field(ge=MIN_STEPS, le=MAX_STEPS)] | None = Field(
+    steps: Annotated[int, Field(ge=MIN_STEPS, le=MAX_STEPS), WHOLE] | None = Field(
         default=None,
         description=(
             f"Inference steps, {MIN_STEPS} to {MAX_STEPS}. Providers whose own range does not "

@@ -93,3 +93,19 @@ def test_invalid_input_names_the_field(
     with pytest.raises(ValidationError) as raised:
         MODELS[key].input_model.model_validate(input)
     assert loc in [err["loc"][: len(loc)] for err in raised.value.errors()]
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"), [(2.0, True), (2, True), (2.5, False), ("2", False), (True, False)]
+)
+def test_an_integer_parameter_takes_a_whole_float_as_json_schema_does(
+    value: object, accepted: bool
+) -> None:
+    model = MODELS[("fal", "fal-ai/flux/krea")].input_model
+    body = {"prompt": "x", "num_images": value}
+    if accepted:
+        request = model.model_validate(body).provider_request()
+        assert request["num_images"] == 2 and isinstance(request["num_images"], int)
+    else:
+        with pytest.raises(ValidationError):
+            model.model_validate(body)

@@ -177,7 +177,7 @@ def test_scenario_inexact_sizes_map_to_the_nearest_and_are_recorded(
         ({"prompt": "p", "width": 10, "height": MAX_SIDE + 1}, "height"),
         ({"prompt": "p", "steps": 0}, "steps"),
         ({"prompt": "p", "steps": 51}, "steps"),
-        ({"prompt": "p", "steps": 28.0}, "steps"),
+        ({"prompt": "p", "steps": 28.5}, "steps"),
         ({"prompt": "p", "guidance": -0.5}, "guidance"),
         ({"prompt": "p", "guidance": 20.5}, "guidance"),
         ({"prompt": "p", "seed": -1}, "seed"),
