@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
 
 from schemas.jobs import Provider
 
@@ -65,12 +65,6 @@ def model_input(provider: Provider, model: str) -> Callable[[M], M]:
 
 def models_of(provider: str) -> list[str]:
     return sorted(model for (p, model) in MODELS if p == provider)
-
-
-def _multiple_of_16(value: int | None) -> int | None:
-    if value is not None and value % 16:
-        raise ValueError("must be a multiple of 16")
-    return value
 
 
 # --- Krea (seed 003: POST /generate/image/bfl/flux-1-dev) -------------------------------------
@@ -178,7 +172,7 @@ class ScenarioFlux2Klein4bBase(ModelInput):
     referenceImages: list[AssetId] | None = None
     numOutputs: Count = 1
     numInferenceSteps: Annotated[int, Field(ge=1), WHOLE] = 28
-    width: Annotated[int | None, Field(ge=16), AfterValidator(_multiple_of_16), WHOLE] = None
-    height: Annotated[int | None, Field(ge=16), AfterValidator(_multiple_of_16), WHOLE] = None
+    width: Annotated[int | None, Field(ge=16, multiple_of=16), WHOLE] = None
+    height: Annotated[int | None, Field(ge=16, multiple_of=16), WHOLE] = None
     guidance: Annotated[Number, Field(ge=0)] = 4
     seed: Annotated[int | None, WHOLE] = None

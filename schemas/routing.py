@@ -68,7 +68,15 @@ class RoutedInput(BaseModel):
         extra="forbid",
         strict=True,
         json_schema_extra={
-            "examples": [{"prompt": "a lighthouse at dawn", "width": 1024, "height": 1024}]
+            "examples": [{"prompt": "a lighthouse at dawn", "width": 1024, "height": 1024}],
+            # width and height together (the model validator), as JSON Schema states it
+            "allOf": [
+                {
+                    "if": {"properties": {one: {"type": "integer"}}, "required": [one]},
+                    "then": {"properties": {other: {"type": "integer"}}, "required": [other]},
+                }
+                for one, other in (("width", "height"), ("height", "width"))
+            ],
         },
     )
 

@@ -211,6 +211,8 @@ def test_json_schema_is_openapi_ready() -> None:
         "guidance",
     }
     assert all(prop.get("description") for prop in schema["properties"].values())
+    together = [(rule["if"]["required"], rule["then"]["required"]) for rule in schema["allOf"]]
+    assert together == [(["width"], ["height"]), (["height"], ["width"])]
     num_images = next(s for s in schema["properties"]["num_images"]["anyOf"] if "minimum" in s)
     assert (num_images["minimum"], num_images["maximum"]) == (1, 4)
 
