@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all install browser run test test-unit test-chaos test-page screenshot lint format bench clean
+.PHONY: all install browser run test test-unit test-chaos test-page screenshot lint format bench conformance clean
 
 all: lint test
 
@@ -43,6 +43,11 @@ test-unit: install
 ## Only the chaos suite (real processes, kill -9, PostgreSQL stopped); `make test` includes it.
 test-chaos: install
 	$(BIN)/python -m pytest -s tests/chaos
+
+## The API against its OpenAPI document: Schemathesis, every check and phase (about 4 minutes).
+conformance: install
+	$(BIN)/pip install --quiet "schemathesis>=4.3"
+	$(BIN)/python tests/conformance/run.py
 
 ## Benchmarks (not tests): every figure beside its baseline; writes bench-results/latest.{json,md}.
 bench: install

@@ -1,0 +1,23 @@
+"""Schemathesis hooks for `make conformance` (loaded through SCHEMATHESIS_HOOKS).
+
+A client gives each new job its own Idempotency-Key. A key Schemathesis generates is short
+("0") and would come back with different bodies, which the API answers 422
+`idempotency_key_reused` by contract (tested in tests/acceptance/test_jobs_api.py): a valid key
+is made unique; an invalid one (negative testing) is left as generated."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import schemathesis
+
+_VALID_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+@schemathesis.hook
+def before_call(context: Any, case: Any, **kwargs: Any) -> None:
+    headers = case.headers
+    if headers is not None and _VALID_KEY.fullmatch(headers.get("Idempotency-Key", "")):
+        headers["Idempotency-Key"] = uuid.uuid4().hex
