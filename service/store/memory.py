@@ -191,19 +191,28 @@ class MemoryJobStore:
         timeout_s: float = 3600.0,
         job_id: str | None = None,
     ) -> CreateResult:
-        if idempotency_key is not None and idempotency_key in self._by_key:
-            held = self._jobs[self._by_key[idempotency_key]]
-            return CreateResult(held.job(), created=False, request_hash=held.request_hash)
+        if (held := self._held(idempotency_key)) is not None:
+            return held
         now = self.now()
         row = _Row(
             id=job_id or new_job_id(), request=request, idempotency_key=idempotency_key,
             request_hash=request_hash(request), deadline_at=now + timedelta(seconds=timeout_s),
             created_at=now, next_action_at=now, provider=request.provider, model=request.model,
         )  # fmt: skip
+        return self._created(row, {})
+
+    def _held(self, idempotency_key: str | None) -> CreateResult | None:
+        """The job that already holds this idempotency key, if any."""
+        if idempotency_key is None or idempotency_key not in self._by_key:
+            return None
+        held = self._jobs[self._by_key[idempotency_key]]
+        return CreateResult(held.job(), created=False, request_hash=held.request_hash)
+
+    def _created(self, row: _Row, event_data: dict[str, Any]) -> CreateResult:
         self._jobs[row.id] = row
-        if idempotency_key is not None:
-            self._by_key[idempotency_key] = row.id
-        self._append(row, "status_changed", "api", to_status=JobStatus.ACCEPTED)
+        if row.idempotency_key is not None:
+            self._by_key[row.idempotency_key] = row.id
+        self._append(row, "status_changed", "api", event_data, to_status=JobStatus.ACCEPTED)
         return CreateResult(row.job(), created=True, request_hash=row.request_hash)
 
     async def create_routed_job(
@@ -215,9 +224,8 @@ class MemoryJobStore:
         event_data: dict[str, Any],
         job_id: str | None = None,
     ) -> CreateResult:
-        if idempotency_key is not None and idempotency_key in self._by_key:
-            held = self._jobs[self._by_key[idempotency_key]]
-            return CreateResult(held.job(), created=False, request_hash=held.request_hash)
+        if (held := self._held(idempotency_key)) is not None:
+            return held
         now = self.now()
         row = _Row(
             id=job_id or new_job_id(), request=request, idempotency_key=idempotency_key,
@@ -226,11 +234,7 @@ class MemoryJobStore:
             next_action_at=now, route=request.model, attempt=0,
         )  # fmt: skip
         self._start_attempt(row, first)
-        self._jobs[row.id] = row
-        if idempotency_key is not None:
-            self._by_key[idempotency_key] = row.id
-        self._append(row, "status_changed", "api", event_data, to_status=JobStatus.ACCEPTED)
-        return CreateResult(row.job(), created=True, request_hash=row.request_hash)
+        return self._created(row, event_data)
 
     def _start_attempt(self, row: _Row, attempt: NextAttempt) -> None:
         row.attempt = (row.attempt or 0) + 1

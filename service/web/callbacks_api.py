@@ -135,12 +135,8 @@ class CallbacksApi:
     def _count_health(self, provider: str, observation: Observation) -> None:
         """A job's end, as its provider reports it, counts for or against its circuit."""
         healthy = health_of(observation)
-        if self.circuits is None or healthy is None:
-            return
-        if healthy:
-            self.circuits[provider].record_success()
-        else:
-            self.circuits[provider].record_failure()
+        if self.circuits is not None and healthy is not None:
+            self.circuits[provider].record(healthy=healthy)
 
     async def _record_superseded(
         self,

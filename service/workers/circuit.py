@@ -106,6 +106,13 @@ class CircuitBreaker:
             self._cool_down = self.cool_down_s
         # Open: a late answer to a request sent before the breaker opened changes nothing.
 
+    def record(self, *, healthy: bool) -> None:
+        """An outcome the caller has judged: a success or a failure of the provider."""
+        if healthy:
+            self.record_success()
+        else:
+            self.record_failure()
+
     def record_failure(self) -> None:
         """The provider failed a request (what counts is the caller's decision)."""
         if self._state is CircuitState.OPEN:

@@ -37,6 +37,7 @@ from typing import Any
 
 import structlog
 
+from schemas.events import EventSource
 from schemas.jobs import JobError, JobStatus
 from schemas.model_inputs import MODELS
 from service.callback_tokens import callback_url, hash_callback_token, new_callback_token
@@ -269,11 +270,7 @@ class JobRunner(ClaimLoop[JobRecord]):
         if slot is not None:
             slot.succeeded()
         if self.circuits is not None and healthy is not None:
-            breaker = self.circuits[provider]
-            if healthy:
-                breaker.record_success()
-            else:
-                breaker.record_failure()
+            self.circuits[provider].record(healthy=healthy)
 
     def _failed(self, provider: str, exc: ProviderError) -> None:
         """A request to the provider failed: a 429 halves its concurrency limit (and pauses new
@@ -311,7 +308,7 @@ class JobRunner(ClaimLoop[JobRecord]):
         message: str,
         detail: Any = None,
         data: dict[str, Any] | None = None,
-        source: Any = "system",
+        source: EventSource = "system",
     ) -> Next:
         """A routed job's attempt failed in a way another provider may not: the next attempt
         starts (due now), or the job fails when the route is exhausted."""
@@ -640,18 +637,27 @@ class JobRunner(ClaimLoop[JobRecord]):
             message="no provider news brought the job to an end before its deadline",
             data={"deadline_at": job.deadline_at.isoformat() if job.deadline_at else None},
         )
+        await self._cancel_at_deadline(job, adapter)
+        return None
+
+    async def _cancel_at_deadline(
+        self, job: JobRecord, adapter: ProviderAdapter
+    ) -> dict[str, Any] | None:
+        """Asks the provider to cancel a job past its deadline and records the answer
+        (`cancel_sent`); returns it, or None when there was nothing to cancel or it failed."""
         if job.provider_job_id is None:
             return None
         try:
+            PROVIDER_REQUESTS.labels(provider=job.provider, operation="cancel").inc()
             outcome = await adapter.cancel(job)
         except ProviderError as exc:
             self._log.warning("deadline_cancel_failed", error=str(exc))
             return None
+        answer = {"accepted": outcome.accepted, "provider_answer": outcome.provider_answer}
         await self.store.record_event(
-            job.id, type="cancel_sent", source="system",
-            data={"accepted": outcome.accepted, "provider_answer": outcome.provider_answer, "reason": "deadline"},
-        )  # fmt: skip
-        return None
+            job.id, type="cancel_sent", source="system", data={**answer, "reason": "deadline"}
+        )
+        return answer
 
     async def _expire_attempt(
         self, job: JobRecord, adapter: ProviderAdapter, last_look: Observation | None
@@ -665,24 +671,11 @@ class JobRunner(ClaimLoop[JobRecord]):
             last_look is not None and last_look.status is JobStatus.FAILED
         ):
             return await self._fail_over(job, code=code, message=message, data=deadline)
-        if job.provider_job_id is not None:
-            try:
-                PROVIDER_REQUESTS.labels(provider=job.provider, operation="cancel").inc()
-                outcome = await adapter.cancel(job)
-            except ProviderError as exc:
-                self._log.warning("deadline_cancel_failed", error=str(exc))
-            else:
-                answer = {"accepted": outcome.accepted, "provider_answer": outcome.provider_answer}
-                await self.store.record_event(
-                    job.id,
-                    type="cancel_sent",
-                    source="system",
-                    data={**answer, "reason": "deadline"},
-                )
-                if outcome.accepted:
-                    return await self._fail_over(
-                        job, code=code, message=message, data={**deadline, "cancel": answer}
-                    )
+        answer = await self._cancel_at_deadline(job, adapter)
+        if answer is not None and answer["accepted"]:
+            return await self._fail_over(
+                job, code=code, message=message, data={**deadline, "cancel": answer}
+            )
         return await self._fail(
             job, code=code,
             message="no provider news before the attempt's deadline, and the provider did not "
