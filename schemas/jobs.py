@@ -44,7 +44,7 @@ TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.
 #: An absolute http(s) URL with a host and no credentials (no `@` before the path), as the
 #: OpenAPI document states it: the request is valid exactly when this matches.
 WEBHOOK_URL_PATTERN = (
-    r"^https?://[A-Za-z0-9._~%!$&'()*+,;=-][A-Za-z0-9._~%!$&'()*+,;=:-]*(?:[/?#]\S*)?$"
+    r"^https?://[A-Za-z0-9._~%!$&'()*+,;=-][A-Za-z0-9._~%!$&'()*+,;=:-]*(?:[/?#][^\s\x00]*)?$"
 )
 _WEBHOOK_URL = re.compile(WEBHOOK_URL_PATTERN)
 

@@ -41,8 +41,41 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
+def nul_location(value: Any) -> list[str | int] | None:
+    """Where the first string (or object key) holding U+0000 is, or None. PostgreSQL's text and
+    jsonb cannot store that character, so no request may carry one (the OpenAPI document's
+    strings say so with a pattern)."""
+    if isinstance(value, str):
+        return [] if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return [key]
+            inner = nul_location(item)
+            if inner is not None:
+                return [key, *inner]
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            inner = nul_location(item)
+            if inner is not None:
+                return [index, *inner]
+    return None
+
+
 async def read_json_object(request: web.Request, *, limit: int = API_BODY_LIMIT) -> dict[str, Any]:
-    return parse_json_object(await read_body(request, limit=limit))
+    """A client's JSON object body: 413 past `limit`, 400 when not a JSON object, 422 when a
+    string in it holds U+0000."""
+    body = await read_body(request, limit=limit)
+    value = parse_json_object(body)
+    # JSON can only carry U+0000 escaped; the walk runs only when the escape is there.
+    location = nul_location(value) if b"\\u0000" in body else None
+    if location is not None:
+        raise ValidationFailed(
+            "request validation failed",
+            details=[{"loc": ["body", *location], "msg": "must not contain U+0000 (NUL)",
+                      "type": "string_nul"}],
+        )  # fmt: skip
+    return value
 
 
 def validation_details(

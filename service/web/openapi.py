@@ -231,6 +231,65 @@ def _job_request(defs: dict[str, Any], refs: dict[Any, Any]) -> dict[str, Any]:
     return {"oneOf": variants, "description": JobCreate.__doc__ or ""}
 
 
+#: What every string a client sends must match: PostgreSQL cannot store U+0000 (NUL), so the API
+#: refuses it anywhere in a body (service.web.bodies.read_json_object) and the document says so.
+NO_NUL = "^[^\\x00]*$"
+#: Any JSON value without NUL in its strings or keys (a job's free-form `metadata`).
+_JSON_VALUE = {
+    "anyOf": [
+        {"type": "string", "pattern": NO_NUL},
+        {"type": ["number", "boolean", "null"]},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {"type": "object", "propertyNames": {"pattern": NO_NUL},
+         "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    ]
+}  # fmt: skip
+
+
+def _refuse_nul(schema: Any) -> None:
+    """Adds NO_NUL to each free string and object key of a request schema, in place; a free
+    object's values become JsonValue."""
+    if isinstance(schema, list):
+        for item in schema:
+            _refuse_nul(item)
+        return
+    if not isinstance(schema, dict):
+        return
+    kinds = schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if "string" in kinds and not {"pattern", "enum", "const", "format"} & schema.keys():
+        schema["pattern"] = NO_NUL
+    if "object" in kinds and schema.get("additionalProperties") is True:
+        schema["propertyNames"] = {"pattern": NO_NUL}
+        schema["additionalProperties"] = {"$ref": "#/components/schemas/JsonValue"}
+    for value in schema.values():
+        _refuse_nul(value)
+
+
+def _request_schema_names(schemas: dict[str, Any], roots: list[str]) -> set[str]:
+    """The component schemas a request body can reach from `roots` through $ref."""
+    found: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+                name = ref.rsplit("/", 1)[1]
+                if name not in found:
+                    found.add(name)
+                    visit(schemas[name])
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for item in node:
+                visit(item)
+
+    for root in roots:
+        found.add(root)
+        visit(schemas[root])
+    return found
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 of /v1/*."""
@@ -247,6 +306,9 @@ def openapi_document() -> dict[str, Any]:
     refs, defs = models_json_schema(modes, ref_template="#/components/schemas/{model}")
     schemas = defs["$defs"]
     schemas["JobRequest"] = _job_request(schemas, refs)
+    for name in _request_schema_names(schemas, ["JobRequest", "WebhookRecover"]):
+        _refuse_nul(schemas[name])
+    schemas["JsonValue"] = _JSON_VALUE
     return {
         "openapi": "3.1.0",
         "info": {"title": "Image jobs service", "version": "1"},

@@ -141,6 +141,24 @@ async def test_envelope_validation_is_422_with_the_field(
     assert (await http.get("/v1/jobs")).json()["jobs"] == []
 
 
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({**JOB, "input": {"prompt": "a\x00b"}}, ["body", "input", "prompt"]),
+        ({**JOB, "metadata": {"k\x00": 1}}, ["body", "metadata", "k\x00"]),
+        ({**JOB, "metadata": {"a": [1, {"b": "\x00"}]}}, ["body", "metadata", "a", 1, "b"]),
+        ({**JOB, "webhook_url": "https://example.com/\x00"}, ["body", "webhook_url"]),
+    ],
+)
+async def test_a_nul_character_anywhere_is_422_with_its_place(
+    http: httpx.AsyncClient, body: dict[str, Any], loc: list[str | int]
+) -> None:
+    """PostgreSQL cannot store U+0000: refused before anything is recorded, not a 500."""
+    error = assert_error(await create(http, body), 422, "validation_failed")
+    assert error["details"][0]["loc"] == loc
+    assert (await http.get("/v1/jobs")).json()["jobs"] == []
+
+
 async def test_metadata_of_exactly_16_kib_is_accepted(http: httpx.AsyncClient) -> None:
     overhead = len('{"blob":""}')
     body = {**JOB, "metadata": {"blob": "x" * (16 * 1024 - overhead)}}
