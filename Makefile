@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all install browser run test test-unit test-chaos test-page screenshot lint format bench conformance clean
+.PHONY: all install browser postgres15 run test test-pg15 test-unit test-chaos test-page screenshot lint format bench conformance clean
 
 all: lint test
 
@@ -20,9 +20,22 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/python -m service demo
 
-## The whole suite (unit, integration, acceptance, the operator page in Chromium) against a real PostgreSQL.
+## Parallel test processes (pytest-xdist); most tests wait on processes and sockets, not the CPU.
+TEST_WORKERS ?= 4
+## Debian's PostgreSQL 15 server programs, for test-pg15.
+PG15_BIN := /usr/lib/postgresql/15/bin
+
+## The whole suite (unit, integration, acceptance, chaos, Schemathesis, the operator page in
+## Chromium) against the embedded PostgreSQL 18.
 test: install browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+
+## The same suite against Debian's PostgreSQL 15 (a throwaway cluster per test process).
+test-pg15: install browser postgres15
+	TEST_POSTGRES_BIN=$(PG15_BIN) $(BIN)/python -m pytest -n $(TEST_WORKERS)
+
+postgres15:
+	@test -x $(PG15_BIN)/postgres || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15)
 
 ## Debian's Chromium for tests/page (Playwright drives it; it downloads no browser of its own).
 ## Without apt-get (or root) this fails loudly, and so would the page tests: they never skip.

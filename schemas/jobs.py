@@ -13,7 +13,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from schemas.common import Timestamp
 
 METADATA_MAX_BYTES = 16 * 1024
-IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
+#: 1 to 255 printable ASCII characters, neither first nor last a space (HTTP strips those from a
+#: header value, so no client could send them).
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$")
 
 Provider = Literal["krea", "fal", "scenario"]
 PROVIDERS: tuple[Provider, ...] = ("krea", "fal", "scenario")

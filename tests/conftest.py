@@ -1,8 +1,9 @@
 """Shared fixtures: a real PostgreSQL, a template database migrated once per session, a fresh
 database cloned from it for each test, and the whole app served over real HTTP.
 
-PostgreSQL is the embedded one (under .data/test-postgres, fsync off for speed) unless
-DATABASE_URL is set, in which case that server hosts the template and the per-test databases.
+PostgreSQL is the embedded one (under .data/test-postgres, fsync off for speed), or a cluster of
+the build TEST_POSTGRES_BIN names (tests/postgres_servers.py), unless DATABASE_URL is set, in
+which case that server hosts the template and the per-test databases.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from service.logs import QUIET_LOGGERS, configure_logging
 from service.store import JobStore
 from service.store.postgres import PostgresJobStore
 from service.web.app import create_app
+from tests.postgres_servers import ClusterServer, server_for_tests
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,20 +71,40 @@ def configure_test_logging() -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server_dsn() -> Iterator[str]:
-    """DSN of a maintenance database on the test server."""
-    external = os.environ.get("DATABASE_URL")
-    if external:
-        yield external
+def session_server() -> Iterator[EmbeddedPostgres | ClusterServer | None]:
+    """The server this session started, or None when DATABASE_URL names one. Under
+    pytest-xdist each worker starts its own (a data directory per worker)."""
+    if os.environ.get("DATABASE_URL"):
+        yield None
         return
-    server = EmbeddedPostgres(REPO / ".data" / "test-postgres")
-    dsn = server.start()
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    server = server_for_tests(REPO / ".data" / f"test-postgres{'-' + worker if worker else ''}")
+    server.start()
     # Tests trade durability for speed; make run, make bench and production keep the defaults.
     server.sql("ALTER SYSTEM SET fsync = off")
     server.sql("ALTER SYSTEM SET synchronous_commit = off")
     server.sql("ALTER SYSTEM SET full_page_writes = off")
     server.sql("SELECT pg_reload_conf()")
-    yield dsn
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn(session_server: EmbeddedPostgres | ClusterServer | None) -> str:
+    """DSN of a maintenance database on the test server."""
+    if session_server is None:
+        return os.environ["DATABASE_URL"]
+    return session_server.dsn()
+
+
+@pytest.fixture(scope="session")
+def pg_server_log(session_server: EmbeddedPostgres | ClusterServer | None) -> Path | None:
+    """The file the session's server logs to (None for a server of DATABASE_URL)."""
+    if session_server is None:
+        return None
+    if isinstance(session_server, ClusterServer):
+        return session_server.log
+    return session_server.pgdata / "log"
 
 
 async def _admin(dsn: str) -> asyncpg.Connection:

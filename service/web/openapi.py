@@ -11,7 +11,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from schemas.audit import CheckpointList, JobAudit
 from schemas.errors import ErrorBody
 from schemas.events import EventList
-from schemas.jobs import PROVIDERS, Job, JobCreate, JobList, JobStatus
+from schemas.jobs import IDEMPOTENCY_KEY_PATTERN, PROVIDERS, Job, JobCreate, JobList, JobStatus
 from schemas.model_inputs import MODELS
 from schemas.routing import ROUTED_MODELS, RoutedInput
 from schemas.webhooks import WebhookDelivery, WebhookDeliveryList, WebhookRecover, WebhookRecovered
@@ -68,7 +68,8 @@ def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 def _jobs_paths() -> dict[str, Any]:
     key = {"name": "Idempotency-Key", "in": "header", "required": False,
-           "schema": {"type": "string", "minLength": 1, "maxLength": 255}}  # fmt: skip
+           "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                      "pattern": IDEMPOTENCY_KEY_PATTERN.pattern}}  # fmt: skip
     page = [
         _query("provider", {"type": "string", "enum": list(PROVIDERS)}),
         _query("status", {"type": "string", "enum": [s.value for s in JobStatus]}),

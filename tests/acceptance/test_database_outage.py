@@ -10,15 +10,15 @@ import httpx
 
 from service.config import Settings
 from service.db.database import Database
-from service.db.embedded import EmbeddedPostgres
 from service.web.app import prepare_database
 from tests.conftest import PROVIDERS_OFFLINE, start_service
+from tests.postgres_servers import server_for_tests
 
 JOB = {"provider": "krea", "model": "bfl/flux-1-dev", "input": {"prompt": "a fox"}}
 
 
 async def test_outage_gives_503_and_the_service_recovers_by_itself(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "outage", stop_at_exit=True)
+    server = server_for_tests(tmp_path / "outage")
     dsn = server.start()
     try:
         await prepare_database(dsn)

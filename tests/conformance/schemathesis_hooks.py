@@ -7,17 +7,16 @@ is made unique; an invalid one (negative testing) is left as generated."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
 import schemathesis
 
-_VALID_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+from schemas.jobs import IDEMPOTENCY_KEY_PATTERN
 
 
 @schemathesis.hook
 def before_call(context: Any, case: Any, **kwargs: Any) -> None:
     headers = case.headers
-    if headers is not None and _VALID_KEY.fullmatch(headers.get("Idempotency-Key", "")):
+    if headers is not None and IDEMPOTENCY_KEY_PATTERN.match(headers.get("Idempotency-Key", "")):
         headers["Idempotency-Key"] = uuid.uuid4().hex

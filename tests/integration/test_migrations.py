@@ -11,15 +11,15 @@ import asyncpg
 import pytest
 
 import service.db.migrations as migrations_module
-from service.db.embedded import bundled_binary
 from service.db.migrations import Migration, MigrationError, apply_migrations, load_migrations
 from service.db.sql_files import SqlFilesError, sql_dir
+from tests.postgres_servers import client_program
 
 
 def schema_dump(dsn: str) -> str:
     """pg_dump's schema of a database, without the lines that differ between any two dumps."""
     out = subprocess.run(  # noqa: S603
-        [str(bundled_binary("pg_dump")), "--schema-only", "--no-owner", "--no-privileges", dsn],
+        [str(client_program("pg_dump")), "--schema-only", "--no-owner", "--no-privileges", dsn],
         check=True,
         capture_output=True,
         text=True,

@@ -51,11 +51,6 @@ def read_ledger(path: Path) -> list[tuple[str, str]]:
     return [(entry["kind"], entry["value"]) for entry in entries]
 
 
-# The embedded server of this session (tests/conftest.py) logs to this file; the nested run's
-# statements go there too.
-SESSION_SERVER_LOG = REPO / ".data" / "test-postgres" / "postgres" / "log"
-
-
 def _is_log_file(path: Path) -> bool:
     return path.is_file() and (
         path.suffix == ".log" or path.name == "log" or path.parent.name in {"log", "pg_log"}
@@ -63,7 +58,11 @@ def _is_log_file(path: Path) -> bool:
 
 
 def collect_logs(
-    stdout: Path, stderr: Path, basetemp: Path, server_log_from: int | None
+    stdout: Path,
+    stderr: Path,
+    basetemp: Path,
+    server_log: Path | None,
+    server_log_from: int | None,
 ) -> dict[str, str]:
     """The nested run's stdout and stderr, every log file its tests' processes wrote under their
     tmp_path (the outage test's own PostgreSQL server), and what the session's server logged
@@ -75,8 +74,8 @@ def collect_logs(
     for path in sorted(basetemp.rglob("*")):
         if _is_log_file(path):
             sources[str(path.relative_to(basetemp))] = path.read_text(errors="replace")
-    if server_log_from is not None and SESSION_SERVER_LOG.exists():
-        with SESSION_SERVER_LOG.open("rb") as log:
+    if server_log is not None and server_log_from is not None and server_log.exists():
+        with server_log.open("rb") as log:
             log.seek(server_log_from)
             sources["session postgres log"] = log.read().decode(errors="replace")
     return sources
@@ -98,7 +97,7 @@ def describe(leaks: list[Leak]) -> str:
 
 @pytest.mark.timeout(NESTED_TIMEOUT_S + 60)
 def test_no_secret_issued_by_the_acceptance_run_reaches_its_logs(
-    pg_server_dsn: str, tmp_path: Path
+    pg_server_dsn: str, pg_server_log: Path | None, tmp_path: Path
 ) -> None:
     ledger = tmp_path / "ledger.jsonl"
     stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
@@ -111,7 +110,8 @@ def test_no_secret_issued_by_the_acceptance_run_reaches_its_logs(
         "DATABASE_URL": pg_server_dsn,
         "PYTHONUNBUFFERED": "1",
     }
-    server_log_from = _log_size(SESSION_SERVER_LOG)
+    # The session's server (tests/conftest.py) logs the nested run's statements too.
+    server_log_from = None if pg_server_log is None else _log_size(pg_server_log)
     started = time.monotonic()
     with stdout.open("wb") as out, stderr.open("wb") as err:
         try:
@@ -129,7 +129,7 @@ def test_no_secret_issued_by_the_acceptance_run_reaches_its_logs(
     print(f"\nnested acceptance run: exit {returncode} in {elapsed:.1f} s")
 
     secrets = read_ledger(ledger)
-    sources = collect_logs(stdout, stderr, basetemp, server_log_from)
+    sources = collect_logs(stdout, stderr, basetemp, pg_server_log, server_log_from)
     leaks = find_leaks(sources, secrets)
     kinds = Counter(kind for kind, _ in secrets)
     print(f"ledger: {dict(sorted(kinds.items()))}")
