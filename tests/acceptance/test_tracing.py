@@ -101,7 +101,8 @@ class Stack:
             "FAL_JWKS_URL": sims.fal_jwks_url, "SCENARIO_API_URL": sims.scenario_url,
             "SCENARIO_SDK_API_KEY": sims.scenario_api_key,
             "SCENARIO_SDK_API_SECRET": sims.scenario_api_secret,
-            "LOG_FORMAT": "json", "LOG_LEVEL": "warning",
+            # At debug when tests/security reruns this suite: it reads these logs too.
+            "LOG_FORMAT": "json", "LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "warning"),
             # OpenTelemetry's own variables: the receiver, each instance's name, quick batches.
             "OTEL_EXPORTER_OTLP_ENDPOINT": self.collector.url, "OTEL_SERVICE_NAME": name,
             "OTEL_BSP_SCHEDULE_DELAY": "50",
