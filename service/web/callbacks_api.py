@@ -133,9 +133,7 @@ class CallbacksApi:
         """Records an authentic callback's news: `applied`, or `ignored` (no status of the
         contract's, a duplicate or stale one, a superseded attempt's)."""
         if superseded is not None:
-            return await self._record_superseded(
-                job.id, provider, superseded, observation, received
-            )
+            return await self._record_superseded(job.id, superseded, observation, received)
         if observation.status is None:
             return "ignored"
         self._count_health(provider, observation)
@@ -164,12 +162,7 @@ class CallbacksApi:
             self.circuits[provider].record(healthy=healthy)
 
     async def _record_superseded(
-        self,
-        job_id: str,
-        provider: str,
-        attempt: int,
-        observation: Observation,
-        received: dict[str, str],
+        self, job_id: str, attempt: int, observation: Observation, received: dict[str, str]
     ) -> str:
         status = observation.status.value if observation.status else None
         await self.store.record_event(
