@@ -10,6 +10,7 @@ import sys
 
 from aiohttp import web
 
+from service import tracing
 from service.audit.cli import add_audit_commands
 from service.cli import add_commands as add_ops_commands
 from service.cli import run as run_ops
@@ -28,7 +29,8 @@ SHUTDOWN_TIMEOUT_S = 10.0
 
 #: How long a WEB_CONCURRENCY child may take beyond SHUTDOWN_GRACE_S before the parent kills
 #: it: the drain's bounded overhead (settling writes, releasing leases; 11 s at most, with the
-#: database away), aiohttp's shutdown_timeout for open requests and the closing.
+#: database away), aiohttp's shutdown_timeout for open requests and the closing (the export of
+#: the spans still queued included: tracing.SHUTDOWN_FLUSH_S at most).
 STOP_MARGIN_S = DRAIN_OVERHEAD_S + SHUTDOWN_TIMEOUT_S + 10.0
 
 
@@ -73,17 +75,24 @@ def serve(settings: Settings) -> int:
 
 
 def _serve_one(settings: Settings, dsn: str, *, migrate: bool, reuse_port: bool) -> None:
+    # Tracing is set up in the process that serves (after the fork with WEB_CONCURRENCY), before
+    # the app is built; the spans still queued are exported once the app has stopped.
+    traced = tracing.setup(settings)
     # SIGTERM/SIGINT: the app drains its workers and releases their leases for up to
     # SHUTDOWN_GRACE_S (service.web.shutdown), then aiohttp's shutdown (shutdown_timeout).
-    web.run_app(
-        build_app(settings, dsn=dsn, migrate=migrate, handle_signals=True),
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-    )
+    try:
+        web.run_app(
+            build_app(settings, dsn=dsn, migrate=migrate, handle_signals=True),
+            host=settings.host,
+            port=settings.port,
+            reuse_port=reuse_port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        )
+    finally:
+        if traced is not None:
+            traced.shutdown()
 
 
 def demo(settings: Settings) -> int:

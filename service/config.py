@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -97,6 +97,11 @@ class Settings(BaseModel):
     audit_sealer: bool = True
     audit_checkpoint_interval_s: float = Field(default=60, gt=0)
     audit_signing_key: SecretStr | None = None
+
+    # OpenTelemetry tracing (service.tracing): on when OpenTelemetry's own variables name an
+    # OTLP endpoint; every OTEL_* variable (endpoint, headers, service name, sampler, batching)
+    # is read by OpenTelemetry's SDK itself.
+    tracing: bool = False
 
     log_level: str = "info"
     log_format: str | None = None  # "json" or "console"; None = json unless stdout is a terminal
@@ -240,6 +245,7 @@ class Settings(BaseModel):
             "log_format": get("LOG_FORMAT"),
             "db_pool_min": get("DB_POOL_MIN"),
             "db_pool_max": get("DB_POOL_MAX"),
+            "tracing": _tracing_enabled(get),
         }
         try:
             settings = cls.model_validate({k: v for k, v in raw.items() if v is not None})
@@ -264,6 +270,29 @@ class Settings(BaseModel):
                 f"API_TOKENS is unset and HOST={self.host} is not a loopback address: "
                 "set API_TOKENS, or listen on 127.0.0.1"
             )
+
+
+#: The one OTLP protocol the service exports with (opentelemetry-exporter-otlp-proto-http).
+OTLP_PROTOCOL = "http/protobuf"
+
+
+def _tracing_enabled(get: Callable[[str], str | None]) -> bool:
+    """Tracing is on when OTEL_EXPORTER_OTLP_ENDPOINT (or its traces-only form) is set, unless
+    OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none. Traces are exported over OTLP/HTTP
+    with protobuf: another exporter or protocol asked for is refused rather than ignored."""
+    endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    exporter = (get("OTEL_TRACES_EXPORTER") or "otlp").strip().lower()
+    disabled = (get("OTEL_SDK_DISABLED") or "").strip().lower() == "true"
+    if endpoint is None or disabled or exporter == "none":
+        return False
+    if exporter != "otlp":
+        raise ConfigError(f"OTEL_TRACES_EXPORTER={exporter}: only otlp (or none) is supported")
+    protocol = get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol is not None and protocol.strip() != OTLP_PROTOCOL:
+        raise ConfigError(
+            f"OTLP protocol {protocol}: traces are exported with {OTLP_PROTOCOL} only"
+        )
+    return True
 
 
 def is_loopback_host(host: str) -> bool:

@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 from pydantic import SecretStr
 
+from service import tracing
 from service.config import Settings
 from service.logs import get_logger
 from service.web.app import build_app
@@ -193,6 +194,8 @@ async def run_demo(settings: Settings, *, dsn: str) -> None:
         }
     )
     settings, sims, simulated = await start_demo_simulators(settings)
+    # After the simulators start, so that only the service is traced (OTEL_* variables set).
+    traced = tracing.setup(settings)
     app = await build_app(settings, dsn=dsn)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -217,3 +220,5 @@ async def run_demo(settings: Settings, *, dsn: str) -> None:
         await runner.cleanup()
         if sims is not None:
             await sims.close()
+        if traced is not None:
+            await asyncio.to_thread(traced.shutdown)

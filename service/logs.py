@@ -95,7 +95,9 @@ def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key)) and key not in _NOT_SECRET
 
 
-def _redact_value(key: str, value: Any) -> Any:
+def redact_field(key: str, value: Any) -> Any:
+    """A field's value as it may be written: the whole value when `key` names a secret,
+    otherwise its text (at any depth) cleaned of credentials (log lines, span attributes)."""
     if value is not None and is_secret_key(key):
         return REDACTED
     if value is None or isinstance(value, bool | int | float):
@@ -103,9 +105,9 @@ def _redact_value(key: str, value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
-        return {k: _redact_value(str(k), v) for k, v in value.items()}
+        return {k: redact_field(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_redact_value(key, v) for v in value]
+        return [redact_field(key, v) for v in value]
     return _redact_object(value)
 
 
@@ -132,7 +134,7 @@ def redact_secrets(
 ) -> MutableMapping[str, Any]:
     """structlog processor: the last line of defence that keeps secrets out of every log line."""
     for key in list(event_dict):
-        event_dict[key] = _redact_value(key, event_dict[key])
+        event_dict[key] = redact_field(key, event_dict[key])
     return event_dict
 
 

@@ -161,15 +161,17 @@ $$;
 CREATE FUNCTION create_job(
     p_id text, p_provider text, p_model text, p_input jsonb, p_metadata jsonb,
     p_webhook_url text, p_idempotency_key text, p_request_hash text, p_event_data jsonb,
-    p_timeout interval,
+    p_timeout interval, p_traceparent text DEFAULT NULL,
     OUT created boolean, OUT job jobs
 )
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_url,
-                      idempotency_key, request_hash, last_seq, next_action_at, deadline_at)
+                      idempotency_key, request_hash, last_seq, next_action_at, deadline_at,
+                      traceparent)
     VALUES (p_id, p_provider, p_model, 'accepted', p_input, p_metadata, p_webhook_url,
-            p_idempotency_key, p_request_hash, 1, clock_timestamp(), clock_timestamp() + p_timeout)
+            p_idempotency_key, p_request_hash, 1, clock_timestamp(), clock_timestamp() + p_timeout,
+            p_traceparent)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING * INTO job;
     IF FOUND THEN
@@ -589,7 +591,8 @@ $$;
 -- Batched job creation: one statement and one commit per batch; the event-order lock first.
 CREATE FUNCTION create_jobs(
     p_ids text[], p_providers text[], p_models text[], p_inputs jsonb[], p_metadata jsonb[],
-    p_webhook_urls text[], p_idempotency_keys text[], p_request_hashes text[], p_timeouts_s float8[]
+    p_webhook_urls text[], p_idempotency_keys text[], p_request_hashes text[], p_timeouts_s float8[],
+    p_traceparents text[] DEFAULT NULL
 ) RETURNS TABLE (ord integer, created boolean, job jobs)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -601,7 +604,7 @@ BEGIN
         SELECT c.created, c.job INTO r
         FROM create_job(p_ids[i], p_providers[i], p_models[i], p_inputs[i], p_metadata[i],
                         p_webhook_urls[i], p_idempotency_keys[i], p_request_hashes[i], '{}'::jsonb,
-                        make_interval(secs => p_timeouts_s[i])) c;
+                        make_interval(secs => p_timeouts_s[i]), p_traceparents[i]) c;
         ord := i;
         created := r.created;
         job := r.job;
@@ -1006,17 +1009,17 @@ $$;
 CREATE FUNCTION create_routed_job(
     p_id text, p_route text, p_provider text, p_model text, p_input jsonb, p_provider_input jsonb,
     p_adjustments jsonb, p_metadata jsonb, p_webhook_url text, p_idempotency_key text,
-    p_request_hash text, p_event_data jsonb, p_timeout interval,
+    p_request_hash text, p_event_data jsonb, p_timeout interval, p_traceparent text DEFAULT NULL,
     OUT created boolean, OUT job jobs
 )
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_url,
                       idempotency_key, request_hash, last_seq, next_action_at, deadline_at,
-                      route, attempt, provider_input)
+                      route, attempt, provider_input, traceparent)
     VALUES (p_id, p_provider, p_model, 'accepted', p_input, p_metadata, p_webhook_url,
             p_idempotency_key, p_request_hash, 1, clock_timestamp(), clock_timestamp() + p_timeout,
-            p_route, 1, p_provider_input)
+            p_route, 1, p_provider_input, p_traceparent)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING * INTO job;
     IF FOUND THEN
@@ -1195,3 +1198,10 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Each job keeps the trace context (W3C traceparent) of the request that created it, so that
+-- the work done on it later, by any instance, joins the same trace; NULL when tracing was off.
+ALTER TABLE jobs
+    ADD COLUMN traceparent text,
+    ADD CONSTRAINT jobs_traceparent_w3c
+        CHECK (traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$');

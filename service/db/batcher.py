@@ -10,6 +10,7 @@ busy one commits hundreds of items together. A failed flush fails every caller o
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -40,9 +41,12 @@ class Batcher(Generic[T, R]):
         self._settled.set()
 
     def start(self) -> None:
+        """Starts the flushers, in a context of their own: one batch serves many callers, so
+        none of them lends it its context (its trace, its log fields), not even the first."""
         if not self._workers:
             self._workers = [
-                asyncio.create_task(self._work(), name="batcher") for _ in range(self._in_flight)
+                asyncio.create_task(self._work(), name="batcher", context=contextvars.Context())
+                for _ in range(self._in_flight)
             ]
 
     async def close(self) -> None:

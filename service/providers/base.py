@@ -161,6 +161,7 @@ class JobRecord:
     route: str | None = None  # a routed job's common model (CONTRACT.md, Routing)
     attempt: int | None = None  # a routed job's current attempt (1, 2, ...)
     route_input: dict[str, Any] | None = None  # a routed job's common input, as the client sent it
+    traceparent: str | None = None  # the trace its work joins (W3C; None: not traced)
 
     @property
     def awaits_submission(self) -> bool:

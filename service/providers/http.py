@@ -20,6 +20,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 from pydantic import BaseModel
 
+from service import tracing
 from service.logs import REDACTED, get_logger
 from service.providers.base import (
     CancelOutcome,
@@ -46,8 +47,9 @@ def make_client(
     max_connections: int = 100,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
-    """A pooled client for one provider (tests pass an httpx.MockTransport)."""
-    return httpx.AsyncClient(
+    """A pooled client for one provider (tests pass an httpx.MockTransport), its requests
+    traced when tracing is on."""
+    client = httpx.AsyncClient(
         base_url=base_url,
         headers=headers,
         timeout=timeout,
@@ -55,6 +57,8 @@ def make_client(
         or AiohttpTransport(limits=httpx.Limits(max_connections=max_connections)),
         event_hooks={"response": [_log_response]},
     )
+    tracing.instrument_client(client)
+    return client
 
 
 def loggable_url(url: httpx.URL) -> str:

@@ -106,9 +106,11 @@ class JobStore(Protocol):
         idempotency_key: str | None,
         timeout_s: float = 3600.0,
         job_id: str | None = None,
+        traceparent: str | None = None,
     ) -> CreateResult:
         """Creates the job and its first event (due at once), or returns the job that holds
-        the same idempotency key."""  # fmt: skip
+        the same idempotency key. `traceparent` (W3C) is the trace the job's later work joins
+        (service.tracing)."""  # fmt: skip
 
     async def create_routed_job(
         self,
@@ -118,6 +120,7 @@ class JobStore(Protocol):
         first: NextAttempt,
         event_data: dict[str, Any],
         job_id: str | None = None,
+        traceparent: str | None = None,
     ) -> CreateResult:
         """A routed job (`request.model` the common model, `request.input` the common input)
         with its first attempt; or the job that holds the same idempotency key."""

@@ -88,6 +88,7 @@ class _Row:
     attempt: int | None = None
     provider_input: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    traceparent: str | None = None
 
     def job(self) -> Job:
         attempts = [JobAttempt.model_validate(a) for a in self.attempts] if self.route else None
@@ -115,6 +116,7 @@ class _Row:
             due_at=self.last_due_at, submit_unknown_at=self.submit_unknown_at,
             route=self.route, attempt=self.attempt,
             route_input=self.request.input if self.route else None,
+            traceparent=self.traceparent,
         )  # fmt: skip
 
     def current_attempt(self) -> dict[str, Any] | None:
@@ -190,6 +192,7 @@ class MemoryJobStore:
         idempotency_key: str | None,
         timeout_s: float = 3600.0,
         job_id: str | None = None,
+        traceparent: str | None = None,
     ) -> CreateResult:
         if (held := self._held(idempotency_key)) is not None:
             return held
@@ -198,6 +201,7 @@ class MemoryJobStore:
             id=job_id or new_job_id(), request=request, idempotency_key=idempotency_key,
             request_hash=request_hash(request), deadline_at=now + timedelta(seconds=timeout_s),
             created_at=now, next_action_at=now, provider=request.provider, model=request.model,
+            traceparent=traceparent,
         )  # fmt: skip
         return self._created(row, {})
 
@@ -223,6 +227,7 @@ class MemoryJobStore:
         first: NextAttempt,
         event_data: dict[str, Any],
         job_id: str | None = None,
+        traceparent: str | None = None,
     ) -> CreateResult:
         if (held := self._held(idempotency_key)) is not None:
             return held
@@ -231,7 +236,7 @@ class MemoryJobStore:
             id=job_id or new_job_id(), request=request, idempotency_key=idempotency_key,
             request_hash=request_hash(request),
             deadline_at=now + timedelta(seconds=first.timeout_s), created_at=now,
-            next_action_at=now, route=request.model, attempt=0,
+            next_action_at=now, route=request.model, attempt=0, traceparent=traceparent,
         )  # fmt: skip
         self._start_attempt(row, first)
         return self._created(row, event_data)

@@ -34,6 +34,7 @@ class Delivery:
     attempts: int
     job: Job
     requeued: bool = False  # finished once, requeued by an operator: exactly one more attempt
+    traceparent: str | None = None  # the job's trace (service.tracing), which each attempt joins
 
 
 WEBHOOK_ID_PREFIX = "msg_"
@@ -72,6 +73,7 @@ def _delivery(row: asyncpg.Record) -> Delivery:
         event_type=row["event_type"], event_at=row["event_at"], url=row["url"],
         attempts=row["attempts"], job=job_from_row(snapshot),
         requeued=row["state"] == "pending" and row["finished_at"] is not None,
+        traceparent=row["traceparent"],
     )  # fmt: skip
 
 

@@ -95,6 +95,7 @@ def record_from_row(row: asyncpg.Record) -> JobRecord:
         route=row["route"],
         attempt=row["attempt"],
         route_input=row["input"] if routed else None,
+        traceparent=row["traceparent"],
     )
 
 
@@ -120,6 +121,7 @@ class _Creation:
     idempotency_key: str | None
     timeout_s: float
     job_id: str
+    traceparent: str | None
 
 
 @dataclass(frozen=True)
@@ -163,8 +165,11 @@ class PostgresJobStore:
         idempotency_key: str | None,
         timeout_s: float = 3600.0,
         job_id: str | None = None,
+        traceparent: str | None = None,
     ) -> CreateResult:
-        creation = _Creation(request, idempotency_key, timeout_s, job_id or new_job_id())
+        creation = _Creation(
+            request, idempotency_key, timeout_s, job_id or new_job_id(), traceparent
+        )
         return await self._creations.submit(creation)
 
     async def _flush_creations(self, items: Sequence[_Creation]) -> list[CreateResult]:
@@ -179,6 +184,7 @@ class PostgresJobStore:
             [i.idempotency_key for i in items],
             [request_hash(i.request) for i in items],
             [i.timeout_s for i in items],
+            [i.traceparent for i in items],
         )
         by_ord = {row["ord"]: row for row in rows}
         return [
@@ -198,12 +204,13 @@ class PostgresJobStore:
         first: NextAttempt,
         event_data: dict[str, Any],
         job_id: str | None = None,
+        traceparent: str | None = None,
     ) -> CreateResult:
         row = await self.db.fetchrow(
             "create_routed_job", job_id or new_job_id(), request.model, first.provider,
             first.model, request.input, first.input, first.adjustments, request.metadata,
             request.webhook_url, idempotency_key, request_hash(request), event_data,
-            first.timeout_s,
+            first.timeout_s, traceparent,
         )  # fmt: skip
         assert row is not None
         return CreateResult(

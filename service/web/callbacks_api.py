@@ -29,6 +29,7 @@ import structlog
 from aiohttp import web
 
 from schemas.jobs import JobStatus
+from service import tracing
 from service.callback_tokens import hash_callback_token
 from service.errors import BadRequest, NotFound, PayloadTooLarge, ServiceError, Unauthorized
 from service.logs import get_logger
@@ -46,6 +47,8 @@ from service.web.bodies import CALLBACK_BODY_LIMIT, read_body
 from service.web.middleware import json_response
 from service.workers.circuit import Circuits
 
+#: What refuses a callback (answered 401, 400 or 413; counted as rejected, nothing recorded).
+_REFUSED = (Unauthorized, BadRequest, PayloadTooLarge)
 #: The `reason` of a rejected callback: its error code when it is one of these (a bounded set,
 #: whatever an adapter may raise), `malformed` for any 400, `other` otherwise.
 REJECTION_REASONS = frozenset(
@@ -92,25 +95,47 @@ class CallbacksApi:
             job, superseded = await self._authenticate(
                 job_id, provider, request.match_info["token"]
             )
-            if superseded is not None:  # the attempt's own provider job: bound by its token
-                job = replace(job, provider=provider, provider_job_id=None)
-            observation = await self._parse(adapter, job, request, body)
-        except (Unauthorized, BadRequest, PayloadTooLarge) as exc:
-            CALLBACKS.labels(provider=provider, outcome="rejected").inc()
-            CALLBACKS_REJECTED.labels(provider=provider, reason=rejection_reason(exc)).inc()
-            self._log.warning("webhook_rejected", reason=exc.message, code=exc.code)
+        except _REFUSED as exc:
+            self._rejected(provider, exc)
             raise
-        received = {
-            "received_at": received_at.isoformat(),
-            "body_sha256": hashlib.sha256(body).hexdigest(),
-        }
+        if superseded is not None:  # the attempt's own provider job: bound by its token
+            job = replace(job, provider=provider, provider_job_id=None)
+        # Its job's own token: processed in a span of the job's trace (service.tracing).
+        with tracing.job_span("job.callback", job):
+            try:
+                observation = await self._parse(adapter, job, request, body)
+            except _REFUSED as exc:
+                self._rejected(provider, exc)
+                raise
+            received = {
+                "received_at": received_at.isoformat(),
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+            }
+            outcome = await self._record(job, provider, superseded, observation, received)
+            status = observation.status.value if observation.status else None
+            tracing.annotate({"job.observed_status": status, "callback.outcome": outcome})
+        CALLBACKS.labels(provider=provider, outcome=outcome).inc()
+        return json_response({"status": outcome})
+
+    def _rejected(self, provider: str, exc: ServiceError) -> None:
+        CALLBACKS.labels(provider=provider, outcome="rejected").inc()
+        CALLBACKS_REJECTED.labels(provider=provider, reason=rejection_reason(exc)).inc()
+        self._log.warning("webhook_rejected", reason=exc.message, code=exc.code)
+
+    async def _record(
+        self,
+        job: JobRecord,
+        provider: str,
+        superseded: int | None,
+        observation: Observation,
+        received: dict[str, str],
+    ) -> str:
+        """Records an authentic callback's news: `applied`, or `ignored` (no status of the
+        contract's, a duplicate or stale one, a superseded attempt's)."""
         if superseded is not None:
-            return await self._record_superseded(
-                job.id, provider, superseded, observation, received
-            )
+            return await self._record_superseded(job.id, superseded, observation, received)
         if observation.status is None:
-            CALLBACKS.labels(provider=provider, outcome="ignored").inc()
-            return json_response({"status": "ignored"})
+            return "ignored"
         self._count_health(provider, observation)
         if (
             self.router is not None
@@ -125,12 +150,10 @@ class CallbacksApi:
             source="webhook",
             record_ignored=True,
         )
-        outcome = "applied" if result.applied else "ignored"
-        CALLBACKS.labels(provider=provider, outcome=outcome).inc()
         self._log.info(
             "webhook_recorded", applied=result.applied, provider_status=observation.provider_status
         )
-        return json_response({"status": outcome})
+        return "applied" if result.applied else "ignored"
 
     def _count_health(self, provider: str, observation: Observation) -> None:
         """A job's end, as its provider reports it, counts for or against its circuit."""
@@ -139,13 +162,8 @@ class CallbacksApi:
             self.circuits[provider].record(healthy=healthy)
 
     async def _record_superseded(
-        self,
-        job_id: str,
-        provider: str,
-        attempt: int,
-        observation: Observation,
-        received: dict[str, str],
-    ) -> web.Response:
+        self, job_id: str, attempt: int, observation: Observation, received: dict[str, str]
+    ) -> str:
         status = observation.status.value if observation.status else None
         await self.store.record_event(
             job_id, type="observation_ignored", source="webhook",
@@ -153,22 +171,20 @@ class CallbacksApi:
                   "attempt": attempt, "observed_status": status,
                   "provider_status": observation.provider_status},
         )  # fmt: skip
-        CALLBACKS.labels(provider=provider, outcome="ignored").inc()
         self._log.info("webhook_recorded", applied=False, superseded_attempt=attempt)
-        return json_response({"status": "ignored"})
+        return "ignored"
 
     async def _fail_over(
         self, job: JobRecord, observation: Observation, received: dict[str, str]
-    ) -> web.Response:
+    ) -> str:
         assert self.router is not None and observation.error is not None
         outcome = await fail_over(
             self.store, self.router, job, error=observation.error, source="webhook",
             data={**received, "provider_status": observation.provider_status},
         )  # fmt: skip
         applied = outcome != "stale"
-        CALLBACKS.labels(provider=job.provider, outcome="applied" if applied else "ignored").inc()
         self._log.info("webhook_recorded", applied=applied, failed_over=outcome)
-        return json_response({"status": "applied" if applied else "ignored"})
+        return "applied" if applied else "ignored"
 
     @staticmethod
     async def _parse(

@@ -14,6 +14,7 @@ from schemas.jobs import AUTO, IDEMPOTENCY_KEY_PATTERN, PROVIDERS, Job, JobCreat
 from schemas.model_inputs import MODELS, models_of
 from schemas.routing import RoutedInput
 from schemas.webhooks import WebhookDeliveryList, WebhookRecover, WebhookRecovered
+from service import tracing
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.logs import get_logger
 from service.metrics import JOBS_CREATED
@@ -113,18 +114,23 @@ class JobsApi:
         body = await read_json_object(request)
         create = validate_model(JobCreate, body)
         self._check_webhook(create)
+        # The request's trace (continuing the client's traceparent): the job's later work joins it.
+        trace = tracing.current_traceparent()
         if create.provider == AUTO:
             plan = self._plan_route(create)
             result = await self.store.create_routed_job(
-                create, idempotency_key=key, first=plan.first, event_data=plan.event_data
-            )
+                create, idempotency_key=key, first=plan.first, event_data=plan.event_data,
+                traceparent=trace,
+            )  # fmt: skip
         else:
             self._check_provider_input(create)
             result = await self.store.create_job(
-                create, idempotency_key=key, timeout_s=self.job_timeout_s(create.provider)
-            )
+                create, idempotency_key=key, timeout_s=self.job_timeout_s(create.provider),
+                traceparent=trace,
+            )  # fmt: skip
         job = result.job
         structlog.contextvars.bind_contextvars(job_id=job.id, provider=job.provider)
+        tracing.annotate({"job.id": job.id, "job.provider": job.provider, "job.model": job.model})
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if result.created:
             JOBS_CREATED.labels(provider=job.provider).inc()

@@ -28,6 +28,7 @@ import orjson
 from standardwebhooks import Webhook
 
 from schemas.common import format_timestamp
+from service import tracing
 from service.errors import DatabaseUnavailable
 from service.logs import get_logger
 from service.metrics import CLIENT_WEBHOOK_ATTEMPTS
@@ -151,8 +152,20 @@ class WebhookDeliverer(ClaimLoop[Delivery]):
         return not self.allow_private and is_non_public_literal(url)
 
     async def _deliver(self, delivery: Delivery) -> None:
-        body = webhook_body(delivery)
         msg_id = webhook_id_of(delivery.event_id)
+        # Each attempt is a span of the job's trace, whichever instance sends it.
+        with tracing.span(
+            "client_webhook.attempt", parent=delivery.traceparent,
+            attributes={"job.id": delivery.job_id, "webhook.id": msg_id,
+                        "webhook.type": delivery.event_type,
+                        "webhook.attempt": delivery.attempts + 1},
+        ):  # fmt: skip
+            outcome = await self._attempt(delivery, msg_id)
+            tracing.annotate({"webhook.outcome": outcome})
+
+    async def _attempt(self, delivery: Delivery, msg_id: str) -> str:
+        """Sends the delivery once and records the attempt; returns the recorded outcome."""
+        body = webhook_body(delivery)
         sent_at = datetime.now(UTC)
         headers = {
             "Content-Type": "application/json",
@@ -162,7 +175,9 @@ class WebhookDeliverer(ClaimLoop[Delivery]):
             "User-Agent": "imagejobs-webhooks/1",
         }
         started = time.perf_counter()
-        status, retry_after, error, refused = await self._send(delivery.url, body, headers)
+        with tracing.client_span("POST", delivery.url, headers):  # adds `traceparent`
+            status, retry_after, error, refused = await self._send(delivery.url, body, headers)
+            tracing.http_outcome(status, error)
         duration_ms = (time.perf_counter() - started) * 1000
         attempts_done = delivery.attempts + 1
         next_at = None
@@ -193,6 +208,7 @@ class WebhookDeliverer(ClaimLoop[Delivery]):
         )  # fmt: skip
         if next_at is not None:
             self.wake_if_sooner(next_at)
+        return outcome
 
     async def _send(
         self, url: str, body: bytes, headers: dict[str, str]

@@ -40,6 +40,7 @@ import structlog
 from schemas.events import EventSource
 from schemas.jobs import JobError, JobStatus
 from schemas.model_inputs import MODELS
+from service import tracing
 from service.callback_tokens import callback_url, hash_callback_token, new_callback_token
 from service.errors import DatabaseUnavailable
 from service.logs import get_logger
@@ -170,7 +171,7 @@ class JobRunner(ClaimLoop[JobRecord]):
                     return
                 token = _SLOT.set(slot)
                 try:
-                    when = await self._act(decide(job, _now()), job, adapter)
+                    when = await self._act_traced(decide(job, _now()), job, adapter)
                 finally:
                     _SLOT.reset(token)
             if when is not None:  # committed: wake the loop if it is due before the planned wake
@@ -183,10 +184,17 @@ class JobRunner(ClaimLoop[JobRecord]):
             with contextlib.suppress(Exception):
                 await self.store.reschedule(job.id, owner=self.owner, at=_later(30))
 
-    async def _act(self, action: Action, job: JobRecord, adapter: ProviderAdapter) -> Next:
-        """Does the effect `decide` chose; returns when the job is next due (None: not due)."""
+    async def _act_traced(self, action: Action, job: JobRecord, adapter: ProviderAdapter) -> Next:
+        """`_act` in a span of the job's trace named by the action (`job.submit`, `job.poll`...),
+        whichever instance created the job."""
         if action is Action.NOTHING:
             return None
+        with tracing.job_span(f"job.{action.value}", job):
+            return await self._act(action, job, adapter)
+
+    async def _act(self, action: Action, job: JobRecord, adapter: ProviderAdapter) -> Next:
+        """Does the effect `decide` chose (not NOTHING); returns when the job is next due (None:
+        not due)."""
         if action is Action.EXPIRE:
             return await self._expire(job, adapter)
         if action is Action.SUBMIT:
@@ -275,6 +283,7 @@ class JobRunner(ClaimLoop[JobRecord]):
     def _failed(self, provider: str, exc: ProviderError) -> None:
         """A request to the provider failed: a 429 halves its concurrency limit (and pauses new
         requests for its Retry-After); any failure counts against its circuit."""
+        tracing.failed(exc)
         slot = _SLOT.get()
         if slot is not None and isinstance(exc, ProviderRateLimited):
             pause = min(exc.retry_after, MAX_RETRY_AFTER_PAUSE_S) if exc.retry_after else None
@@ -401,6 +410,7 @@ class JobRunner(ClaimLoop[JobRecord]):
         self._log.info(
             "job_submitted", provider_job_id=submission.provider_job_id, applied=result.applied
         )
+        tracing.annotate({"job.provider_job_id": submission.provider_job_id})
         return when
 
     async def _retry_submission(
@@ -601,6 +611,8 @@ class JobRunner(ClaimLoop[JobRecord]):
         OBSERVATIONS.labels(
             provider=job.provider, source="poll", applied=str(result.applied).lower()
         ).inc()
+        observed = observation.status.value if observation.status else None
+        tracing.annotate({"job.observed_status": observed, "job.applied": result.applied})
         if missed and result.applied:
             WEBHOOK_MISSES.labels(provider=job.provider).inc()
             self._log.warning("webhook_missed", provider_status=observation.provider_status)

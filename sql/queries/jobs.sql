@@ -71,14 +71,15 @@ SELECT * FROM jobs WHERE id = ANY($1::text[]);
 -- name: create_jobs
 SELECT ord, created, (job).*
 FROM create_jobs($1::text[], $2::text[], $3::text[], $4::text[]::jsonb[], $5::text[]::jsonb[],
-                 $6::text[], $7::text[], $8::text[], $9::float8[]);
+                 $6::text[], $7::text[], $8::text[], $9::float8[], $10::text[]);
 
 -- name: begin_submissions
 SELECT ord, outcome FROM begin_submissions($1::text[], $2, $3::text[], $4::text[]::jsonb[]);
 
 -- name: create_routed_job
 SELECT created, (job).*, job_attempts_json((job).id) AS attempts
-FROM create_routed_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, make_interval(secs => $13));
+FROM create_routed_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, make_interval(secs => $13),
+                       $14);
 
 -- name: fail_over_attempt
 SELECT fail_over_attempt($1, $2, $3, $4, $5, $6, $7, $8, $9, make_interval(secs => $10));

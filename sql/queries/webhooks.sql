@@ -1,7 +1,10 @@
 -- Named queries of client webhook delivery.
 
 -- name: claim_webhook_deliveries
-SELECT * FROM claim_webhook_deliveries($1, $2, make_interval(secs => $3));
+-- With the job's trace context: each attempt's span joins the job's trace.
+SELECT d.*, j.traceparent
+FROM claim_webhook_deliveries($1, $2, make_interval(secs => $3)) AS d
+JOIN jobs j ON j.id = d.job_id;
 
 -- name: next_webhook_due
 SELECT min(next_attempt_at) FROM webhook_deliveries WHERE next_attempt_at IS NOT NULL;

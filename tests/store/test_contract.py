@@ -394,3 +394,26 @@ async def test_a_cancel_between_attempts_ends_the_job_at_once(store: JobStore) -
     result = await store.request_cancel(job_id)
     assert result.outcome == "canceled"
     assert result.job is not None and result.job.status is S.CANCELED
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_a_job_keeps_the_trace_it_was_created_in(store: JobStore) -> None:
+    """The trace context given at creation comes back with the job's record, claimed or looked
+    up (the later work joins that trace); none given, none kept. An idempotent replay keeps the
+    first request's."""
+    traced = await store.create_job(create("traced"), idempotency_key="t", traceparent=TRACEPARENT)
+    replay = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await store.create_job(create("traced"), idempotency_key="t", traceparent=replay)
+    untraced = await store.create_job(create("untraced"), idempotency_key=None)
+    routed_job = await store.create_routed_job(
+        routed(), idempotency_key=None, first=FAL, event_data={}, traceparent=TRACEPARENT
+    )
+    records = await store.claim_due(owner="w", limit=10, lease_seconds=60)
+    claimed = {record.id: record.traceparent for record in records}
+    assert claimed == {
+        traced.job.id: TRACEPARENT, untraced.job.id: None, routed_job.job.id: TRACEPARENT
+    }  # fmt: skip
+    record = await store.lookup(routed_job.job.id)
+    assert record is not None and record.traceparent == TRACEPARENT

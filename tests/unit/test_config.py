@@ -106,3 +106,47 @@ def test_shutdown_grace_is_read_and_bounded() -> None:
     for bad in ("-1", "soon", "3601"):
         with pytest.raises(ConfigError, match="shutdown_grace_s"):
             Settings.from_env({"SHUTDOWN_GRACE_S": bad})
+
+
+ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+
+
+@pytest.mark.parametrize(
+    ("env", "on"),
+    [
+        ({}, False),
+        ({"OTEL_SERVICE_NAME": "imagejobs"}, False),  # no endpoint: off
+        (ENDPOINT, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
+        ({**ENDPOINT, "OTEL_SDK_DISABLED": "true"}, False),
+        ({**ENDPOINT, "OTEL_SDK_DISABLED": "false"}, True),
+        ({**ENDPOINT, "OTEL_TRACES_EXPORTER": "none"}, False),
+        ({**ENDPOINT, "OTEL_TRACES_EXPORTER": "otlp"}, True),
+        ({**ENDPOINT, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, True),
+        # the traces' own protocol wins over the general one (which may be the metrics')
+        (
+            {**ENDPOINT, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"},
+            True,
+        ),
+    ],
+)  # fmt: skip
+def test_tracing_is_on_when_opentelemetrys_variables_name_an_endpoint(
+    env: dict[str, str], on: bool
+) -> None:
+    assert Settings.from_env(env).tracing is on
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {**ENDPOINT, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+        {**ENDPOINT, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"},
+        {**ENDPOINT, "OTEL_TRACES_EXPORTER": "zipkin"},
+    ],
+)
+def test_an_exporter_or_protocol_other_than_otlp_over_http_protobuf_is_refused(
+    env: dict[str, str],
+) -> None:
+    with pytest.raises(ConfigError, match=r"only otlp|with http/protobuf only"):
+        Settings.from_env(env)

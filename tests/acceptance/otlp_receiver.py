@@ -1,0 +1,126 @@
+"""An OpenTelemetry collector as small as a test needs: OTLP over HTTP (`POST /v1/traces`, an
+`ExportTraceServiceRequest` in protobuf, decoded with opentelemetry-proto), keeping every span
+it is sent and every body as it came, and waking its waiters at each export."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from tests.chaos.harness import free_port
+
+T = TypeVar("T")
+
+
+def _value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(item) for item in value.array_value.values]
+    return getattr(value, kind) if kind else None
+
+
+def _attributes(pairs: Any) -> dict[str, Any]:
+    return {pair.key: _value(pair.value) for pair in pairs}
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    service: str  # the resource's service.name: which instance sent it
+    trace_id: str
+    span_id: str
+    parent_id: str  # "" for a root span
+    name: str
+    kind: str  # SERVER, CLIENT, INTERNAL...
+    attributes: dict[str, Any]
+    links: tuple[tuple[str, str], ...]  # (trace id, span id) of each linked span
+    error: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "links": [list(link) for link in self.links]}
+
+
+def _spans(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
+    spans = []
+    for resource_spans in request.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                spans.append(
+                    ReceivedSpan(
+                        service=str(resource.get("service.name")),
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_id=span.parent_span_id.hex(),
+                        name=span.name,
+                        kind=Span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
+                        attributes=_attributes(span.attributes),
+                        links=tuple(
+                            (link.trace_id.hex(), link.span_id.hex()) for link in span.links
+                        ),
+                        error=span.status.code == Status.STATUS_CODE_ERROR,
+                    )
+                )
+    return spans
+
+
+class OtlpReceiver:
+    """`url` is what OTEL_EXPORTER_OTLP_ENDPOINT names (the exporter adds `/v1/traces`)."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReceivedSpan] = []
+        self.bodies: list[bytes] = []
+        self.changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/traces", self._export)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _export(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        assert request.content_type == "application/x-protobuf", request.content_type
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(body)
+        async with self.changed:
+            self.bodies.append(body)
+            self.spans.extend(_spans(export))
+            self.changed.notify_all()
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(),
+            content_type="application/x-protobuf",
+        )
+
+    async def wait_for(self, found: Callable[[list[ReceivedSpan]], T | None], within_s: float) -> T:
+        """What `found` makes of the spans received, once it is not None: checked at each
+        export, not on a clock (`within_s` only bounds a test that would otherwise hang)."""
+
+        async def seen() -> T:
+            async with self.changed:
+                while (result := found(self.spans)) is None:
+                    await self.changed.wait()
+                return result
+
+        return await asyncio.wait_for(seen(), within_s)
