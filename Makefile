@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all install browser run test test-unit test-chaos test-page screenshot lint format bench conformance clean
+.PHONY: all install browser pgbouncer run test test-unit test-chaos test-page screenshot lint format bench conformance clean
 
 all: lint test
 
@@ -21,13 +21,19 @@ run: install
 	$(BIN)/python -m service demo
 
 ## The whole suite (unit, integration, acceptance, the operator page in Chromium) against a real PostgreSQL.
-test: install browser
+test: install browser pgbouncer
 	$(BIN)/python -m pytest
 
 ## Debian's Chromium for tests/page (Playwright drives it; it downloads no browser of its own).
 ## Without apt-get (or root) this fails loudly, and so would the page tests: they never skip.
 browser:
 	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+
+## Debian's PgBouncer for the pooling tests (tests/pgbouncer.py starts its own, in transaction
+## mode; the package's own service is not used). Like browser: without apt-get (or root) this
+## fails loudly, and so would those tests.
+pgbouncer:
+	@test -x /usr/sbin/pgbouncer || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer)
 
 ## Only the operator page's tests (headless Chromium); screenshots in test-artifacts/.
 test-page: install browser
@@ -41,7 +47,7 @@ test-unit: install
 	$(BIN)/python -m pytest tests/unit
 
 ## Only the chaos suite (real processes, kill -9, PostgreSQL stopped); `make test` includes it.
-test-chaos: install
+test-chaos: install pgbouncer
 	$(BIN)/python -m pytest -s tests/chaos
 
 ## The API against its OpenAPI document: Schemathesis, every check and phase (about 4 minutes).
