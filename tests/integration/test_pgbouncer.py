@@ -1,0 +1,91 @@
+"""Through PgBouncer in transaction mode (tests/pgbouncer.py: two server connections per
+database, so that concurrent clients really share them): the pool in pooled mode.
+
+The control test shows that the fixture does reproduce the hazard: the same clients without
+pooled mode fail."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import asyncpg
+
+from service.db.database import Database
+
+CLIENTS = 20  # pool connections, each a client of PgBouncer
+TASKS = 40
+ROUNDS = 25
+
+
+async def one_use(db: Database, task: int, round_: int) -> bool:
+    """Statements of several shapes on one pooled connection (parameters, the JSON codec,
+    several rows); True when every answer is right."""
+    async with db.connection() as conn:
+        total = await conn.fetchval("SELECT $1::int + $2::int", task, round_)
+        text = await conn.fetchval("SELECT $1::text || '-' || $2::text", str(task), str(round_))
+        data = await conn.fetchval("SELECT jsonb_build_object('t', $1::int, 'r', $2::int)", task, round_)  # fmt: skip
+        rows = await conn.fetch("SELECT g FROM generate_series(1, $1::int) g", round_ % 5 + 1)
+    return (
+        total == task + round_
+        and text == f"{task}-{round_}"
+        and data == {"t": task, "r": round_}
+        and [r["g"] for r in rows] == list(range(1, round_ % 5 + 2))
+    )
+
+
+async def concurrent_uses(db: Database) -> tuple[int, Counter[str]]:
+    """TASKS tasks x ROUNDS uses at once: how many answers were right, and the errors by type."""
+    right = 0
+    errors: Counter[str] = Counter()
+
+    async def task(n: int) -> None:
+        nonlocal right
+        for round_ in range(ROUNDS):
+            try:
+                ok = await one_use(db, n, round_)
+            except asyncpg.PostgresError as exc:
+                errors[type(exc).__name__] += 1
+            else:
+                right += ok
+
+    await asyncio.gather(*(task(n) for n in range(TASKS)))
+    return right, errors
+
+
+async def server_backends(direct_dsn: str) -> int:
+    """Server connections to this database, other than the one asking."""
+    conn = await asyncpg.connect(direct_dsn)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return count
+    finally:
+        await conn.close()
+
+
+async def test_many_clients_share_two_server_connections_without_an_error(
+    pooled_url: str, database_url: str
+) -> None:
+    db = await Database.open(pooled_url, pooled=True, min_size=CLIENTS, max_size=CLIENTS)
+    try:
+        right, errors = await concurrent_uses(db)
+        assert errors == Counter()
+        assert right == TASKS * ROUNDS
+        assert db.pool.get_size() == CLIENTS
+        assert await server_backends(database_url) <= 2  # the clients did share them
+    finally:
+        await db.close()
+
+
+async def test_without_pooled_mode_the_same_clients_fail(pooled_url: str) -> None:
+    """The control: asyncpg's cached (named) prepared statements are looked for on whichever
+    server connection PgBouncer gives the next statement."""
+    db = await Database.open(pooled_url, pooled=False, min_size=CLIENTS, max_size=CLIENTS)
+    try:
+        _, errors = await concurrent_uses(db)
+        assert errors["InvalidSQLStatementNameError"] > 0  # "prepared statement ... does not exist"
+    finally:
+        await db.close()
