@@ -1,5 +1,6 @@
 """Through PgBouncer in transaction mode (tests/pgbouncer.py: two server connections per
-database, so that concurrent clients really share them): the pool in pooled mode.
+database, so that concurrent clients really share them): the pool in pooled mode and streamed
+reads leave nothing on a server connection that another client could trip on.
 
 The control test shows that the fixture does reproduce the hazard: the same clients without
 pooled mode fail."""
@@ -11,7 +12,11 @@ from collections import Counter
 
 import asyncpg
 
+from schemas.jobs import JobCreate
 from service.db.database import Database
+from service.store.audit import AuditLog
+from service.store.postgres import PostgresJobStore
+from tests.pgbouncer import PgBouncer
 
 CLIENTS = 20  # pool connections, each a client of PgBouncer
 TASKS = 40
@@ -89,3 +94,46 @@ async def test_without_pooled_mode_the_same_clients_fail(pooled_url: str) -> Non
         assert errors["InvalidSQLStatementNameError"] > 0  # "prepared statement ... does not exist"
     finally:
         await db.close()
+
+
+async def prepared_statements_left(pgbouncer: PgBouncer, direct_dsn: str) -> list[str]:
+    """The prepared statements on each of the database's two server connections: two
+    transactions at once hold both."""
+    clients = [
+        await asyncpg.connect(pgbouncer.url(direct_dsn), statement_cache_size=0) for _ in range(2)
+    ]
+    transactions = [client.transaction() for client in clients]
+    try:
+        for transaction in transactions:
+            await transaction.start()
+        pids = {await client.fetchval("SELECT pg_backend_pid()") for client in clients}
+        assert len(pids) == 2  # both server connections
+        return [
+            row["name"]
+            for client in clients
+            for row in await client.fetch("SELECT name FROM pg_prepared_statements")
+        ]
+    finally:
+        for transaction in transactions:
+            await transaction.rollback()
+        for client in clients:
+            await client.close()
+
+
+async def test_streamed_reads_leave_no_statement_on_a_server_connection(
+    pgbouncer: PgBouncer, pooled_url: str, database_url: str
+) -> None:
+    db = await Database.open(pooled_url, pooled=True, min_size=1, max_size=4)
+    try:
+        store = PostgresJobStore(db)
+        request = JobCreate(provider="krea", model="bfl/flux-1-dev", input={"prompt": "x"})
+        created = await store.create_job(request, idempotency_key=None)
+        await store.close()
+        log = AuditLog(db)
+        rows = [row async for row in log.chain_rows(None)]  # a cursor, as verification reads
+        assert [row.job_id for row in rows] == [created.job.id]
+        exported = [event async for event in log.sealed_events(since=None, until=None, job_id=None)]
+        assert exported == []  # nothing sealed in this test: no sealer runs
+    finally:
+        await db.close()
+    assert await prepared_statements_left(pgbouncer, database_url) == []
