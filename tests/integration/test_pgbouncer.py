@@ -1,6 +1,6 @@
 """Through PgBouncer in transaction mode (tests/pgbouncer.py: two server connections per
-database, so that concurrent clients really share them): the pool in pooled mode and streamed
-reads leave nothing on a server connection that another client could trip on.
+database, so that concurrent clients really share them): the pool in pooled mode, streamed
+reads and migrations leave nothing on a server connection that another client could trip on.
 
 The control test shows that the fixture does reproduce the hazard: the same clients without
 pooled mode fail."""
@@ -13,9 +13,10 @@ from collections import Counter
 import asyncpg
 
 from schemas.jobs import JobCreate
-from service.db.database import Database
+from service.db.database import Database, connect
 from service.store.audit import AuditLog
 from service.store.postgres import PostgresJobStore
+from tests.integration.test_migrations import instances_apply_each_migration_once
 from tests.pgbouncer import PgBouncer
 
 CLIENTS = 20  # pool connections, each a client of PgBouncer
@@ -137,3 +138,15 @@ async def test_streamed_reads_leave_no_statement_on_a_server_connection(
     finally:
         await db.close()
     assert await prepared_statements_left(pgbouncer, database_url) == []
+
+
+async def test_instances_starting_together_through_pgbouncer_apply_each_migration_once(
+    pgbouncer: PgBouncer, empty_database: str
+) -> None:
+    conns = [await connect(pgbouncer.url(empty_database)) for _ in range(4)]
+    try:
+        await instances_apply_each_migration_once(conns)
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert await prepared_statements_left(pgbouncer, empty_database) == []
