@@ -16,7 +16,10 @@ from schemas.jobs import JobCreate
 from service.db.database import Database, connect
 from service.store.audit import AuditLog
 from service.store.postgres import PostgresJobStore
+from tests.integration.test_audit_chain import Log
+from tests.integration.test_audit_chain import log as log  # a fixture: three sealed jobs
 from tests.integration.test_migrations import instances_apply_each_migration_once
+from tests.integration.test_ops_cli import cli
 from tests.pgbouncer import PgBouncer
 
 CLIENTS = 20  # pool connections, each a client of PgBouncer
@@ -150,3 +153,15 @@ async def test_instances_starting_together_through_pgbouncer_apply_each_migratio
         for conn in conns:
             await conn.close()
     assert await prepared_statements_left(pgbouncer, empty_database) == []
+
+
+async def test_the_command_line_through_pgbouncer(pgbouncer: PgBouncer, log: Log) -> None:
+    """`audit verify` (a streamed read) and `jobs list` with DATABASE_URL at PgBouncer and
+    DATABASE_LISTEN_URL at the server, as an operator of a pooled deployment runs them."""
+    await log.seal_and_checkpoint()
+    pooled, direct = pgbouncer.url(log.database_url), log.database_url
+    ran = await cli(pooled, "audit", "verify", listen_url=direct)
+    assert (ran.code, ran.out.split(":")[0]) == (0, "audit ok (the whole log)"), ran.err
+    ran = await cli(pooled, "jobs", "list", listen_url=direct)
+    assert [line.split()[0] for line in ran.lines()] == list(reversed(log.jobs)), ran.err
+    assert await prepared_statements_left(pgbouncer, log.database_url) == []
