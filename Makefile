@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all install browser postgres15 run test test-pg15 test-unit test-chaos test-page screenshot lint format bench conformance clean
+.PHONY: all install browser pgbouncer postgres15 run test test-pg15 test-unit test-chaos test-page screenshot lint format bench conformance clean
 
 all: lint test
 
@@ -27,11 +27,11 @@ PG15_BIN := /usr/lib/postgresql/15/bin
 
 ## The whole suite (unit, integration, acceptance, chaos, Schemathesis, the operator page in
 ## Chromium) against the embedded PostgreSQL 18.
-test: install browser
+test: install browser pgbouncer
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 ## The same suite against Debian's PostgreSQL 15 (a throwaway cluster per test process).
-test-pg15: install browser postgres15
+test-pg15: install browser pgbouncer postgres15
 	TEST_POSTGRES_BIN=$(PG15_BIN) $(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 postgres15:
@@ -41,6 +41,12 @@ postgres15:
 ## Without apt-get (or root) this fails loudly, and so would the page tests: they never skip.
 browser:
 	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+
+## Debian's PgBouncer for the pooling tests (tests/pgbouncer.py starts its own, in transaction
+## mode; the package's own service is not used). Like browser: without apt-get (or root) this
+## fails loudly, and so would those tests.
+pgbouncer:
+	@test -x /usr/sbin/pgbouncer || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer)
 
 ## Only the operator page's tests (headless Chromium); screenshots in test-artifacts/.
 test-page: install browser
@@ -54,7 +60,7 @@ test-unit: install
 	$(BIN)/python -m pytest tests/unit
 
 ## Only the chaos suite (real processes, kill -9, PostgreSQL stopped); `make test` includes it.
-test-chaos: install
+test-chaos: install pgbouncer
 	$(BIN)/python -m pytest -s tests/chaos
 
 ## The API against its OpenAPI document: Schemathesis, every check and phase (about 4 minutes).

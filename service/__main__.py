@@ -118,10 +118,10 @@ def audit(settings: Settings, args: argparse.Namespace) -> int:
     if args.audit_command == "keygen":
         return keygen()
     if args.audit_command == "export":
-        return export(resolve_dsn(settings), args)
+        return export(resolve_dsn(settings), args, pooled=settings.database_pooled)
     if args.file is not None:
         return verify_file(args.file)
-    return asyncio.run(verify(resolve_dsn(settings), args))
+    return asyncio.run(verify(resolve_dsn(settings), args, pooled=settings.database_pooled))
 
 
 def check_sql_files() -> None:
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "audit":
             return audit(settings, args)
         if args.command in ("jobs", "webhooks"):
-            return run_ops(resolve_dsn(settings), args)
+            return run_ops(resolve_dsn(settings), args, pooled=settings.database_pooled)
         return {"serve": serve, "migrate": migrate, "demo": demo}[args.command](settings)
     except (SqlFilesError, MigrationError) as exc:
         print(f"cannot {args.command}: {exc}", file=sys.stderr)

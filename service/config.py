@@ -33,6 +33,8 @@ class Settings(BaseModel):
     database_url: SecretStr | None = None
     # A direct connection for LISTEN when DATABASE_URL goes through a pooler in transaction mode
     # (a pooled server connection cannot hold a LISTEN between transactions); unset: the same.
+    # Set and different from DATABASE_URL, it also says that DATABASE_URL is such a pooler
+    # (database_pooled).
     database_listen_url: SecretStr | None = None
     data_dir: Path = Path(".data")
     host: str = "127.0.0.1"
@@ -171,6 +173,16 @@ class Settings(BaseModel):
             "scenario": self.scenario_job_timeout_s,
         }
         return timeouts[provider]
+
+    @property
+    def database_pooled(self) -> bool:
+        """DATABASE_URL goes through a pooler in transaction mode (PgBouncer): told by a
+        DATABASE_LISTEN_URL of its own, the direct connection that LISTEN needs beside such a
+        pooler. Pooled connections then keep nothing between transactions (service.db.database)."""
+        url, listen = self.database_url, self.database_listen_url
+        if url is None or listen is None:
+            return False
+        return listen.get_secret_value() != url.get_secret_value()
 
     @property
     def output_store(self) -> str:

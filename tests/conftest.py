@@ -31,6 +31,7 @@ from service.logs import QUIET_LOGGERS, configure_logging
 from service.store import JobStore
 from service.store.postgres import PostgresJobStore
 from service.web.app import create_app
+from tests.pgbouncer import PgBouncer
 from tests.postgres_servers import ClusterServer, server_for_tests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,3 +232,22 @@ async def locked(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
 async def http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+async def pgbouncer(pg_server_dsn: str) -> AsyncIterator[PgBouncer]:
+    """Debian's PgBouncer in transaction mode before the test server, two server connections
+    per database (tests/pgbouncer.py)."""
+    bouncer = PgBouncer(pg_server_dsn, pool_size=2)
+    try:
+        await bouncer.start()
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+@pytest.fixture
+def pooled_url(pgbouncer: PgBouncer, database_url: str) -> str:
+    """This test's database through PgBouncer in transaction mode (DATABASE_URL of a pooled
+    instance; `database_url` is then its DATABASE_LISTEN_URL)."""
+    return pgbouncer.url(database_url)

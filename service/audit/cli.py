@@ -72,10 +72,10 @@ def _kept_checkpoints(values: list[str]) -> dict[int, str]:
     return kept
 
 
-async def verify(dsn: str, args: argparse.Namespace) -> int:
+async def verify(dsn: str, args: argparse.Namespace, *, pooled: bool) -> int:
     kept = _kept_checkpoints(args.checkpoint)
     try:
-        db = await Database.open(dsn, min_size=1, max_size=2)
+        db = await Database.open(dsn, pooled=pooled, min_size=1, max_size=2)
     except DatabaseUnavailable:
         print("audit: cannot reach the database (DATABASE_URL)", file=sys.stderr)
         return 2
@@ -121,11 +121,11 @@ def keygen() -> int:
     return 0
 
 
-def export(dsn: str, args: argparse.Namespace) -> int:
+def export(dsn: str, args: argparse.Namespace, *, pooled: bool) -> int:
     from service.cli import CliError, quiet_broken_pipe
 
     try:
-        return asyncio.run(_export(dsn, args))
+        return asyncio.run(_export(dsn, args, pooled=pooled))
     except CliError as exc:
         print(f"audit: {exc.message}", file=sys.stderr)
         return exc.code
@@ -133,11 +133,11 @@ def export(dsn: str, args: argparse.Namespace) -> int:
         return quiet_broken_pipe()
 
 
-async def _export(dsn: str, args: argparse.Namespace) -> int:
+async def _export(dsn: str, args: argparse.Namespace, *, pooled: bool) -> int:
     from service.cli import open_database
 
     scope = {"since": args.since, "until": args.until, "job_id": args.job}
-    async with open_database(dsn) as db:
+    async with open_database(dsn, pooled=pooled) as db:
         log = AuditLog(db)
         with contextlib.ExitStack() as files:
             out: IO[bytes] = (

@@ -47,10 +47,11 @@ def rfc3339(value: str) -> datetime:
 
 
 @asynccontextmanager
-async def open_database(dsn: str) -> AsyncIterator[Database]:
-    """The service's database, migrated; a clear CliError otherwise."""
+async def open_database(dsn: str, *, pooled: bool) -> AsyncIterator[Database]:
+    """The service's database, migrated; a clear CliError otherwise. `pooled`: see
+    Settings.database_pooled."""
     try:
-        db = await Database.open(dsn, min_size=1, max_size=2)
+        db = await Database.open(dsn, pooled=pooled, min_size=1, max_size=2)
     except DatabaseUnavailable:
         raise CliError("cannot reach the database (DATABASE_URL)") from None
     try:
@@ -141,13 +142,16 @@ def _limit(value: str) -> int:
     return number
 
 
-def run(dsn: str, args: argparse.Namespace) -> int:
+def run(dsn: str, args: argparse.Namespace, *, pooled: bool) -> int:
     """Runs one command of the `jobs` or `webhooks` groups on the database of `dsn`."""
     import asyncio
 
     from service.cli import jobs, webhooks
 
-    work = jobs.run(dsn, args) if args.command == "jobs" else webhooks.run(dsn, args)
+    if args.command == "jobs":
+        work = jobs.run(dsn, args, pooled=pooled)
+    else:
+        work = webhooks.run(dsn, args, pooled=pooled)
     try:
         return asyncio.run(work)
     except CliError as exc:

@@ -36,8 +36,8 @@ def _event_line(event: Event) -> str:
     )  # fmt: skip
 
 
-async def run(dsn: str, args: argparse.Namespace) -> int:
-    async with open_database(dsn) as db:
+async def run(dsn: str, args: argparse.Namespace, *, pooled: bool) -> int:
+    async with open_database(dsn, pooled=pooled) as db:
         store = PostgresJobStore(db)
         try:
             return await _run(store, args)

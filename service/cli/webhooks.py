@@ -10,8 +10,8 @@ from service.cli import OK, CliError, open_database
 from service.store.outbox import WebhookOutbox
 
 
-async def run(dsn: str, args: argparse.Namespace) -> int:
-    async with open_database(dsn) as db:
+async def run(dsn: str, args: argparse.Namespace, *, pooled: bool) -> int:
+    async with open_database(dsn, pooled=pooled) as db:
         outbox = WebhookOutbox(db)
         if args.webhooks_command == "recover":
             requeued = await outbox.recover(args.since, via="cli")

@@ -1,9 +1,18 @@
 """The connection pool and the boundary where asyncpg's errors become the service's.
 
 Any failure to reach PostgreSQL (refused connection, server shutting down or starting,
-connection lost mid-query, pool exhausted past its timeout) becomes `DatabaseUnavailable`,
-which the API answers with 503. When such a failure is seen, every pooled connection is expired,
-so that after PostgreSQL returns the pool reconnects by itself: no restart of the service.
+connection lost mid-query, pool exhausted past its timeout, a pooler that cannot reach the
+server) becomes `DatabaseUnavailable`, which the API answers with 503. When such a failure is
+seen, every pooled connection is expired, so that after PostgreSQL returns the pool reconnects
+by itself: no restart of the service.
+
+Through a pooler in transaction mode (PgBouncer; `pooled`), each transaction, or each statement
+outside one, may run on a different server connection, so nothing may outlive it there:
+asyncpg's statement cache is off (its named prepared statements would be looked for on another
+server connection). asyncpg then sends every statement unnamed and parses it again in the same
+message batch as its Bind and Execute (asyncpg >= 0.29), so a statement outside a transaction
+is complete on whichever server connection runs it. The rest of the service keeps no session
+state on pooled connections (see _keep_session).
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ T = TypeVar("T")
 # 53 insufficient resources, 57 operator intervention (shutdown, starting up).
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
+# Prepared statements each direct pooled connection keeps (asyncpg's default).
+_STATEMENT_CACHE_SIZE = 100
+
 
 def is_unavailable_error(exc: BaseException) -> bool:
     """True when the error means PostgreSQL could not be reached, as opposed to a bad query."""
@@ -45,8 +57,9 @@ def is_unavailable_error(exc: BaseException) -> bool:
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """What a released connection needs before its next use: nothing beyond what asyncpg always
     does (roll back a transaction left open, drop listeners). The service keeps no session state
-    on pooled connections: its advisory locks and settings are transaction-scoped, and LISTEN
-    and the migration lock have connections of their own. asyncpg's default reset would send
+    on pooled connections: its advisory locks (the migrations' included) and settings are
+    transaction-scoped, its cursors are SQL cursors of a transaction (service.db.cursors), and
+    LISTEN has a connection of its own. asyncpg's default reset would send
     `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every release: a round trip
     per use, 4 % of the service's CPU under saturated intake (py-spy)."""
 
@@ -65,16 +78,26 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def connect(
     dsn: str, *, connect_timeout: float = 5.0, application_name: str = "imagejobs"
 ) -> asyncpg.Connection:
-    """One connection outside the pool (migrations, LISTEN), with the project's codecs."""
+    """One connection outside the pool (migrations, LISTEN), with the project's codecs. It runs
+    a handful of statements, so it caches none: the same connection then works through a pooler
+    in transaction mode (the migrations go through DATABASE_URL)."""
+    conn: asyncpg.Connection | None = None
     try:
         conn = await asyncpg.connect(
-            dsn, timeout=connect_timeout, server_settings={"application_name": application_name}
+            dsn,
+            timeout=connect_timeout,
+            statement_cache_size=0,
+            server_settings={"application_name": application_name},
         )
+        # Through a pooler the login may succeed with the server away: the first statements
+        # (the codecs') are where that shows.
+        await _init_connection(conn)
     except Exception as exc:
+        if conn is not None:
+            conn.terminate()
         if is_unavailable_error(exc):
             raise DatabaseUnavailable() from exc
         raise
-    await _init_connection(conn)
     return conn
 
 
@@ -89,9 +112,17 @@ class Database:
 
     @classmethod
     async def open(
-        cls, dsn: str, *, min_size: int = 2, max_size: int = 10, connect_timeout: float = 5.0
+        cls,
+        dsn: str,
+        *,
+        pooled: bool = False,
+        min_size: int = 2,
+        max_size: int = 10,
+        connect_timeout: float = 5.0,
     ) -> Database:
-        """Creates the pool; fails with DatabaseUnavailable when PostgreSQL cannot be reached."""
+        """Creates the pool; fails with DatabaseUnavailable when PostgreSQL cannot be reached.
+        `pooled`: `dsn` is a pooler in transaction mode (Settings.database_pooled), so no
+        statement is cached."""
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -102,6 +133,7 @@ class Database:
                 timeout=connect_timeout,
                 command_timeout=60,
                 max_inactive_connection_lifetime=300,
+                statement_cache_size=0 if pooled else _STATEMENT_CACHE_SIZE,
             )
         except Exception as exc:
             if is_unavailable_error(exc):

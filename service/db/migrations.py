@@ -1,9 +1,12 @@
 """Forward-only migrations from sql/migrations, applied at start under an advisory lock.
 
-Several instances may start at once: the session-level advisory lock makes them take turns, and
-the one that comes second finds nothing left to apply. Each migration runs in its own
-transaction with its version row, and a migration file that changed after it was applied stops
-the start (the schema would no longer be what the files say).
+Each migration runs in its own transaction with its version row, and that transaction first
+takes a transaction-scoped advisory lock and reads what is applied: several instances starting
+at once take turns, migration by migration, and each migration is applied exactly once. Nothing
+outlives a transaction, so the same code works on a direct connection and through a pooler in
+transaction mode (PgBouncer), where a session-level lock would stay on whichever server
+connection took it. A migration file that changed after it was applied stops the start (the
+schema would no longer be what the files say).
 """
 
 from __future__ import annotations
@@ -64,43 +67,46 @@ async def apply_migrations(
 ) -> list[Migration]:
     """Applies what is not yet applied; returns the migrations applied by this call."""
     migrations = load_migrations() if migrations is None else migrations
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
-    try:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                   version    integer     PRIMARY KEY,
-                   name       text        NOT NULL,
-                   checksum   text        NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
-        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
-        applied = {row["version"]: row for row in rows}
-        known = {m.version for m in migrations}
-        unknown = sorted(set(applied) - known)
-        if unknown:
-            raise MigrationError(
-                f"the database has migrations {unknown} that this code does not know: "
-                "it is newer than this release"
+    done: list[Migration] = []
+    while True:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+            applied = await _applied(conn, migrations)
+            pending = next((m for m in migrations if m.version not in applied), None)
+            if pending is None:
+                return done
+            await conn.execute(pending.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                pending.version,
+                pending.name,
+                pending.checksum,
             )
-        done = []
-        for migration in migrations:
-            row = applied.get(migration.version)
-            if row is not None:
-                if row["checksum"] != migration.checksum:
-                    raise MigrationError(
-                        f"migration {migration.version:04d}_{migration.name} changed after it "
-                        "was applied; migrations are forward-only, add a new one instead"
-                    )
-                continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
-            done.append(migration)
-        return done
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        done.append(pending)
+
+
+async def _applied(conn: asyncpg.Connection, migrations: list[Migration]) -> set[int]:
+    """The versions applied so far, once checked against the files: none unknown, none changed."""
+    await conn.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               version    integer     PRIMARY KEY,
+               name       text        NOT NULL,
+               checksum   text        NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+    applied = {row["version"]: row["checksum"] for row in rows}
+    unknown = sorted(set(applied) - {m.version for m in migrations})
+    if unknown:
+        raise MigrationError(
+            f"the database has migrations {unknown} that this code does not know: "
+            "it is newer than this release"
+        )
+    for migration in migrations:
+        checksum = applied.get(migration.version)
+        if checksum is not None and checksum != migration.checksum:
+            raise MigrationError(
+                f"migration {migration.version:04d}_{migration.name} changed after it "
+                "was applied; migrations are forward-only, add a new one instead"
+            )
+    return set(applied)

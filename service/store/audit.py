@@ -15,6 +15,7 @@ from schemas.audit import Checkpoint
 from schemas.events import Event
 from service.audit.chain import checkpoint_digest, event_hash
 from service.audit.signing import CheckpointSigner
+from service.db.cursors import stream
 from service.db.database import Database
 from service.db.queries import query
 from service.store.postgres import event_from_row
@@ -159,7 +160,7 @@ class AuditLog:
     async def chain_rows(self, job_id: str | None) -> AsyncIterator[ChainRow]:
         """Every job (or one) with its events and seals, in chain order, streamed."""
         async with self.db.connection() as conn, conn.transaction(isolation="repeatable_read"):
-            async for row in conn.cursor(query("audit_chain_rows"), job_id, prefetch=1000):
+            async for row in stream(conn, "audit_chain_rows", job_id):
                 event = None
                 if row["id"] is not None:
                     event = event_from_row(row)
@@ -175,8 +176,7 @@ class AuditLog:
         """The sealed events created in [since, until) (of one job or all), in id order, each
         with its prev_hash and hash; streamed from one snapshot."""
         async with self.db.connection() as conn, conn.transaction(isolation="repeatable_read"):
-            rows = conn.cursor(query("audit_export_events"), since, until, job_id, prefetch=1000)
-            async for row in rows:
+            async for row in stream(conn, "audit_export_events", since, until, job_id):
                 yield event_from_row(row)
 
     async def unsealed_count(

@@ -375,6 +375,9 @@ async def build_app(
     if migrate:
         await prepare_database(dsn)
     database = await Database.open(
-        dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        dsn,
+        pooled=settings.database_pooled,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
     )
     return create_app(settings, database=database, handle_signals=handle_signals)

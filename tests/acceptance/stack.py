@@ -163,14 +163,21 @@ async def running_stack(
     timings: dict[str, ProviderTiming] | None = None,
     settings: dict[str, Any] | None = None,
     runner_options: dict[str, Any] | None = None,
+    pooled_url: str | None = None,
 ) -> AsyncIterator[Stack]:
+    """`pooled_url`: the pool goes there (a pooler in transaction mode: DATABASE_URL), while
+    LISTEN, the service's and the watcher's, stays on `database_url` (DATABASE_LISTEN_URL)."""
     sims = await start_simulators(
         config=sim_config or SimulatorConfig(queue_seconds=0.05, run_seconds=0.1)
     )
-    db = await Database.open(database_url, min_size=1, max_size=10)
+    urls = {"database_url": pooled_url, "database_listen_url": database_url} if pooled_url else {}
+    options = stack_settings(sims, **urls, **(settings or {}))
+    db = await Database.open(
+        pooled_url or database_url, pooled=options.database_pooled, min_size=1, max_size=10
+    )
     # The service's own URL is only known once it listens: bind first, then point callbacks there.
     service = await start_service(
-        stack_settings(sims, **(settings or {})), db, run_workers=True,
+        options, db, run_workers=True,
         runner_options={"timings": timings or FAST_TIMINGS, **(runner_options or {})},
     )  # fmt: skip
     service.app[RUNNER_KEY].callback_base_url = service.url

@@ -1,6 +1,7 @@
 """Chaos: several service instances on one PostgreSQL behind a load balancer, the provider
 simulators with faults on (duplicate, dropped and late webhooks, 429, 503, failed jobs), two
-instances killed with SIGKILL mid-load and restarted, and PostgreSQL stopped and started.
+instances killed with SIGKILL mid-load and restarted, and PostgreSQL stopped and started; once
+more through PgBouncer in transaction mode.
 
 Afterwards every job must be terminal, none lost, none submitted twice, no transition repeated,
 and every job's history gap-free. The run prints its tally."""
@@ -19,11 +20,13 @@ import httpx
 import pytest
 
 from tests.chaos.harness import Balancer, Process, Tally, audit, free_port, python, service_env
+from tests.pgbouncer import PgBouncer
 from tests.postgres_servers import server_for_tests
 
 pytestmark = pytest.mark.chaos
 
 JOBS = 150
+POOLED_JOBS = 60  # through PgBouncer: fewer, spread over the same faults (CI's time budget)
 INSTANCES = 3
 MODEL = {"krea": "bfl/flux-1-dev", "fal": "fal-ai/flux/krea", "scenario": "model_flux-krea-dev"}
 SIM_FAULTS = {
@@ -50,11 +53,16 @@ class Chaos:
         instances: int = INSTANCES,
         faults: dict[str, Any] | None = None,
         extra_env: dict[str, str] | None = None,
+        pgbouncer: bool = False,
     ) -> None:
+        """`pgbouncer`: the instances' DATABASE_URL is PgBouncer in transaction mode (two
+        server connections) and their DATABASE_LISTEN_URL the server itself."""
         self.tmp = tmp
         self.faults = SIM_FAULTS if faults is None else faults
         self.extra_env = extra_env or {}
         self.pg = server_for_tests(tmp / "pg")
+        self.bouncer: PgBouncer | None = None
+        self.with_pgbouncer = pgbouncer
         self.sim_ports = {name: free_port() for name in MODEL}
         self.sims = {name: f"http://127.0.0.1:{port}" for name, port in self.sim_ports.items()}
         self.ports = [free_port() for _ in range(instances)]
@@ -66,6 +74,12 @@ class Chaos:
 
     async def start(self) -> None:
         self.dsn = self.pg.start()
+        instance_dsn = self.dsn
+        if self.with_pgbouncer:
+            self.bouncer = PgBouncer(self.dsn, pool_size=2)
+            await self.bouncer.start()
+            instance_dsn = self.bouncer.url(self.dsn)
+            self.extra_env = {"DATABASE_LISTEN_URL": self.dsn, **self.extra_env}
         await self.balancer.start()
         self.simulator = Process(
             "simulators",
@@ -96,7 +110,7 @@ class Chaos:
                 assert response.status_code == 200, response.text
         for i, port in enumerate(self.ports):
             env = service_env(
-                dsn=self.dsn,
+                dsn=instance_dsn,
                 port=port,
                 public_url=self.balancer.url,
                 sims=self.sims,
@@ -113,6 +127,8 @@ class Chaos:
         for process in [*self.instances, *([self.simulator] if self.simulator else [])]:
             process.stop()
         await self.balancer.close()
+        if self.bouncer is not None:
+            self.bouncer.stop()
         self.pg.close()
 
     async def kill_and_restart(self, index: int, *, down_s: float) -> None:
@@ -122,9 +138,12 @@ class Chaos:
         self.instances[index].start()
         await self.instances[index].ready()
 
-    async def database_outage(self, *, down_s: float) -> None:
+    async def database_outage(self, *, down_s: float, stopped: asyncio.Event | None = None) -> None:
+        """PostgreSQL stopped for `down_s` (`stopped` is set once it is down), then started."""
         self.pg.stop(mode="immediate")
         self.tally.faults["database_stops"] += 1
+        if stopped is not None:
+            stopped.set()
         await asyncio.sleep(down_s)  # the outage itself
         self.pg.start()
 
@@ -201,24 +220,51 @@ async def chaos(tmp_path: Path) -> AsyncIterator[Chaos]:
 
 
 async def test_nothing_lost_nothing_doubled_under_chaos(chaos: Chaos) -> None:
+    await nothing_lost_nothing_doubled(chaos, jobs=JOBS, pace_s=0.2)
+
+
+async def test_nothing_lost_nothing_doubled_through_pgbouncer(tmp_path: Path) -> None:
+    """The same chaos with DATABASE_URL at PgBouncer in transaction mode, two server
+    connections for every instance's pool, and DATABASE_LISTEN_URL at the server."""
+    run = Chaos(tmp_path, pgbouncer=True)
+    try:
+        await run.start()
+        started = time.monotonic()
+        await nothing_lost_nothing_doubled(run, jobs=POOLED_JOBS, pace_s=0.4, label="pgbouncer ")
+        print(
+            f"pgbouncer chaos: {time.monotonic() - started:.1f} s from the first job to the tally"
+        )
+    finally:
+        await run.close()
+
+
+async def nothing_lost_nothing_doubled(
+    chaos: Chaos, *, jobs: int, pace_s: float, label: str = ""
+) -> None:
+    """`jobs` jobs, 5 every `pace_s`, while two instances are killed and restarted and the
+    database is stopped and started; then the tally, which must show nothing lost or doubled."""
     acknowledged: dict[str, str] = {}
+    outage = asyncio.Event()  # PostgreSQL is down
     async with httpx.AsyncClient(base_url=chaos.balancer.url, timeout=15) as client:
 
         async def load() -> None:
-            # 25 jobs a second, so that the load spans every fault below.
+            # Paced so that the load spans the faults below; its second half starts once the
+            # database is down, so that the outage always meets clients (client_retries).
             pending = []
-            for start in range(0, JOBS, 5):
+            for start in range(0, jobs, 5):
+                if start >= jobs // 2:
+                    await outage.wait()
                 batch = range(start, start + 5)
                 pending += [
                     asyncio.create_task(chaos.submit(client, i, acknowledged)) for i in batch
                 ]
-                await asyncio.sleep(0.2)  # pacing the load, not synchronisation
+                await asyncio.sleep(pace_s)  # pacing the load, not synchronisation
             await asyncio.gather(*pending)
 
         async def faults() -> None:
             await asyncio.sleep(1.0)
             await chaos.kill_and_restart(0, down_s=1.0)
-            await chaos.database_outage(down_s=2.0)
+            await chaos.database_outage(down_s=2.0, stopped=outage)
             await chaos.kill_and_restart(1, down_s=0.5)
             await chaos.kill_and_restart(2, down_s=0.5)
 
@@ -226,12 +272,12 @@ async def test_nothing_lost_nothing_doubled_under_chaos(chaos: Chaos) -> None:
     await chaos.wait_all_terminal(within_s=120)
     sim_jobs = await chaos.sim_records()
     await audit(chaos.dsn, acknowledged=acknowledged, sim_jobs=sim_jobs, tally=chaos.tally)
-    print("\n" + chaos.tally.line())
+    print("\n" + label + chaos.tally.line())
     if chaos.tally.not_terminal:
         for instance in chaos.instances:
             print(instance.name, instance.tail())
-    assert len(acknowledged) == JOBS
-    assert chaos.tally.jobs == JOBS
+    assert len(acknowledged) == jobs
+    assert chaos.tally.jobs == jobs
     assert chaos.tally.lost == []
     assert chaos.tally.not_terminal == []
     assert chaos.tally.submitted_twice == []

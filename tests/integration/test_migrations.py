@@ -47,16 +47,24 @@ async def test_migrations_give_the_schema_file(database_url: str, empty_database
 async def test_instances_starting_together_apply_each_migration_once(empty_database: str) -> None:
     conns = [await asyncpg.connect(empty_database) for _ in range(4)]
     try:
-        results = await asyncio.gather(*(apply_migrations(c) for c in conns))
-        applied_counts = sorted(len(r) for r in results)
-        assert applied_counts == [0, 0, 0, len(load_migrations())]
-        versions = await conns[0].fetchval(
-            "SELECT array_agg(version ORDER BY version) FROM schema_migrations"
-        )
-        assert versions == [m.version for m in load_migrations()]
+        await instances_apply_each_migration_once(conns)
     finally:
         for c in conns:
             await c.close()
+
+
+async def instances_apply_each_migration_once(conns: list[asyncpg.Connection]) -> None:
+    """Every connection migrates at once: they take turns, and between them they apply every
+    migration once, in order (tests/integration/test_pgbouncer.py: the same through PgBouncer)."""
+    results = await asyncio.gather(*(apply_migrations(c) for c in conns))
+    applied = sorted(m.version for result in results for m in result)
+    assert applied == [m.version for m in load_migrations()]  # each once, by one of them
+    for result in results:  # each instance's share in order
+        assert [m.version for m in result] == sorted(m.version for m in result)
+    versions = await conns[0].fetchval(
+        "SELECT array_agg(version ORDER BY version) FROM schema_migrations"
+    )
+    assert versions == [m.version for m in load_migrations()]
 
 
 async def test_a_changed_migration_stops_the_start(database_url: str) -> None:

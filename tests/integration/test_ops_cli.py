@@ -36,11 +36,13 @@ class Ran:
         return self.out.splitlines()
 
 
-async def cli(database_url: str | None, *args: str) -> Ran:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+async def cli(database_url: str | None, *args: str, listen_url: str | None = None) -> Ran:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DATABASE_LISTEN_URL")}
     env["LOG_LEVEL"] = "warning"
     if database_url is not None:
         env["DATABASE_URL"] = database_url
+    if listen_url is not None:
+        env["DATABASE_LISTEN_URL"] = listen_url
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", *args,
         cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -76,7 +76,7 @@ def record_settings(settings: Settings) -> None:
             if not isinstance(item, SecretStr):
                 continue
             secret = item.get_secret_value()
-            if name == "database_url":
+            if name in ("database_url", "database_listen_url"):  # DSNs: their password
                 record("database_password", urlsplit(secret).password)
                 continue
             record(name, secret)

@@ -36,6 +36,25 @@ def test_values_are_parsed() -> None:
     assert s.database_url is not None and "p@" not in repr(s)  # secrets stay out of reprs
 
 
+SERVER, BOUNCER = "postgresql://u:p@db/x", "postgresql://u:p@bouncer:6432/x"
+
+
+@pytest.mark.parametrize(
+    ("env", "pooled"),
+    [
+        ({}, False),
+        ({"DATABASE_URL": SERVER}, False),
+        ({"DATABASE_URL": SERVER, "DATABASE_LISTEN_URL": SERVER}, False),
+        ({"DATABASE_URL": BOUNCER, "DATABASE_LISTEN_URL": SERVER}, True),
+        ({"DATABASE_LISTEN_URL": SERVER}, False),  # the embedded server: no pooler
+    ],
+)
+def test_a_listen_url_of_its_own_means_database_url_is_a_pooler(
+    env: dict[str, str], pooled: bool
+) -> None:
+    assert Settings.from_env(env).database_pooled is pooled
+
+
 def test_an_open_api_on_a_public_address_refuses_to_start() -> None:
     with pytest.raises(ConfigError, match="API_TOKENS is unset"):
         Settings.from_env({"HOST": "0.0.0.0"})
