@@ -21,18 +21,22 @@ run: install
 	$(BIN)/python -m service demo
 
 ## Parallel test processes (pytest-xdist); most tests wait on processes and sockets, not the CPU.
+## Each file runs whole in one process, so a module's fixtures (the wheel's virtualenv) are made once.
 TEST_WORKERS ?= 4
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
 ## Debian's PostgreSQL 15 server programs, for test-pg15.
 PG15_BIN := /usr/lib/postgresql/15/bin
 
 ## The whole suite (unit, integration, acceptance, chaos, Schemathesis, the operator page in
 ## Chromium) against the embedded PostgreSQL 18.
 test: install browser pgbouncer
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
-## The same suite against Debian's PostgreSQL 15 (a throwaway cluster per test process).
+## The same suite against Debian's PostgreSQL 15 (a throwaway cluster per test process), but for
+## tests/security: its rerun of tests/acceptance at debug level reads logs for secrets, which no
+## server version changes, and the acceptance tests themselves have just run on 15.
 test-pg15: install browser pgbouncer postgres15
-	TEST_POSTGRES_BIN=$(PG15_BIN) $(BIN)/python -m pytest -n $(TEST_WORKERS)
+	TEST_POSTGRES_BIN=$(PG15_BIN) $(BIN)/python -m pytest $(PYTEST_PARALLEL) --ignore=tests/security
 
 postgres15:
 	@test -x $(PG15_BIN)/postgres || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15)
