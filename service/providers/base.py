@@ -112,14 +112,36 @@ def failure(message: str, detail: Any) -> JobError:
     return JobError(code=code, message=message, provider_detail=detail)
 
 
+#: What a provider's U+0000 becomes: PostgreSQL's text and jsonb cannot store that character,
+#: and a provider's answer or callback holding one must still be recorded, not refused forever.
+NUL_REPLACEMENT = "\ufffd"
+
+
+def without_nul(value: Any) -> Any:
+    """`value` (JSON as read) with every U+0000 in its strings and keys replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_REPLACEMENT)
+    if isinstance(value, dict):
+        return {without_nul(key): without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nul(item) for item in value]
+    return value
+
+
 def validated(
     model: type[B], value: bytes | dict[str, Any], *, fail: Callable[[ValidationError], Exception]
 ) -> B:
     """`value` (JSON text, or an object already read) as `model`; a ValidationError (invalid
-    JSON included) raised as `fail(error)`, so that no pydantic error crosses the boundary."""
+    JSON included) raised as `fail(error)`, so that no pydantic error crosses the boundary.
+    A U+0000 in the provider's JSON is read as U+FFFD (NUL_REPLACEMENT)."""
     try:
         if isinstance(value, bytes):
-            return model.model_validate_json(value)
+            if b"\\u0000" not in value:
+                return model.model_validate_json(value)
+            try:
+                value = without_nul(orjson.loads(value))
+            except orjson.JSONDecodeError:
+                return model.model_validate_json(value)  # raises, naming the JSON error
         return model.model_validate(value)
     except ValidationError as exc:
         raise fail(exc) from exc

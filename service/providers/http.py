@@ -31,6 +31,7 @@ from service.providers.base import (
     ProviderServerError,
     ProviderUnreachable,
     validated,
+    without_nul,
 )
 
 P = TypeVar("P", bound=BaseModel)
@@ -149,10 +150,11 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def _detail(response: httpx.Response) -> Any:
+    """A refusal's body, kept with the error it becomes (U+0000 read as U+FFFD)."""
     try:
-        return response.json()
+        return without_nul(response.json())
     except ValueError:
-        return response.text[:2000] or None
+        return without_nul(response.text[:2000]) or None
 
 
 def check_status(response: httpx.Response, *, what: str) -> None:

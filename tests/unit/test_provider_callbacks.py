@@ -39,6 +39,17 @@ async def test_a_signed_fal_webhook_is_observed() -> None:
     assert failed.error.provider_detail["error"] == "Invalid status code: 422"
 
 
+async def test_a_nul_in_a_callback_is_recorded_as_a_replacement_character() -> None:
+    """PostgreSQL cannot store U+0000: refusing such a callback would have the provider (and
+    the polls) retry it forever, so it is read with U+FFFD in its place."""
+    body = {**FAL_ERROR, "error": "bad\x00input", "payload": {"detail": [{"msg\x00": "\x00"}]}}
+    observation = await fal_adapter().parse_callback(record("fal"), *fal_signed(body))
+    assert observation.status is S.FAILED and observation.error is not None
+    assert observation.error.provider_detail["error"] == "bad\ufffdinput"
+    assert observation.error.provider_detail["payload"] == {"detail": [{"msg\ufffd": "\ufffd"}]}
+    assert b"\\u0000" not in orjson.dumps(observation.error.provider_detail)
+
+
 @pytest.mark.parametrize(
     ("state", "cancel_requested", "expected"),
     [
