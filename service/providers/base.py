@@ -139,9 +139,10 @@ def validated(
             if b"\\u0000" not in value:
                 return model.model_validate_json(value)
             try:
-                value = without_nul(orjson.loads(value))
+                read = orjson.loads(value)
             except orjson.JSONDecodeError:
                 return model.model_validate_json(value)  # raises, naming the JSON error
+            return model.model_validate(without_nul(read))
         return model.model_validate(value)
     except ValidationError as exc:
         raise fail(exc) from exc
