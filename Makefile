@@ -21,9 +21,10 @@ run: install
 	$(BIN)/python -m service demo
 
 ## Parallel test processes (pytest-xdist); most tests wait on processes and sockets, not the CPU.
-## Each file runs whole in one process, so a module's fixtures (the wheel's virtualenv) are made once.
+## The longest tests start first, and those sharing a costly fixture share a process
+## (tests/conftest.py: LONGEST_FIRST, SHARED_FIXTURE_GROUPS).
 TEST_WORKERS ?= 4
-PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
 ## Debian's PostgreSQL 15 server programs, for test-pg15.
 PG15_BIN := /usr/lib/postgresql/15/bin
 

@@ -184,7 +184,12 @@ async def test_unknown_outcome_is_bound_by_the_callback_carrying_the_token(
     assert "submission_outcome_unknown" in types(events)
     assert job["status"] == "succeeded"
     assert job["provider_job_id"]  # bound from the callback
-    assert events[-1]["source"] == "webhook"
+    finished = [e for e in events if e["to_status"] == "succeeded"]
+    assert [e["source"] for e in finished] == ["webhook"]
+    # On a loaded machine the runner's give-up may come after the callback: it is recorded,
+    # and changes nothing.
+    later = events[events.index(finished[0]) + 1 :]
+    assert all(e["to_status"] is None for e in later), later
 
 
 async def test_a_fal_500_without_a_callback_fails_after_the_fallback_wait(stack: Stack) -> None:
