@@ -8,36 +8,28 @@ import asyncio
 import functools
 import sys
 
-from aiohttp import web
-
-from service import tracing
 from service.audit.cli import add_audit_commands
 from service.cli import add_commands as add_ops_commands
 from service.cli import run as run_ops
 from service.config import ConfigError, Settings
-from service.db.embedded import EmbeddedPostgres
 from service.db.migrations import MigrationError, load_migrations
 from service.db.queries import load_queries
 from service.db.sql_files import SqlFilesError
 from service.logs import configure_logging, get_logger
-from service.web.app import build_app, prepare_database
-from service.web.processes import supervise
-from service.web.shutdown import DRAIN_OVERHEAD_S
+
+# The web app, the embedded server and tracing are imported by the commands that use them: an
+# operator's `jobs`, `webhooks` or `audit` command starts in a fraction of the time.
 
 #: aiohttp's own shutdown: how long open requests get once the listening socket is closed.
 SHUTDOWN_TIMEOUT_S = 10.0
-
-#: How long a WEB_CONCURRENCY child may take beyond SHUTDOWN_GRACE_S before the parent kills
-#: it: the drain's bounded overhead (settling writes, releasing leases; 11 s at most, with the
-#: database away), aiohttp's shutdown_timeout for open requests and the closing (the export of
-#: the spans still queued included: tracing.SHUTDOWN_FLUSH_S at most).
-STOP_MARGIN_S = DRAIN_OVERHEAD_S + SHUTDOWN_TIMEOUT_S + 10.0
 
 
 def resolve_dsn(settings: Settings) -> str:
     """DATABASE_URL when set, otherwise the embedded PostgreSQL under SERVICE_DATA_DIR."""
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
+    from service.db.embedded import EmbeddedPostgres
+
     get_logger("service").info("embedded_postgres_starting", data_dir=str(settings.data_dir))
     return EmbeddedPostgres(settings.data_dir).start()
 
@@ -54,6 +46,10 @@ def _fast_event_loop() -> None:
 def serve(settings: Settings) -> int:
     """One process, or WEB_CONCURRENCY processes on one port (service.web.processes): the
     database is started and migrated once, here, before any of them."""
+    from service.web.app import prepare_database
+    from service.web.processes import supervise
+    from service.web.shutdown import DRAIN_OVERHEAD_S
+
     _fast_event_loop()
     dsn = resolve_dsn(settings)
     log = get_logger("service")
@@ -67,14 +63,24 @@ def serve(settings: Settings) -> int:
         _serve_one(settings, dsn, migrate=True, reuse_port=False)
         return 0
     asyncio.run(prepare_database(dsn))
+    # How long a child may take beyond SHUTDOWN_GRACE_S before the parent kills it: the drain's
+    # bounded overhead (settling writes, releasing leases; 11 s at most, with the database
+    # away), aiohttp's shutdown_timeout for open requests and the closing (the export of the
+    # spans still queued included: tracing.SHUTDOWN_FLUSH_S at most).
+    stop_margin_s = DRAIN_OVERHEAD_S + SHUTDOWN_TIMEOUT_S + 10.0
     return supervise(
         settings.web_concurrency,
         functools.partial(_serve_one, settings, dsn, migrate=False, reuse_port=True),
-        stop_timeout_s=settings.shutdown_grace_s + STOP_MARGIN_S,
+        stop_timeout_s=settings.shutdown_grace_s + stop_margin_s,
     )
 
 
 def _serve_one(settings: Settings, dsn: str, *, migrate: bool, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from service import tracing
+    from service.web.app import build_app
+
     # Tracing is set up in the process that serves (after the fork with WEB_CONCURRENCY), before
     # the app is built; the spans still queued are exported once the app has stopped.
     traced = tracing.setup(settings)
@@ -104,6 +110,8 @@ def demo(settings: Settings) -> int:
 
 
 def migrate(settings: Settings) -> int:
+    from service.web.app import prepare_database
+
     asyncio.run(prepare_database(resolve_dsn(settings)))
     get_logger("service").info("migrations_done")
     return 0
