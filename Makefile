@@ -21,8 +21,7 @@ run: install
 	$(BIN)/python -m service demo
 
 ## Parallel test processes (pytest-xdist); most tests wait on processes and sockets, not the CPU.
-## The longest tests start first, and those sharing a costly fixture share a process
-## (tests/conftest.py: LONGEST_FIRST, SHARED_FIXTURE_GROUPS).
+## Tests sharing a costly fixture share a process (tests/conftest.py: SHARED_FIXTURE_GROUPS).
 TEST_WORKERS ?= 4
 PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
 ## Debian's PostgreSQL 15 server programs, for test-pg15.

@@ -43,30 +43,12 @@ def dsn_with_database(dsn: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
-#: The tests that take longest (tests/security reruns tests/acceptance; the chaos runs; the
-#: command line's processes; the wheel's virtualenv), collected first: pytest-xdist hands tests
-#: out in collection order, so the long ones start at once and the short ones fill in around
-#: them, instead of one long test starting last and running alone.
-LONGEST_FIRST = (
-    "tests/security/",
-    "tests/chaos/",
-    "tests/conformance/",
-    "tests/integration/test_ops_cli.py",
-    "tests/integration/test_wheel_install.py",
-)
-
-
 #: Tests that share a costly session or module fixture run in one xdist process (`--dist
 #: loadgroup`): the operator page's browser, the wheel's virtualenv.
 SHARED_FIXTURE_GROUPS = {"tests/page/": "page", "tests/integration/test_wheel_install.py": "wheel"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        found = (i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix))
-        return next(found, len(LONGEST_FIRST))
-
-    items.sort(key=rank)  # stable: the rest keep their order
     for item in items:
         for prefix, group in SHARED_FIXTURE_GROUPS.items():
             if item.nodeid.startswith(prefix):
