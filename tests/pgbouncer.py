@@ -15,7 +15,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 
-from tests.chaos.harness import free_port
+from tests.chaos.harness import free_port, stop_group
 
 #: Where Debian puts it (not on a non-root user's PATH).
 PGBOUNCER_PATHS = "/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin"
@@ -137,13 +136,7 @@ class PgBouncer:
         return path.read_text(errors="replace")[-3000:] if path and path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         if self.dir is not None:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self.dir)

@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from tests.chaos.harness import free_port
+from tests.chaos.harness import serve_on_free_port
 
 T = TypeVar("T")
 
@@ -87,11 +87,7 @@ class OtlpReceiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/traces", self._export)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await serve_on_free_port(app)
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -26,7 +26,7 @@ from aiohttp import web
 from simulators import RunningSimulators, SimulatorConfig, start_simulators
 from tests.acceptance.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.acceptance.stack import TERMINAL, JobWatcher
-from tests.chaos.harness import Process, free_port, python
+from tests.chaos.harness import Process, free_port, python, serve_on_free_port
 
 API_TOKEN = "tracing-api-token-" + "7" * 24
 WEBHOOK_SECRET = "whsec_" + "dHJhY2luZy13ZWJob29rLXNlY3JldC0wMTIzNDU2Nzg5"
@@ -47,11 +47,8 @@ class Hooks:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/hooks", self._receive)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}/hooks"
+        self._runner, base_url = await serve_on_free_port(app)
+        self.url = f"{base_url}/hooks"
 
     async def close(self) -> None:
         if self._runner is not None:
