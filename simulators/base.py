@@ -25,7 +25,7 @@ from simulators.faults import Faults
 from simulators.handlers import Answer, answer_early
 from simulators.jobs import J, JobPlan, JobStore, Lifecycle, NewJob, SimJob, fingerprint
 from simulators.load import InFlight
-from simulators.pauses import Pauses
+from simulators.pauses import Pauses, client_gone
 from simulators.silence import Silence
 from simulators.webhooks import WebhookSender
 from simulators.wire import CONTROL_PREFIX, iso_ms
@@ -288,16 +288,20 @@ class ProviderSimulator(ABC, Generic[C]):
         async def api_load(request: web.Request, handler: Handler) -> web.StreamResponse:
             """Apply the load faults to API requests (never to controls, files or JWKS): a 429
             over `max_concurrent_requests`, else counted in flight through `slow_seconds` and
-            the handler, so that a slow answer holds its place."""
+            the handler, so that a slow answer holds its place. A request whose client leaves
+            during `slow_seconds` is never handled (counted as `abandoned_requests`)."""
             if request.path.startswith((CONTROL_PREFIX, "/.well-known")):
                 return await handler(request)
             refusal = self.faults.over_capacity(self.in_flight.count)
             if refusal is not None:
                 return refusal
             with self.in_flight.tracking():
-                slow = self.config.slow_seconds
-                if slow > 0:
-                    await self.pauses.pause(slow)
+                arrived = time.monotonic()
+                if self.config.slow_seconds > 0 and not await self.pauses.delay(
+                    arrived, lambda: self.config.slow_seconds, client_gone(request)
+                ):
+                    self.stats["abandoned_requests"] += 1
+                    return web.Response(status=499)  # never written: nobody is listening
                 return await handler(request)
 
         app = web.Application(middlewares=[api_load, answer_early])

@@ -55,7 +55,12 @@ class SimulatorConfig(BaseModel):
     submit_mode: Literal["accept", "refuse", "unavailable"] = "accept"
     # Poll faults: consumed one per status / result / list / asset request.
     poll_error_next: int = Field(0, ge=0)
-    slow_seconds: float = Field(0.0, ge=0, description="delay before answering any API request")
+    slow_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="delay before handling any API request (changing it moves the delays in "
+        "progress; a request whose client leaves meanwhile is never handled)",
+    )
     # A provider gone quiet: see `simulators.silence`.
     silent: bool = Field(
         False,
@@ -69,7 +74,10 @@ class SimulatorConfig(BaseModel):
     file_error_next: int = Field(0, ge=0)
     file_error_status: int = Field(500, ge=400, le=599)
     file_slow_seconds: float = Field(
-        0.0, ge=0, description="delay between the headers and the body of every output file"
+        0.0,
+        ge=0,
+        description="delay between the headers and the body of every output file (changing "
+        "it moves the delays in progress)",
     )
     files_gone: bool = Field(False, description="outputs deleted at the provider: files answer 404")
 

@@ -13,7 +13,6 @@ scheduled or being sent), `in_flight_requests` (API requests being handled now, 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from simulators.images import FILES_PATH, file_response, signed_url_expired
+from simulators.pauses import client_gone
 from simulators.wire import CONTROL_PREFIX, json_response, read_json
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ STAT_NAMES = (
     "content_refusals",  # jobs created to end in a content refusal ([content], fail_reason)
     "silent_holds",  # requests held unanswered while silent
     "callbacks_held",  # webhooks kept back because their job was created while silent
+    "abandoned_requests",  # API requests whose client left during slow_seconds: never handled
     "status_requests",
     "status_stream_requests",
     "result_requests",
@@ -147,12 +148,17 @@ class ControlApi:
         answer = file_response(request.match_info["name"])
         if sim.config.file_slow_seconds <= 0 or answer.status != 200:
             return answer
-        # Headers now, body later: the client is mid-download for the whole delay.
+        # Headers now, body later: the client is mid-download for the whole delay (which
+        # follows the setting, so that lowering it lets the bodies held so far go).
         assert isinstance(answer.body, bytes)
+        arrived = time.monotonic()
         slow = web.StreamResponse(headers=answer.headers)
         slow.content_length = len(answer.body)
         await slow.prepare(request)
-        await asyncio.sleep(sim.config.file_slow_seconds)
+        if not await sim.pauses.delay(
+            arrived, lambda: sim.config.file_slow_seconds, client_gone(request)
+        ):
+            return slow  # the client left: nothing more to write
         await slow.write(answer.body)
         await slow.write_eof()
         return slow

@@ -23,10 +23,8 @@ from aiohttp import web
 
 from simulators.config import ConfigState
 from simulators.jobs import SimJob
+from simulators.pauses import CLIENT_CHECK_SECONDS, client_gone
 from simulators.webhooks import WebhookSender
-
-# How often a held request looks whether its client is still connected.
-CLIENT_CHECK_SECONDS = 0.1
 
 
 class Silence:
@@ -57,9 +55,9 @@ class Silence:
             return True
         self._stats["silent_holds"] += 1
         release = self._release
+        gone = client_gone(request)
         while not release.is_set():
-            transport = request.transport
-            if transport is None or transport.is_closing():
+            if gone():
                 return False
             with contextlib.suppress(TimeoutError):  # not wait_for, which can swallow a cancel
                 async with asyncio.timeout(CLIENT_CHECK_SECONDS):

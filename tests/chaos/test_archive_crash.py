@@ -1,5 +1,5 @@
-"""kill -9 of the only instance while it is downloading outputs (the simulators send each
-output's body late), then a restart: once the lease runs out the outputs are downloaded again,
+"""kill -9 of the only instance while it is downloading outputs (the simulators hold each
+output's body until the test lets them go), then a restart: once the lease runs out the outputs are downloaded again,
 and every output ends stored once under its key and recorded once, with the sha256 of the bytes
 kept."""
 
@@ -20,8 +20,8 @@ from tests.chaos.test_chaos import CLEAN, Chaos
 pytestmark = pytest.mark.chaos
 
 JOBS = 6  # two per provider
-SLOW_BODY_S = 1.5
-LEASE_S = 3  # ARCHIVE_LEASE_S of this test: attempts are cut at 0.9 x lease, above SLOW_BODY_S
+HOLD_S = 3600  # file_slow_seconds until the kill, then 0
+LEASE_S = 3  # ARCHIVE_LEASE_S of this test
 
 
 async def file_requests(run: Chaos) -> int:
@@ -36,7 +36,7 @@ async def test_a_kill_mid_download_stores_and_records_each_output_once(tmp_path:
     run = Chaos(
         tmp_path,
         instances=1,
-        faults={**CLEAN, "file_slow_seconds": SLOW_BODY_S},
+        faults={**CLEAN, "file_slow_seconds": HOLD_S},
         extra_env={"ARCHIVE_LEASE_S": str(LEASE_S), "OUTPUT_FETCH_BACKOFF_S": "0.1"},
     )
     try:
@@ -67,6 +67,7 @@ async def test_a_kill_mid_download_stores_and_records_each_output_once(tmp_path:
                 )
                 == 0
             )
+            await run.configure_sims(list(run.sims), {"file_slow_seconds": 0})
             run.instances[0].start()
             await run.instances[0].ready()
             await run.wait_all_terminal(within_s=60)

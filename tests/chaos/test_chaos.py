@@ -204,7 +204,7 @@ class Chaos:
                 jobs += (await client.get(f"{url}/_sim/jobs")).json()["jobs"]
                 stats = (await client.get(f"{url}/_sim/stats")).json()
                 for name in ("callbacks_dropped", "callbacks_duplicated", "rate_limited", "server_errors",
-                             "callbacks_failed", "jobs_failed"):  # fmt: skip
+                             "callbacks_failed", "jobs_failed", "abandoned_requests"):  # fmt: skip
                     self.tally.faults[name] += int(stats.get(name, 0))
         return jobs
 

@@ -2,12 +2,16 @@
 only the release at shutdown can explain the other instance taking the work over.
 
 Instance A holds every job, each in the middle of its submission to a slow provider (the
-simulators answer after SLOW_S, longer than SHUTDOWN_GRACE_S); B is idle. A gets SIGTERM:
-its readiness answers 503 while it still serves, its submissions are cut at the grace, its
-leases are released (due now, NOTIFY jobs_due), and it exits 0. B takes the jobs over at once:
-each was started but its answer never recorded, so B settles it by the unknown-outcome logic
-(the provider's list, or fal's callback), never by sending it blindly again. Every job ends; no
-provider job is created twice."""
+simulators hold every API request HOLD_S, far longer than SHUTDOWN_GRACE_S, until the test
+lowers the delay); B is idle. A gets SIGTERM: its readiness answers 503 while it still serves,
+its submissions are cut at the grace (the simulators never handle a request whose client left),
+its leases are released (due now, NOTIFY jobs_due), and it exits 0. B takes the jobs over at
+once: each was started but its answer never recorded, so B settles it by the unknown-outcome
+logic (the provider's list, or fal's callback), never by sending it blindly again. Every job
+ends; no provider job is created twice.
+
+The holds end when the test says so, not after a fixed time: however long B takes to start on
+a loaded machine, A's work is still in flight when it gets the signal."""
 
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ pytestmark = pytest.mark.chaos
 JOBS = 6  # two per provider
 LEASE_S = 300  # WORKER_LEASE_S: a take-over before it runs out is the release's doing
 GRACE_S = 1.0  # SHUTDOWN_GRACE_S
-SLOW_S = 6.0  # every simulator API answer: longer than the grace, so A's submissions are cut
+HOLD_S = 3600  # slow_seconds / file_slow_seconds until the test lowers them to 0
 # What A may take to exit after SIGTERM: the grace, aiohttp's shutdown_timeout (10 s, for open
 # requests; there are none here) and the closing.
 EXIT_BOUND_S = GRACE_S + 10 + 5
@@ -76,7 +80,7 @@ async def test_sigterm_releases_work_in_flight_to_the_other_instance(
     run = Chaos(
         tmp_path,
         instances=2,
-        faults={**CLEAN, "slow_seconds": SLOW_S},
+        faults={**CLEAN, "slow_seconds": HOLD_S},
         extra_env={
             "WORKER_LEASE_S": str(LEASE_S), "SHUTDOWN_GRACE_S": str(GRACE_S),
             "WEB_CONCURRENCY": str(processes), "LOG_LEVEL": "info",
@@ -117,6 +121,7 @@ async def test_sigterm_releases_work_in_flight_to_the_other_instance(
             while await count_events(conn, "submission_outcome_unknown") < JOBS:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             picked_up_s = time.monotonic() - signalled
+            await run.configure_sims(list(run.sims), {"slow_seconds": 0})  # B's requests go
             # B took every job over and settled it; all of it well before A's leases ran out.
             await run.wait_all_terminal(within_s=LEASE_S / 2)
             taken_over_s = time.monotonic() - signalled
@@ -153,13 +158,15 @@ async def test_sigterm_releases_work_in_flight_to_the_other_instance(
         assert run.tally.jobs == JOBS and run.tally.lost == [] and run.tally.not_terminal == []
         assert run.tally.submitted_twice == []  # each provider job created once at most
         assert run.tally.duplicate_transitions == [] and run.tally.seq_gaps == []
-        # Krea and Scenario list their jobs: B learns the cut submissions were never created
-        # and sends them (once). fal has no list: B waits for a callback with the job's token,
-        # none comes (the submission was cut before fal created the job), and the job fails
+        # A's cut submissions never reached a provider. Krea and Scenario list their jobs: B
+        # learns they were never created and sends them (once). fal has no list: B waits for a
+        # callback with the job's token, none comes, and the job fails
         # submission_outcome_unknown, the existing, deliberate end of that case.
-        unknown = run.tally.outcomes.get("failed:submission_outcome_unknown", 0)
-        assert run.tally.outcomes["succeeded"] + unknown == JOBS, run.tally.outcomes
-        assert unknown <= JOBS // 3 and run.tally.terminal_sources["fal:system"] == unknown
+        assert run.tally.faults["abandoned_requests"] >= JOBS
+        assert run.tally.outcomes == {
+            "succeeded": JOBS * 2 // 3, "failed:submission_outcome_unknown": JOBS // 3,
+        }  # fmt: skip
+        assert run.tally.terminal_sources["fal:system"] == JOBS // 3
     finally:
         await run.close()
 
@@ -311,12 +318,13 @@ async def all_outputs_held(conn: asyncpg.Connection, run: Chaos) -> bool:
 
 
 async def test_sigterm_releases_output_downloads_in_flight(tmp_path: Path) -> None:
-    """A is downloading every output (bodies SLOW_S late, ARCHIVE_LEASE_S=300); SIGTERM: the
-    downloads are cut at the grace and released; B downloads, stores and records each once."""
+    """A is downloading every output (bodies held until the test lets them go,
+    ARCHIVE_LEASE_S=300); SIGTERM: the downloads are cut at the grace and released; B
+    downloads, stores and records each once."""
     run = Chaos(
         tmp_path,
         instances=2,
-        faults={**CLEAN, "file_slow_seconds": SLOW_S},
+        faults={**CLEAN, "file_slow_seconds": HOLD_S},
         extra_env={
             "WORKER_LEASE_S": str(LEASE_S), "ARCHIVE_LEASE_S": str(LEASE_S),
             "SHUTDOWN_GRACE_S": str(GRACE_S), "LOG_LEVEL": "info",
@@ -344,6 +352,7 @@ async def test_sigterm_releases_output_downloads_in_flight(tmp_path: Path) -> No
             exit_code = await asyncio.to_thread(instance_a.proc.wait, EXIT_BOUND_S)
             exited_s = time.monotonic() - signalled
             assert exit_code == 0, instance_a.tail()
+            await run.configure_sims(list(run.sims), {"file_slow_seconds": 0})  # B's bodies go
             while await conn.fetchval(  # noqa: ASYNC110 - B's progress
                 "SELECT count(*) FROM output_archives WHERE state = 'pending'"
             ):
@@ -358,7 +367,7 @@ async def test_sigterm_releases_output_downloads_in_flight(tmp_path: Path) -> No
         print(
             f"\ngraceful shutdown (archives): {outputs} downloads in flight at A; A exited 0 in "
             f"{exited_s:.2f} s; B archived them all {archived_s:.2f} s after the SIGTERM "
-            f"(downloads take {SLOW_S} s; lease {LEASE_S} s); released: {released[0]['released']}, "
+            f"(bodies held until A exited; lease {LEASE_S} s); released: {released[0]['released']}, "
             f"cancelled: {released[0]['cancelled']}, release_ms: {released[0]['release_ms']}"
         )
         assert released[0]["released"]["archives"] == outputs

@@ -15,7 +15,8 @@ import pytest
 from simulators import RunningSimulators
 from simulators.__main__ import parse_args
 from simulators.images import solid_jpeg, solid_png
-from tests.simulators.helpers import DEADLINE_SECONDS, configure, stats
+from tests.simulators.apis import PROVIDERS, ProviderApi
+from tests.simulators.helpers import DEADLINE_SECONDS, configure, stats, stats_when
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -192,6 +193,42 @@ async def test_cli_serves_until_interrupted(http: httpx.AsyncClient) -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_lowering_slow_seconds_lets_the_held_submits_go_and_a_departed_client_s_never_runs(
+    sims: RunningSimulators, http: httpx.AsyncClient, provider: str
+) -> None:
+    """A delay follows the setting in force: lowering it answers the requests held so far.
+    A submit whose client left during the delay is never handled: no job, no webhook."""
+    api = ProviderApi(provider, sims, http)
+    await configure(http, sims, provider, slow_seconds=3600)
+    with pytest.raises(TimeoutError):  # the client gives up and closes its connection
+        await asyncio.wait_for(api.submit("a harbour #left"), 0.3)
+    await stats_when(http, sims, provider, abandoned_requests=1, in_flight_requests=0)
+    kept = asyncio.create_task(api.submit("a harbour #kept"))
+    await stats_when(http, sims, provider, in_flight_requests=1)
+
+    await configure(http, sims, provider, slow_seconds=0)
+    submitted = await asyncio.wait_for(kept, DEADLINE_SECONDS)
+
+    assert submitted.status_code == 200, submitted.text
+    jobs = (await http.get(f"{sims.control_url(provider)}/jobs")).json()["jobs"]
+    assert [job["id"] for job in jobs] == [api.job_id(submitted)]
+    counts = await stats(http, sims, provider)
+    assert (counts["submits"], counts["jobs_created"], counts["abandoned_requests"]) == (1, 1, 1)
+
+
+async def test_lowering_file_slow_seconds_sends_the_held_body(
+    sims: RunningSimulators, http: httpx.AsyncClient
+) -> None:
+    url = f"{sims.krea_url}/_sim/files/out-20x10.png"
+    await configure(http, sims, "krea", file_slow_seconds=3600)
+    async with http.stream("GET", url) as held:
+        assert held.status_code == 200  # the headers at once; the body waits on the setting
+        await configure(http, sims, "krea", file_slow_seconds=0)
+        body = await asyncio.wait_for(held.aread(), DEADLINE_SECONDS)
+    assert body == solid_png(20, 10)
 
 
 @pytest.mark.parametrize("provider", ["krea", "fal", "scenario"])
