@@ -1,10 +1,18 @@
 """An OpenTelemetry collector as small as a test needs: OTLP over HTTP (`POST /v1/traces`, an
 `ExportTraceServiceRequest` in protobuf, decoded with opentelemetry-proto), keeping every span
-it is sent and every body as it came, and waking its waiters at each export."""
+it is sent and every body as it came, and waking its waiters at each export.
+
+Run alone, it prints each span it receives on a line, to watch a service trace without a
+collector of your own (README, "Tracing"):
+
+    .venv/bin/python -m tests.acceptance.otlp_receiver --port 4318
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import gzip
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,17 +85,18 @@ def _spans(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
 class OtlpReceiver:
     """`url` is what OTEL_EXPORTER_OTLP_ENDPOINT names (the exporter adds `/v1/traces`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_span: Callable[[ReceivedSpan], None] | None = None) -> None:
+        self.on_span = on_span
         self.spans: list[ReceivedSpan] = []
         self.bodies: list[bytes] = []
         self.changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_post("/v1/traces", self._export)
-        self._runner, self.url = await serve_on_free_port(app)
+        self._runner, self.url = await serve_on_free_port(app, port)
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -100,9 +109,13 @@ class OtlpReceiver:
         assert request.content_type == "application/x-protobuf", request.content_type
         export = ExportTraceServiceRequest()
         export.ParseFromString(body)
+        spans = _spans(export)
+        if self.on_span is not None:
+            for span in spans:
+                self.on_span(span)
         async with self.changed:
             self.bodies.append(body)
-            self.spans.extend(_spans(export))
+            self.spans.extend(spans)
             self.changed.notify_all()
         return web.Response(
             body=ExportTraceServiceResponse().SerializeToString(),
@@ -120,3 +133,31 @@ class OtlpReceiver:
                 return result
 
         return await asyncio.wait_for(seen(), within_s)
+
+
+def span_line(span: ReceivedSpan) -> str:
+    """One span on a line: who sent it, its trace, its place in the tree, its name and job."""
+    job = span.attributes.get("job.id")
+    return (
+        f"{span.service} trace {span.trace_id} span {span.span_id} "
+        f"parent {span.parent_id or '-'} {span.kind} {span.name!r}"
+        + (f" job {job}" if job else "")
+        + (" ERROR" if span.error else "")
+    )
+
+
+async def _print_spans(port: int) -> None:
+    receiver = OtlpReceiver(on_span=lambda span: print(span_line(span), flush=True))
+    await receiver.start(port)
+    print(f"OTLP/HTTP receiver: OTEL_EXPORTER_OTLP_ENDPOINT={receiver.url}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await receiver.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Print the spans sent over OTLP/HTTP.")
+    parser.add_argument("--port", type=int, default=4318)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_print_spans(parser.parse_args().port))

@@ -75,12 +75,19 @@ async def test_the_same_webhook_three_times_is_one_step(stack: Stack, provider: 
     assert sent == 1
     # Wait until all three deliveries are committed, then check the history.
     async with stack.watcher.changed:
-        while sum(e["type"] == "observation_ignored" for e in await stack.events(job["id"])) < 2:
+        while len(ignored_webhooks(await stack.events(job["id"]))) < 2:
             await stack.watcher.changed.wait()
     events = await stack.events(job["id"])
     assert_each_step_once(events)
-    ignored = [e for e in events if e["type"] == "observation_ignored"]
-    assert [(e["source"], e["data"]["reason"]) for e in ignored] == [("webhook", "duplicate")] * 2
+    assert [e["data"]["reason"] for e in ignored_webhooks(events)] == ["duplicate"] * 2
+    # On a loaded machine the first webhook can be committed before the submission's own
+    # answer: that answer is then ignored as stale, and is the only other news ignored.
+    others = [e for e in events if e["type"] == "observation_ignored" and e["source"] != "webhook"]
+    assert [(e["source"], e["data"]["reason"]) for e in others] in ([], [("system", "stale")])
+
+
+def ignored_webhooks(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == "observation_ignored" and e["source"] == "webhook"]
     assert changes(events)[-1] == ("submitted", "succeeded")
 
 

@@ -31,11 +31,12 @@ def free_port() -> int:
         return port
 
 
-async def serve_on_free_port(app: web.Application) -> tuple[web.AppRunner, str]:
-    """`app` served on 127.0.0.1 at a free port: its runner (to clean up) and base URL."""
+async def serve_on_free_port(app: web.Application, port: int = 0) -> tuple[web.AppRunner, str]:
+    """`app` served on 127.0.0.1 at `port` (0: a free one): its runner (to clean up) and base
+    URL."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = free_port()
+    port = port or free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, f"http://127.0.0.1:{port}"
 
