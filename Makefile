@@ -22,8 +22,9 @@ run: install
 
 ## Parallel test processes (pytest-xdist); most tests wait on processes and sockets, not the CPU.
 ## Tests sharing a costly fixture share a process (tests/conftest.py: SHARED_FIXTURE_GROUPS).
+## The 15 slowest tests are listed at the end, to see which come near the 180 s test timeout.
 TEST_WORKERS ?= 4
-PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup --durations=15
 ## Debian's PostgreSQL 15 server programs, for test-pg15.
 PG15_BIN := /usr/lib/postgresql/15/bin
 
