@@ -18,9 +18,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from aiohttp import ClientConnectorError, ClientError, ClientSession, ClientTimeout, web
 
 REPO = Path(__file__).resolve().parents[2]
+#: The marks of every chaos test: its marker, and a longer hang guard than the suite's 180 s (a
+#: chaos run takes 10-50 s on a 2-core machine sharing it with three other test processes, and
+#: CI's machine has been up to three times slower).
+CHAOS_MARKS = [pytest.mark.chaos, pytest.mark.timeout(600)]
 TERMINAL = ("succeeded", "failed", "canceled")
 
 

@@ -12,12 +12,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 import orjson
-import pytest
 
-from tests.chaos.harness import audit
+from tests.chaos.harness import CHAOS_MARKS, audit
 from tests.chaos.test_chaos import CLEAN, Chaos
 
-pytestmark = pytest.mark.chaos
+pytestmark = CHAOS_MARKS
 
 JOBS = 6  # two per provider
 HOLD_S = 3600  # file_slow_seconds until the kill, then 0

@@ -19,11 +19,20 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.chaos.harness import Balancer, Process, Tally, audit, free_port, python, service_env
+from tests.chaos.harness import (
+    CHAOS_MARKS,
+    Balancer,
+    Process,
+    Tally,
+    audit,
+    free_port,
+    python,
+    service_env,
+)
 from tests.pgbouncer import PgBouncer
 from tests.postgres_servers import server_for_tests
 
-pytestmark = pytest.mark.chaos
+pytestmark = CHAOS_MARKS
 
 JOBS = 150
 POOLED_JOBS = 60  # through PgBouncer: fewer, spread over the same faults (CI's time budget)

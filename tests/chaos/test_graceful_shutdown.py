@@ -31,11 +31,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.chaos.harness import Process, audit, free_port
+from tests.chaos.harness import CHAOS_MARKS, Process, audit, free_port
 from tests.chaos.test_archive_crash import file_requests
 from tests.chaos.test_chaos import CLEAN, MODEL, Chaos
 
-pytestmark = pytest.mark.chaos
+pytestmark = CHAOS_MARKS
 
 JOBS = 6  # two per provider
 LEASE_S = 300  # WORKER_LEASE_S: a take-over before it runs out is the release's doing
