@@ -15,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
+from service import tracing
 from service.archive.fetch import FetchFailed, OutputFetcher
 from service.archive.images import image_size
 from service.archive.policy import next_attempt_at
@@ -27,10 +30,23 @@ from service.metrics import OUTPUTS_ARCHIVED
 from service.store.archive import ArchivedOutput, ArchiveItem, ArchiveQueue
 from service.workers.claim_loop import ClaimLoop
 
+if TYPE_CHECKING:
+    from opentelemetry.util.types import AttributeValue
+
 
 def storage_key(job_id: str, index: int) -> str:
     """Where an output is kept: the same for every attempt, so a retry overwrites, never adds."""
     return f"{job_id}/{index}"
+
+
+def _span_attributes(item: ArchiveItem) -> dict[str, AttributeValue]:
+    """What the span of one attempt says of it: the job, the output, the attempt, and where the
+    output is fetched from (scheme, host and port: the query of a signed URL is a secret)."""
+    parts = urlsplit(item.url)
+    return {
+        "job.id": item.job_id, "output.index": item.index, "output.attempt": item.attempts,
+        "url.scheme": parts.scheme, "server.address": parts.hostname or "",
+    }  # fmt: skip
 
 
 class OutputArchiver(ClaimLoop[ArchiveItem]):
@@ -83,7 +99,10 @@ class OutputArchiver(ClaimLoop[ArchiveItem]):
 
     async def handle(self, item: ArchiveItem) -> None:
         try:
-            await self.archive(item)
+            with tracing.span(
+                "output.archive", parent=item.traceparent, attributes=_span_attributes(item)
+            ):
+                await self.archive(item)
         except DatabaseUnavailable:
             # Nothing recorded: the lease runs out and the output is claimed again.
             self._log.warning(
@@ -119,6 +138,10 @@ class OutputArchiver(ClaimLoop[ArchiveItem]):
         recorded, all_archived = await self.queue.record_archived(
             item, owner=self.owner, output=output
         )
+        tracing.annotate({
+            "archive.outcome": "archived" if recorded else "not_recorded",
+            "output.bytes": output.bytes,
+        })  # fmt: skip
         if recorded:
             OUTPUTS_ARCHIVED.labels(outcome="archived").inc()
         self._log.info(
@@ -153,6 +176,8 @@ class OutputArchiver(ClaimLoop[ArchiveItem]):
         reason = failure.reason
         if failure.retryable and retry_at is None and item.attempts < self.max_attempts:
             reason += "; the URL expires before another attempt"
+        tracing.failed(failure)
+        tracing.annotate({"archive.outcome": failure.code, "archive.retry": retry_at is not None})
         recorded = await self.queue.record_failure(
             item, owner=self.owner, code=failure.code, reason=reason, retry_at=retry_at
         )

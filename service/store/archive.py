@@ -15,12 +15,14 @@ from service.db.database import Database
 
 @dataclass(frozen=True)
 class ArchiveItem:
-    """One claimed output: where to fetch it, and how many claims it has had (this one included)."""
+    """One claimed output: where to fetch it, how many claims it has had (this one included),
+    and its job's trace context (`jobs.traceparent`, None when the job was not traced)."""
 
     job_id: str
     index: int
     url: str
     attempts: int
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,9 @@ class OutputLookup:
 
 def _item(row: asyncpg.Record) -> ArchiveItem:
     return ArchiveItem(
-        job_id=row["job_id"], index=row["output_index"], url=row["url"], attempts=row["attempts"]
-    )
+        job_id=row["job_id"], index=row["output_index"], url=row["url"],
+        attempts=row["attempts"], traceparent=row["traceparent"],
+    )  # fmt: skip
 
 
 class ArchiveQueue:

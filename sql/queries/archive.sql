@@ -1,7 +1,10 @@
 -- Named queries of the output archive.
 
 -- name: claim_output_archives
-SELECT * FROM claim_output_archives($1, $2, make_interval(secs => $3));
+-- With the job's stored trace context, so that each attempt joins the job's trace.
+SELECT c.*, j.traceparent
+FROM claim_output_archives($1, $2, make_interval(secs => $3)) c
+JOIN jobs j ON j.id = c.job_id;
 
 -- name: next_output_archive_due
 SELECT min(next_attempt_at) FROM output_archives WHERE next_attempt_at IS NOT NULL;

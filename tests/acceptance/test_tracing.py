@@ -130,6 +130,29 @@ class Stack:
 
         await asyncio.wait_for(reached(), WITHIN_S)
 
+    async def archived(self, http: httpx.AsyncClient, job_ids: list[str]) -> dict[str, set[str]]:
+        """The `webhook-id` of each job's deliveries, once its outputs are archived (its
+        `job.outputs_archived` delivery is among them)."""
+
+        async def reached() -> dict[str, set[str]]:
+            async with self.watcher.changed:
+                while True:
+                    found = {
+                        job_id: (await http.get(f"/v1/jobs/{job_id}/webhooks")).json()["deliveries"]
+                        for job_id in job_ids
+                    }
+                    if all(
+                        any(d["type"] == "job.outputs_archived" for d in deliveries)
+                        for deliveries in found.values()
+                    ):
+                        return {
+                            job_id: {d["webhook_id"] for d in deliveries}
+                            for job_id, deliveries in found.items()
+                        }
+                    await self.watcher.changed.wait()
+
+        return await asyncio.wait_for(reached(), WITHIN_S)
+
 
 @pytest.fixture
 async def stack(database_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
@@ -215,9 +238,13 @@ def span_with_id(span_id: str) -> Callable[[list[ReceivedSpan]], ReceivedSpan | 
 async def test_a_job_is_one_trace_across_two_instances(stack: Stack) -> None:
     port_a, port_b = free_port(), free_port()
     url_a = f"http://127.0.0.1:{port_a}"
-    # A serves the API and the callbacks (B's callback URLs point at it), B runs the workers.
+    # A serves the API and the callbacks (B's callback URLs point at it), B runs the workers,
+    # the archiver among them.
     await stack.serve("imagejobs-a", port_a, public_url=url_a, RUN_WORKERS="false")
-    await stack.serve("imagejobs-b", port_b, public_url=url_a, RUN_WORKERS="true")
+    await stack.serve(
+        "imagejobs-b", port_b, public_url=url_a, RUN_WORKERS="true",
+        OUTPUT_STORE_URL=(stack.tmp_path / "outputs").as_uri(), OUTPUT_FETCH_ALLOW_PRIVATE="true",
+    )  # fmt: skip
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
     jobs: dict[str, tuple[str, str, str]] = {}  # provider -> job id, trace id, client span
     async with httpx.AsyncClient(base_url=url_a, timeout=10, headers=auth) as http:
@@ -231,20 +258,15 @@ async def test_a_job_is_one_trace_across_two_instances(stack: Stack) -> None:
             assert created.status_code == 202, created.text
             jobs[provider] = (created.json()["id"], trace_id, client_span)
         await stack.terminal(http, [job_id for job_id, _, _ in jobs.values()])
-        deliveries = {
-            provider: {
-                d["webhook_id"]
-                for d in (await http.get(f"/v1/jobs/{job_id}/webhooks")).json()["deliveries"]
-            }
-            for provider, (job_id, _, _) in jobs.items()
-        }
+        by_job = await stack.archived(http, [job_id for job_id, _, _ in jobs.values()])
+        deliveries = {provider: by_job[job_id] for provider, (job_id, _, _) in jobs.items()}
         for job_id, _, _ in jobs.values():
             assert (await http.get(f"/v1/jobs/{job_id}")).json()["status"] == "succeeded"
     hooks = await stack.hooks.wait_for(deliveries["fal"] | deliveries["scenario"])
 
     later = {"fal": "job.callback", "scenario": "job.poll"}  # how each learns of its end
     for provider, (job_id, trace_id, client_span) in jobs.items():
-        expected = {"POST /v1/jobs", "job.submit", later[provider]}
+        expected = {"POST /v1/jobs", "job.submit", later[provider], "output.archive"}
         trace = await stack.collector.wait_for(
             complete_trace(trace_id, client_span, expected, deliveries[provider]), WITHIN_S
         )
@@ -279,6 +301,15 @@ async def test_a_job_is_one_trace_across_two_instances(stack: Stack) -> None:
             deliveries[provider]
         )
 
+        # Each output was archived on B in one attempt, its span parented to the stored context
+        # (the host it came from, never the URL's query).
+        [archive] = trace.named("output.archive")
+        assert (archive.service, archive.parent_id) == ("imagejobs-b", root.span_id)
+        assert archive.attributes["archive.outcome"] == "archived"
+        assert (archive.attributes["output.index"], archive.attributes["output.attempt"]) == (0, 1)
+        assert archive.attributes["output.bytes"] > 0 and not archive.error
+        assert archive.attributes["server.address"] == "127.0.0.1"
+
         if provider == "fal":
             # The callback came to A in a request of its own (providers send no traceparent):
             # its span joins the job's trace and links that request's.
@@ -301,7 +332,7 @@ async def test_a_job_is_one_trace_across_two_instances(stack: Stack) -> None:
         statements = [s for s in trace.spans if "db.system" in s.attributes]
         assert statements
         assert {by_id[s.parent_id].name for s in statements} <= {
-            "job.submit", "job.poll", "job.callback", "client_webhook.attempt",
+            "job.submit", "job.poll", "job.callback", "client_webhook.attempt", "output.archive",
         }  # fmt: skip
 
     # A statement outside any job's or request's span makes no trace of its own.

@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from opentelemetry import trace
@@ -20,8 +22,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from schemas.jobs import JobStatus
 from service import tracing
+from service.archive.archiver import OutputArchiver
+from service.archive.fetch import OutputFetcher
+from service.archive.storage import S3Credentials, open_storage
 from service.logs import REDACTED
 from service.providers.base import JobRecord
+from service.store.archive import ArchiveItem, ArchiveQueue
 from service.tracing.pipeline import DatabaseSpansInTraces, RedactingExporter
 from tests.conftest import REPO
 
@@ -229,3 +235,45 @@ def test_every_span_is_redacted_before_export() -> None:
     assert (attributes["job.id"], attributes["http.response.status_code"]) == ("job_01ABC", 200)
     assert sent.status.status_code is StatusCode.ERROR and sent.name == "POST"
     provider.shutdown()
+
+
+class FailureRecorder:
+    """The one call of the archive queue that a failed attempt makes (no database here)."""
+
+    def __init__(self) -> None:
+        self.codes: list[str] = []
+
+    async def record_failure(self, item: ArchiveItem, **outcome: Any) -> bool:
+        self.codes.append(outcome["code"])
+        return True
+
+
+async def test_a_failed_archive_attempt_is_an_error_span_of_the_jobs_trace(
+    exported: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    """An output whose signed URL has expired: the attempt fails without a request, and its
+    span (in the job's stored trace) says why, without the URL's query."""
+    recorder = FailureRecorder()
+    storage = open_storage(tmp_path.as_uri(), s3=S3Credentials())
+    assert storage is not None
+    archiver = OutputArchiver(
+        queue=cast(ArchiveQueue, recorder), storage=storage,
+        fetcher=OutputFetcher(max_bytes=1024, allow_private=False),
+        lease_s=60, max_attempts=3, backoff_base_s=1,
+    )  # fmt: skip
+    url = "https://cdn.example.com/out.png?Expires=1000&Signature=sig-secret"
+    try:
+        await archiver.handle(ArchiveItem("job_01ABC", 0, url, attempts=2, traceparent=STORED))
+    finally:
+        await archiver.close()
+    [attempt] = exported.get_finished_spans()
+    assert recorder.codes == ["url_expired"]
+    assert (attempt.name, hex_ids(attempt)[0], hex_ids(attempt)[2]) == (
+        "output.archive", TRACE_ID, "00f067aa0ba902b7",
+    )  # fmt: skip
+    assert attempt.status.status_code is StatusCode.ERROR
+    assert dict(attempt.attributes or {}) == {
+        "job.id": "job_01ABC", "output.index": 0, "output.attempt": 2, "url.scheme": "https",
+        "server.address": "cdn.example.com", "error.type": "FetchFailed",
+        "archive.outcome": "url_expired", "archive.retry": False,
+    }  # fmt: skip
