@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from service.web.app import RUNNER_KEY, STORE_KEY
 from service.workers.schedule import PollPolicy, ProviderTiming, RetryPolicy
 from tests.acceptance.stack import FAST_TIMINGS, Stack, running_stack
 
@@ -208,7 +209,8 @@ async def test_the_fal_wait_follows_the_models_observed_completion_times(
     database_url: str,
 ) -> None:
     """With a history of quick completions, an unknown fal submission waits for its callback
-    as long as GraceRule says (its 10 s floor here), not the two-minute fallback."""
+    as long as GraceRule says (its 10 s floor on an idle machine), not the two-minute
+    fallback."""
     fallback = {**TIMINGS, "fal": replace(TIMINGS["fal"], unknown_outcome_wait_s=120.0)}
     # The runner reads the model's history afresh for every job (not once a minute).
     fresh = {"grace_refresh_s": 0.0}
@@ -218,12 +220,17 @@ async def test_the_fal_wait_follows_the_models_observed_completion_times(
         ]
         for created in history:
             assert (await stack.wait_for(created["id"]))["status"] == "succeeded"
+        # The history as the runner reads it when it settles the next job.
+        times = await stack.service.app[STORE_KEY].completion_times("fal", MODEL["fal"])
+        rule = stack.service.app[RUNNER_KEY].grace_rule
         stack.sims.fal.update_config({"server_error_next": 1, "server_error_status": 500})
         job, events, sent = await run(stack, "fal")
     assert sent == 0
     assert job["status"] == "failed"
     assert job["error"]["code"] == "submission_outcome_unknown"
-    assert events[-1]["data"]["waited_s"] == 10.0
+    grace = rule.grace(samples=times.samples, p95_s=times.p95_s, default_s=120.0)
+    assert times.samples == 20 and rule.floor_s <= grace < 120
+    assert events[-1]["data"]["waited_s"] == round(grace, 3)
 
 
 @pytest.mark.parametrize("provider", list(MODEL))
