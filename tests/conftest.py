@@ -48,11 +48,17 @@ def dsn_with_database(dsn: str, database: str) -> str:
 SHARED_FIXTURE_GROUPS = {"tests/page/": "page", "tests/integration/test_wheel_install.py": "wheel"}
 
 
+#: Tests handed out first: the longest one (tests/security runs tests/acceptance in a process of
+#: its own, one test at a time) starts while the other processes share the rest.
+FIRST = ("tests/security/",)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for prefix, group in SHARED_FIXTURE_GROUPS.items():
             if item.nodeid.startswith(prefix):
                 item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: not item.nodeid.startswith(FIRST))  # stable: the rest in order
 
 
 @pytest.fixture(scope="session", autouse=True)
