@@ -373,7 +373,11 @@ async def test_a_crash_right_after_a_burst_strands_nothing(tmp_path: Path) -> No
     # designed answer to a lost callback (tests/acceptance/test_submission_faults.py), not what
     # this test is about. Seen once in CI: the restart outlasted the default retries.
     retrying = {"callback_max_attempts": 60, "callback_retry_max_seconds": 1.0}
-    run = Chaos(tmp_path, instances=1,
+    # The jobs' hard timeouts (90 s in chaos runs) well beyond the test: on one loaded core the
+    # burst, the kill and the restart took longer than 90 s, and every job ended
+    # provider_timeout, rightly but beside this test's point.
+    deadlines = {f"{p.upper()}_JOB_TIMEOUT_S": "900" for p in ("krea", "fal", "scenario")}
+    run = Chaos(tmp_path, instances=1, extra_env=deadlines,
                 faults={**CLEAN, "queue_seconds": 1.0, "run_seconds": 3.0, **retrying})  # fmt: skip
     try:
         await run.start()
