@@ -296,9 +296,8 @@ class ProviderSimulator(ABC, Generic[C]):
             if refusal is not None:
                 return refusal
             with self.in_flight.tracking():
-                arrived = time.monotonic()
                 if self.config.slow_seconds > 0 and not await self.pauses.delay(
-                    arrived, lambda: self.config.slow_seconds, client_gone(request)
+                    time.monotonic(), lambda: self.config.slow_seconds, client_gone(request)
                 ):
                     self.stats["abandoned_requests"] += 1
                     return web.Response(status=499)  # never written: nobody is listening

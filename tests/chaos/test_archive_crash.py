@@ -1,7 +1,7 @@
 """kill -9 of the only instance while it is downloading outputs (the simulators hold each
-output's body until the test lets them go), then a restart: once the lease runs out the outputs are downloaded again,
-and every output ends stored once under its key and recorded once, with the sha256 of the bytes
-kept."""
+output's body until the test lets them go), then a restart: once the lease runs out the outputs
+are downloaded again, and every output ends stored once under its key and recorded once, with
+the sha256 of the bytes kept."""
 
 from __future__ import annotations
 
